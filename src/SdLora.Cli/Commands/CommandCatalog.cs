@@ -1,0 +1,12 @@
+using System.CommandLine;
+
+namespace SdLora.Cli.Commands;
+
+/// <summary>Every top-level command of the CLI. Each command lives in its own file and only parses and presents.</summary>
+public static class CommandCatalog
+{
+    public static IEnumerable<Command> All()
+    {
+        yield return ModelCommands.Create();
+    }
+}
