@@ -18,7 +18,7 @@ public sealed record SafetensorsEntry(string Name, string DType, long[] Shape, l
 /// read only when asked for, through a short-lived memory-mapped view of its own bytes (so pages are
 /// released again and peak memory stays at the tensors actually kept).
 /// </summary>
-public sealed class SafetensorsFile : IDisposable
+public sealed class SafetensorsFile : ITensorSource, IDisposable
 {
     private readonly MemoryMappedFile? _map;
     private readonly long _dataStart;
@@ -40,6 +40,9 @@ public sealed class SafetensorsFile : IDisposable
     }
 
     public bool Contains(string name) => _entries.ContainsKey(name);
+    string ITensorSource.Description => Path;
+    public long[] ShapeOf(string name) => this[name].Shape;
+    Tensor ITensorSource.Load(string name, ScalarType? dtype) => Load(name, dtype);
     public IEnumerable<string> Keys => Entries.Select(e => e.Name);
     public SafetensorsEntry this[string name] => _entries.TryGetValue(name, out var e) ? e
         : throw new SdLoraException($"{Path}: has no tensor '{name}'");

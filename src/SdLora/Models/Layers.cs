@@ -1,0 +1,96 @@
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace SdLora.Models;
+
+/// <summary>
+/// Something added to a layer's output without touching its weights: a LoRA, a LoCon, ...
+/// <see cref="Forward"/> receives the layer's input and returns the term to add to its output.
+/// </summary>
+public interface ILayerAdapter
+{
+    Tensor Forward(Tensor input);
+}
+
+/// <summary>
+/// A Linear layer that adapters can attach to. The models use it for every projection a LoRA may
+/// target, so LoRA networks hook in by name without replacing modules or changing the base weights.
+/// Registered names are <c>weight</c> and <c>bias</c>, as in torch.nn.Linear.
+/// </summary>
+public sealed class AdaptableLinear : nn.Module<Tensor, Tensor>
+{
+    public Parameter weight;
+    public Parameter? bias;
+    private readonly List<ILayerAdapter> _adapters = [];
+
+    public long InFeatures { get; }
+    public long OutFeatures { get; }
+    public IReadOnlyList<ILayerAdapter> Adapters => _adapters;
+
+    public AdaptableLinear(long inFeatures, long outFeatures, bool hasBias = true) : base(nameof(AdaptableLinear))
+    {
+        InFeatures = inFeatures;
+        OutFeatures = outFeatures;
+        weight = new Parameter(torch.empty(outFeatures, inFeatures));
+        nn.init.kaiming_uniform_(weight, Math.Sqrt(5));
+        if (hasBias)
+        {
+            double bound = 1.0 / Math.Sqrt(inFeatures);
+            bias = new Parameter(torch.empty(outFeatures).uniform_(-bound, bound));
+        }
+        RegisterComponents();
+    }
+
+    public void AddAdapter(ILayerAdapter adapter) => _adapters.Add(adapter);
+    public bool RemoveAdapter(ILayerAdapter adapter) => _adapters.Remove(adapter);
+
+    public override Tensor forward(Tensor input)
+    {
+        var y = nn.functional.linear(input, weight, bias);
+        foreach (var a in _adapters) y = y + a.Forward(input);
+        return y;
+    }
+}
+
+/// <summary>A Conv2d layer that adapters can attach to (see <see cref="AdaptableLinear"/>). Registered names <c>weight</c>, <c>bias</c>.</summary>
+public sealed class AdaptableConv2d : nn.Module<Tensor, Tensor>
+{
+    public Parameter weight;
+    public Parameter? bias;
+    private readonly List<ILayerAdapter> _adapters = [];
+
+    public long InChannels { get; }
+    public long OutChannels { get; }
+    public int KernelSize { get; }
+    public int Stride { get; }
+    public int Padding { get; }
+    public IReadOnlyList<ILayerAdapter> Adapters => _adapters;
+
+    public AdaptableConv2d(long inChannels, long outChannels, int kernelSize, int stride = 1, int padding = 0, bool hasBias = true) : base(nameof(AdaptableConv2d))
+    {
+        InChannels = inChannels;
+        OutChannels = outChannels;
+        KernelSize = kernelSize;
+        Stride = stride;
+        Padding = padding;
+        weight = new Parameter(torch.empty(outChannels, inChannels, kernelSize, kernelSize));
+        nn.init.kaiming_uniform_(weight, Math.Sqrt(5));
+        if (hasBias)
+        {
+            double bound = 1.0 / Math.Sqrt(inChannels * kernelSize * kernelSize);
+            bias = new Parameter(torch.empty(outChannels).uniform_(-bound, bound));
+        }
+        RegisterComponents();
+    }
+
+    public void AddAdapter(ILayerAdapter adapter) => _adapters.Add(adapter);
+    public bool RemoveAdapter(ILayerAdapter adapter) => _adapters.Remove(adapter);
+
+    public override Tensor forward(Tensor input)
+    {
+        var y = nn.functional.conv2d(input, weight, bias, strides: [Stride, Stride], padding: [Padding, Padding]);
+        foreach (var a in _adapters) y = y + a.Forward(input);
+        return y;
+    }
+}
