@@ -171,18 +171,16 @@ public sealed class NoiseSchedule
                 "v_prediction" => PredictionType.VPrediction,
                 _ => throw new SdLoraException($"{source}: prediction_type '{prediction}' is not supported: use epsilon or v_prediction"),
             };
+            int trainSteps = Get("num_train_timesteps", 1000, v => v.GetInt32());
+            string betaSchedule = Get("beta_schedule", "scaled_linear", v => v.GetString()!);
+            double betaStart = Get("beta_start", 0.00085, v => v.GetDouble()), betaEnd = Get("beta_end", 0.012, v => v.GetDouble());
+            string spacing = Get("timestep_spacing", "leading", v => v.GetString()!); // PNDM/DDIM's default, SD1.x configs omit it
+            int stepsOffset = Get("steps_offset", 0, v => v.GetInt32());
+            bool setAlphaToOne = Get("set_alpha_to_one", true, v => v.GetBoolean());
+            var trainedBetas = Get<float[]?>("trained_betas", null, v => v.EnumerateArray().Select(b => (float)b.GetDouble()).ToArray());
             try
             {
-                return new NoiseSchedule(
-                    Get("num_train_timesteps", 1000, v => v.GetInt32()),
-                    Get("beta_schedule", "scaled_linear", v => v.GetString()!),
-                    Get("beta_start", 0.00085, v => v.GetDouble()),
-                    Get("beta_end", 0.012, v => v.GetDouble()),
-                    predictionType,
-                    Get("timestep_spacing", "leading", v => v.GetString()!),
-                    Get("steps_offset", 0, v => v.GetInt32()),
-                    Get("set_alpha_to_one", true, v => v.GetBoolean()),
-                    Get<float[]?>("trained_betas", null, v => v.EnumerateArray().Select(b => (float)b.GetDouble()).ToArray()));
+                return new NoiseSchedule(trainSteps, betaSchedule, betaStart, betaEnd, predictionType, spacing, stepsOffset, setAlphaToOne, trainedBetas);
             }
             catch (SdLoraException e) { throw new SdLoraException($"{source}: {e.Message}", e); }
         }
