@@ -134,7 +134,7 @@ public sealed class NoiseSchedule
 
     private (Tensor SqrtAcp, Tensor SqrtOneMinusAcp) Coefficients(Tensor x, Tensor timesteps)
     {
-        var acp = Gather(AlphasCumprod, timesteps).to(x.dtype);
+        var acp = Gather(AlphasCumprod, timesteps).to(x.dtype, x.device);
         var shape = new long[x.dim()];
         Array.Fill(shape, 1L);
         shape[0] = acp.shape[0];

@@ -42,7 +42,7 @@ public interface ISampler
     SamplerPlan Plan(NoiseSchedule schedule, int steps);
     /// <summary>
     /// Runs the whole reverse process from N(0,1) <paramref name="initialNoise"/> (multiplied by the init noise
-    /// sigma here) and returns the final latents. Throws <see cref="OperationCanceledException"/> between model calls.
+    /// sigma here) and returns the final latents. Stochastic samplers without <paramref name="noise"/> use seed 0. Throws <see cref="OperationCanceledException"/> between model calls.
     /// </summary>
     Tensor Sample(Denoiser model, Tensor initialNoise, NoiseSchedule schedule, int steps, INoiseSource? noise = null,
         IProgress<SamplingProgress>? progress = null, CancellationToken ct = default, Action<SamplerStep>? onStep = null);
@@ -67,11 +67,14 @@ public abstract class Sampler : ISampler
             throw new SdLoraException($"steps {steps} is out of range for {Name}: use 1 to {schedule.NumTrainTimesteps}");
         using var noGrad = torch.no_grad();
         var plan = Plan(schedule, steps);
-        var run = new SamplingRun(model, schedule, steps, plan, noise ?? new SeededNoise(0), progress, ct, onStep);
+        using var fallbackNoise = noise is null && IsStochastic ? new SeededNoise(0) : null;
+        var run = new SamplingRun(model, schedule, steps, plan, noise ?? fallbackNoise ?? NoNoise, progress, ct, onStep);
         return Run(run, initialNoise * plan.InitNoiseSigma);
     }
 
     public override string ToString() => Name;
+
+    private static readonly INoiseSource NoNoise = new FixedNoise([]);
 }
 
 /// <summary>State of one sampling run that every update rule needs: the plan, model calls and reporting.</summary>
