@@ -29,22 +29,15 @@ public sealed record LoraMergeReport(string Output, IReadOnlyList<LoraMatchResul
 /// </summary>
 public static class LoraCheckpointMerge
 {
-    /// <summary>
-    /// Hook for single-file (LDM) checkpoints: maps a file key (<c>model.diffusion_model.input_blocks.1.1.proj_in.weight</c>) to the
-    /// diffusers parameter name with its part prefix (<c>unet.down_blocks.0.attentions.0.proj_in.weight</c>,
-    /// <c>text_encoder.text_model...</c>), or null for keys LoRAs never touch. Wired to the checkpoint key map by the application.
-    /// </summary>
-    public static Func<string, string?>? DefaultSingleFileKeyMap { get; set; }
-
     /// <summary>The diffusers-folder parts a LoRA can change, with their key prefixes.</summary>
     internal static readonly (string Folder, string Prefix)[] DiffusersParts = [("unet", KohyaNames.DiffusersUnetPrefix), ("text_encoder", KohyaNames.DiffusersTextEncoderPrefix)];
 
-    /// <summary>Folder -> <see cref="MergeDiffusersFolder"/>; file -> <see cref="MergeSingleFile"/> with <see cref="DefaultSingleFileKeyMap"/>.</summary>
+    /// <summary>Folder -> <see cref="MergeDiffusersFolder"/>; file -> <see cref="MergeSingleFile"/> with <see cref="LoraModelSource.SingleFileKeyMap"/> (the LDM key-map hook).</summary>
     public static LoraMergeReport Merge(string model, IReadOnlyList<LoraWeightSpec> loras, string output, bool fp16 = false, IProgress<string>? progress = null, CancellationToken cancellation = default)
     {
         if (Directory.Exists(model)) return MergeDiffusersFolder(model, loras, output, fp16, progress, cancellation);
         if (!File.Exists(model)) throw new SdLoraException($"{model}: not found; pass a diffusers folder or a .safetensors checkpoint");
-        var map = DefaultSingleFileKeyMap ?? throw new SdLoraException($"{model}: merging into single-file (LDM) checkpoints needs the LDM key map, which this build does not have; convert the model to a diffusers folder first");
+        var map = LoraModelSource.SingleFileKeyMap ?? throw new SdLoraException($"{model}: merging into single-file (LDM) checkpoints needs the LDM key map, which this build does not have; convert the model to a diffusers folder first");
         return MergeSingleFile(model, map, loras, output, fp16, progress, cancellation);
     }
 

@@ -183,10 +183,10 @@ public sealed class LoraLinear : LoraModule
     public LoraLinear(string loraName, LoraPart part, AdaptableLinear target, int rank, double? alpha, ScalarType dtype = ScalarType.Float32)
         : base(loraName, part, rank, alpha)
     {
-        _target = target;
         lora_down = nn.Linear(target.InFeatures, rank, hasBias: false, device: target.weight.device, dtype: dtype);
         lora_up = nn.Linear(rank, target.OutFeatures, hasBias: false, device: target.weight.device, dtype: dtype);
         RegisterComponents();
+        _target = target; // after RegisterComponents: the base layer is not part of the adapter's state
         ResetParameters();
     }
 
@@ -212,10 +212,10 @@ public sealed class LoraConv : LoraModule
     public LoraConv(string loraName, LoraPart part, AdaptableConv2d target, int rank, double? alpha, ScalarType dtype = ScalarType.Float32)
         : base(loraName, part, rank, alpha)
     {
-        _target = target;
         lora_down = nn.Conv2d(target.InChannels, rank, target.KernelSize, stride: target.Stride, padding: target.Padding, bias: false, device: target.weight.device, dtype: dtype);
         lora_up = nn.Conv2d(rank, target.OutChannels, 1, bias: false, device: target.weight.device, dtype: dtype);
         RegisterComponents();
+        _target = target; // after RegisterComponents: the base layer is not part of the adapter's state
         ResetParameters();
     }
 
