@@ -56,6 +56,7 @@ public sealed class LoraFile : IDisposable
         (".lora_A.weight", ".lora_B.weight"),                // PEFT / diffusers >= 0.22
         (".lora.down.weight", ".lora.up.weight"),            // diffusers LoRACompatibleLinear
         (".lora_linear_layer.down.weight", ".lora_linear_layer.up.weight"), // diffusers text-encoder (0.1x)
+        ("_lora.down.weight", "_lora.up.weight"),            // diffusers attention processors (attn1.processor.to_q_lora)
     ];
 
     /// <summary>Reads and validates a LoRA safetensors file. <paramref name="alphaOverride"/> sets alpha for files that carry none (PEFT).</summary>
@@ -117,9 +118,10 @@ public sealed class LoraFile : IDisposable
         if (stem.StartsWith("base_model.model.", StringComparison.Ordinal)) stem = stem["base_model.model.".Length..];
         // diffusers attention-processor format: ...attn1.processor.to_q_lora -> ...attn1.to_q ; to_out_lora -> to_out.0
         int p = stem.IndexOf(".processor.", StringComparison.Ordinal);
-        if (p >= 0 && stem.EndsWith("_lora", StringComparison.Ordinal))
+        if (p >= 0)
         {
-            var proj = stem[(p + ".processor.".Length)..^"_lora".Length];
+            var proj = stem[(p + ".processor.".Length)..];
+            if (proj.EndsWith("_lora", StringComparison.Ordinal)) proj = proj[..^"_lora".Length];
             stem = stem[..p] + "." + (proj == "to_out" ? "to_out.0" : proj);
         }
         return stem;
