@@ -9,5 +9,6 @@ public static class CommandCatalog
     {
         yield return ModelCommands.Create();
         yield return LoraCommands.Create();
+        yield return TokenizeCommand.Create();
     }
 }
