@@ -10,5 +10,6 @@ public static class CommandCatalog
         yield return ModelCommands.Create();
         yield return LoraCommands.Create();
         yield return TokenizeCommand.Create();
+        yield return BenchUNetCommand.Create("bench-unet"); // temporary: moves under `bench` as `unet`
     }
 }

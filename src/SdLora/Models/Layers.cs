@@ -47,7 +47,9 @@ public sealed class AdaptableLinear : nn.Module<Tensor, Tensor>
 
     public override Tensor forward(Tensor input)
     {
-        var y = nn.functional.linear(input, weight, bias);
+        var y = CpuPrecision.ShouldUpcast(input)
+            ? nn.functional.linear(input.to(ScalarType.Float32), weight.to(ScalarType.Float32), bias?.to(ScalarType.Float32)).to(input.dtype)
+            : nn.functional.linear(input, weight, bias);
         foreach (var a in _adapters) y = y + a.Forward(input);
         return y;
     }
@@ -89,7 +91,9 @@ public sealed class AdaptableConv2d : nn.Module<Tensor, Tensor>
 
     public override Tensor forward(Tensor input)
     {
-        var y = nn.functional.conv2d(input, weight, bias, strides: [Stride, Stride], padding: [Padding, Padding]);
+        var y = CpuPrecision.ShouldUpcast(input)
+            ? nn.functional.conv2d(input.to(ScalarType.Float32), weight.to(ScalarType.Float32), bias?.to(ScalarType.Float32), strides: [Stride, Stride], padding: [Padding, Padding]).to(input.dtype)
+            : nn.functional.conv2d(input, weight, bias, strides: [Stride, Stride], padding: [Padding, Padding]);
         foreach (var a in _adapters) y = y + a.Forward(input);
         return y;
     }

@@ -1,0 +1,125 @@
+using System.Diagnostics;
+using SdLora.Models;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace SdLora.Benchmarks;
+
+/// <summary>What to time: a full-size UNet with random weights, one CFG step = one forward of batch 2.</summary>
+public sealed record UNetBenchmarkOptions(
+    ScalarType DType = ScalarType.Float32,
+    int Steps = 1,
+    int WarmupSteps = 1,
+    int LatentSize = 64,
+    int Batch = 2,
+    int ContextTokens = 77,
+    int? Threads = null,
+    UNetConfig? Config = null);
+
+/// <summary>Dense matmul speed of one kernel on one square size.</summary>
+public sealed record MatmulThroughput(string Kernel, ScalarType DType, int Size, double GFlopsPerSecond);
+
+public sealed record UNetBenchmarkResult(
+    UNetBenchmarkOptions Options,
+    int Threads,
+    double ForwardGFlop,
+    IReadOnlyList<double> StepSeconds,
+    IReadOnlyList<MatmulThroughput> Matmul,
+    long PeakRssBytes)
+{
+    public double SecondsPerStep => StepSeconds.Average();
+    public double GFlopsPerSecond => ForwardGFlop / SecondsPerStep;
+    /// <summary>Fastest dense matmul measured in this process in the benchmark's dtype.</summary>
+    public double PeakSameDTypeGFlops => Matmul.Where(m => m.DType == Options.DType).Max(m => m.GFlopsPerSecond);
+    /// <summary>Fastest dense matmul measured in this process in any dtype (fp32 on AVX2 CPUs).</summary>
+    public double PeakAnyGFlops => Matmul.Max(m => m.GFlopsPerSecond);
+    public double EfficiencySameDType => GFlopsPerSecond / PeakSameDTypeGFlops;
+    public double EfficiencyAny => GFlopsPerSecond / PeakAnyGFlops;
+}
+
+/// <summary>
+/// Times the SD1.5 UNet at a given resolution and compares its achieved FLOP rate with the dense
+/// matmul rate this process gets on the same machine, so the number reads as an efficiency.
+/// </summary>
+public static class UNetBenchmark
+{
+    public static UNetBenchmarkResult Run(UNetBenchmarkOptions options, IProgress<string>? progress = null, CancellationToken cancellationToken = default)
+    {
+        if (options.Threads is int n) torch.set_num_threads(n);
+        var config = options.Config ?? UNetConfig.StableDiffusion15;
+
+        progress?.Report("measuring dense matmul throughput");
+        var matmul = new List<MatmulThroughput>();
+        foreach (var dtype in new[] { ScalarType.Float32, options.DType }.Distinct())
+        {
+            matmul.Add(MeasureMatmul("linear", dtype, 2048));
+            cancellationToken.ThrowIfCancellationRequested();
+            // bf16/fp16 mm is pathologically slow on CPUs without native support: time it on a smaller size.
+            matmul.Add(MeasureMatmul("mm", dtype, dtype == ScalarType.Float32 ? 2048 : 512));
+            cancellationToken.ThrowIfCancellationRequested();
+        }
+
+        progress?.Report($"building UNet ({ComputeOptions.DTypeName(options.DType)}, random weights)");
+        using var unet = new UNet2DConditionModel(config);
+        unet.eval();
+        if (options.DType != ScalarType.Float32) unet.to(options.DType);
+
+        int size = options.LatentSize;
+        double gflop = UNetFlops.Forward(config, options.Batch, size, size, options.ContextTokens) / 1e9;
+        var steps = new List<double>();
+        using (torch.no_grad())
+        {
+            using var sample = torch.randn(options.Batch, config.InChannels, size, size).to(options.DType);
+            using var context = torch.randn(options.Batch, options.ContextTokens, config.CrossAttentionDim).to(options.DType);
+            using var timestep = torch.tensor(500L);
+            for (int i = 0; i < options.WarmupSteps + options.Steps; i++)
+            {
+                cancellationToken.ThrowIfCancellationRequested();
+                bool warmup = i < options.WarmupSteps;
+                progress?.Report(warmup ? $"warm-up forward {i + 1}/{options.WarmupSteps}" : $"timed forward {i - options.WarmupSteps + 1}/{options.Steps}");
+                using var scope = torch.NewDisposeScope();
+                var sw = Stopwatch.StartNew();
+                var output = unet.forward(sample, timestep, context);
+                output.sum().item<float>();
+                sw.Stop();
+                if (!warmup) steps.Add(sw.Elapsed.TotalSeconds);
+            }
+        }
+        return new UNetBenchmarkResult(options, torch.get_num_threads(), gflop, steps, matmul, PeakRssBytes());
+    }
+
+    /// <summary>GFLOP/s of a square <paramref name="size"/>² matmul through <c>torch.mm</c> ("mm") or <c>nn.functional.linear</c> ("linear").</summary>
+    public static MatmulThroughput MeasureMatmul(string kernel, ScalarType dtype, int size)
+    {
+        using var scope = torch.NewDisposeScope();
+        using var noGrad = torch.no_grad();
+        var a = torch.randn(size, size).to(dtype);
+        var b = torch.randn(size, size).to(dtype);
+        Func<Tensor> run = kernel switch
+        {
+            "mm" => () => torch.mm(a, b),
+            "linear" => () => nn.functional.linear(a, b),
+            _ => throw new ArgumentException($"unknown matmul kernel '{kernel}'", nameof(kernel)),
+        };
+        run().Dispose();
+        double flop = 2.0 * size * size * size;
+        var sw = Stopwatch.StartNew();
+        int reps = 0;
+        do { run().Dispose(); reps++; } while (sw.Elapsed.TotalSeconds < 1.0 && reps < 20);
+        return new MatmulThroughput(kernel, dtype, size, flop * reps / sw.Elapsed.TotalSeconds / 1e9);
+    }
+
+    /// <summary>Peak resident set size of this process (VmHWM), or 0 where /proc is unavailable.</summary>
+    public static long PeakRssBytes()
+    {
+        try
+        {
+            foreach (var line in File.ReadLines("/proc/self/status"))
+                if (line.StartsWith("VmHWM:"))
+                    return long.Parse(line["VmHWM:".Length..].Trim().Split(' ')[0]) * 1024;
+        }
+        catch (IOException) { }
+        catch (UnauthorizedAccessException) { }
+        return 0;
+    }
+}
