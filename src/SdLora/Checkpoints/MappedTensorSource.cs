@@ -27,6 +27,8 @@ public sealed class MappedTensorSource : ITensorSource
     }
 
     public string Description { get; }
+    /// <summary>The source the names map into.</summary>
+    public ITensorSource Inner => _inner;
     public IEnumerable<string> Keys => _order;
     public bool Contains(string name) => _map.ContainsKey(name);
 
@@ -57,6 +59,7 @@ public sealed class MappedTensorSource : ITensorSource
 public sealed class FilteredTensorSource(ITensorSource inner, Func<string, bool> keep) : ITensorSource
 {
     public string Description => inner.Description;
+    public ITensorSource Inner => inner;
     public IEnumerable<string> Keys => inner.Keys.Where(keep);
     public bool Contains(string name) => keep(name) && inner.Contains(name);
     public long[] ShapeOf(string name) => inner.ShapeOf(name);
