@@ -73,15 +73,17 @@ public sealed class StableDiffusionCheckpoint : IDisposable
         }
     }
 
-    /// <summary>Opens a single tensor file by its content: a zip is a PyTorch checkpoint, anything else must be safetensors.</summary>
+    /// <summary>
+    /// Opens a single tensor file by its content, not its extension: a zip (or a legacy torch pickle, which is then
+    /// refused with its own message) is a PyTorch checkpoint, anything else must be safetensors.
+    /// </summary>
     public static ITensorSource OpenTensorFile(string path)
     {
-        Span<byte> head = stackalloc byte[2];
+        Span<byte> head = stackalloc byte[4];
         using (var fs = File.OpenRead(path)) head = head[..fs.Read(head)];
-        bool zipOrPickle = head.Length == 2 && ((head[0] == (byte)'P' && head[1] == (byte)'K') || head[0] == 0x80);
-        var ext = System.IO.Path.GetExtension(path).ToLowerInvariant();
-        if (zipOrPickle || ext is ".ckpt" or ".pt" or ".pth" or ".bin") return TorchCheckpoint.Open(path);
-        return SafetensorsFile.Open(path);
+        bool zip = head.Length >= 2 && head[0] == (byte)'P' && head[1] == (byte)'K';
+        bool legacyPickle = head.Length == 4 && head[0] == 0x80 && head[1] is >= 2 and <= 5 && head[2] == 0x8a && head[3] == 0x0a;
+        return zip || legacyPickle ? TorchCheckpoint.Open(path) : SafetensorsFile.Open(path);
     }
 
     /// <summary>The YAML used for an LDM file: the given one, else <c>NAME.yaml</c> beside the checkpoint, else none.</summary>

@@ -48,7 +48,7 @@ public sealed class TorchCheckpoint : ITensorSource, IDisposable
             var head = new byte[4];
             int n = stream.Read(head);
             stream.Position = 0;
-            if (n == 4 && head[0] == 0x80 && head[1] <= 5 && head[2] == 0x8a)
+            if (n == 4 && head[0] == 0x80 && head[1] is >= 2 and <= 5 && head[2] == 0x8a && head[3] == 0x0a)
                 throw new SdLoraException($"{path}: is in PyTorch's legacy (pre-1.6, non-zip) format, which sdlora does not read; re-save it with torch.save from PyTorch 1.6 or newer, or convert it to .safetensors");
             if (n < 4 || head[0] != (byte)'P' || head[1] != (byte)'K')
                 throw new SdLoraException($"{path}: is not a PyTorch zip checkpoint (it does not start with a zip header); the file is damaged or of another kind; re-download it or use a .safetensors version");
