@@ -197,6 +197,8 @@ public sealed partial record TrainingConfig
             throw new SdLoraException($"--device '{Device}' is not known: use cpu, cuda or cuda:N");
         if (SaveEveryNEpochs is { } se) AtLeast("save-every-n-epochs", se, 1);
         if (SampleEveryNEpochs is { } sa) AtLeast("sample-every-n-epochs", sa, 1);
+        if (RandomCrop && CacheLatents)
+            throw new SdLoraException("--random-crop gives a new crop every epoch, which cached latents can't follow: add --cache-latents false, or drop --random-crop");
         if (Resume && Overwrite) throw new SdLoraException("--resume and --overwrite exclude each other: --resume continues the run in --output, --overwrite discards it");
         if (string.IsNullOrWhiteSpace(OutputName) || OutputName.IndexOfAny(Path.GetInvalidFileNameChars()) >= 0 || OutputName.Contains('/'))
             throw new SdLoraException($"--output-name '{OutputName}' is not a valid file name");

@@ -120,6 +120,39 @@ public static class TrainingConfigLoader
         return result;
     }
 
+    /// <summary>
+    /// Splits raw command-line tokens into (<c>--config</c> path, explicitly-set options) for <see cref="Load"/>:
+    /// <c>--flag value</c>, <c>--flag=value</c>, and bare <c>--bool-flag</c> meaning true. Flag names are checked later.
+    /// </summary>
+    public static (string? ConfigPath, Dictionary<string, object?> Options) ParseCommandLine(IReadOnlyList<string> args)
+    {
+        var options = new Dictionary<string, object?>(StringComparer.OrdinalIgnoreCase);
+        string? config = null;
+        for (int i = 0; i < args.Count; i++)
+        {
+            var a = args[i];
+            if (!a.StartsWith("--")) throw new SdLoraException($"unexpected argument '{a}': options look like --name value");
+            string name = a[2..];
+            string? value = null;
+            int eq = name.IndexOf('=');
+            if (eq >= 0) { value = name[(eq + 1)..]; name = name[..eq]; }
+            var key = Normalize(name);
+            bool isBool = Properties.Value.TryGetValue(key, out var prop) && (Nullable.GetUnderlyingType(prop.PropertyType) ?? prop.PropertyType) == typeof(bool);
+            if (value is null)
+            {
+                if (isBool && (i + 1 >= args.Count || args[i + 1].StartsWith("--") || !IsBoolText(args[i + 1]))) value = "true";
+                else if (i + 1 < args.Count && !args[i + 1].StartsWith("--")) value = args[++i];
+                else throw new SdLoraException($"--{name} needs a value");
+            }
+            if (key == "config") config = value;
+            else if (key == "optimizer-args" && options.TryGetValue(key, out var prev) && prev is string p) options[key] = p + " " + value;
+            else options[key] = value;
+        }
+        return (config, options);
+    }
+
+    private static bool IsBoolText(string s) => s.Trim().ToLowerInvariant() is "true" or "false" or "1" or "0" or "yes" or "no" or "on" or "off";
+
     private static string Normalize(string key)
     {
         var k = key.Trim().TrimStart('-').Replace('_', '-').ToLowerInvariant();

@@ -143,3 +143,31 @@ public class TrainingConfigTests
         Assert.Equal(c.TextEncoderLr, back.TextEncoderLr);
     }
 }
+
+public class TrainingCommandLineTests
+{
+    [Fact]
+    public void Command_line_tokens_become_explicit_overrides()
+    {
+        var (config, o) = TrainingConfigLoader.ParseCommandLine(
+            ["--config", "train.toml", "--learning-rate", "3e-4", "--shuffle-caption", "--enable-bucket", "false", "--resolution=640,512", "--data", "img"]);
+        Assert.Equal("train.toml", config);
+        Assert.Equal("3e-4", o["learning-rate"]);
+        Assert.Equal("true", o["shuffle-caption"]);
+        Assert.Equal("false", o["enable-bucket"]);
+        Assert.Equal("640,512", o["resolution"]);
+        var c = TrainingConfigLoader.Load(null, new Dictionary<string, object?>(o) { ["model"] = "m", ["output"] = "o" });
+        Assert.Equal(3e-4, c.LearningRate);
+        Assert.True(c.ShuffleCaption);
+        Assert.False(c.EnableBucket);
+        Assert.Equal(new Resolution(640, 512), c.Resolution);
+    }
+
+    [Fact]
+    public void Random_crop_with_cached_latents_is_refused()
+    {
+        var ex = Assert.Throws<SdLoraException>(() => new TrainingConfig { RandomCrop = true }.Validate(requirePaths: false));
+        Assert.StartsWith("--random-crop gives a new crop every epoch", ex.Message);
+        new TrainingConfig { RandomCrop = true, CacheLatents = false }.Validate(requirePaths: false);
+    }
+}
