@@ -1,0 +1,222 @@
+using System.Globalization;
+
+namespace SdLora.Training;
+
+/// <summary>
+/// Every option of a DreamBooth-LoRA run. Property names map to kebab-case flags and TOML keys
+/// (<c>TrainBatchSize</c> -> <c>--train-batch-size</c>); kohya's snake_case names are accepted too (see
+/// <see cref="TrainingConfigLoader"/>). Defaults follow the kohya colab: rank 32 / alpha 16, constant LR
+/// 1e-4 (UNet) and 5e-5 (text encoder), 512 px, 10 repeats, 10 epochs, AdamW.
+/// </summary>
+public sealed partial record TrainingConfig
+{
+    // ---- paths ----
+    /// <summary>Base model: a .safetensors/.ckpt file or a diffusers folder.</summary>
+    public string? Model { get; init; }
+    /// <summary>Training images: a plain folder, a kohya root (<c>10_sks dog</c> sub-folders) or a .zip of either.</summary>
+    public string? Data { get; init; }
+    public string? Output { get; init; }
+    public string OutputName { get; init; } = "lora";
+    /// <summary>kohya regularization root with <c>&lt;repeats&gt;_&lt;class&gt;</c> sub-folders.</summary>
+    public string? RegData { get; init; }
+    /// <summary>Where generated class images live and are reused; default <c>&lt;output&gt;/class_images</c>.</summary>
+    public string? ClassData { get; init; }
+    public string? SamplePrompts { get; init; }
+
+    // ---- dataset and captions ----
+    public string? InstancePrompt { get; init; }
+    public string? ClassPrompt { get; init; }
+    public int NumClassImages { get; init; } = 100;
+    public double PriorLossWeight { get; init; } = 1.0;
+    /// <summary>Repeats for plain-folder datasets (kohya folders carry their own in the name).</summary>
+    public int NumRepeats { get; init; } = 10;
+    public string CaptionExtension { get; init; } = ".txt";
+    public bool ShuffleCaption { get; init; }
+    public int KeepTokens { get; init; }
+    public double CaptionDropout { get; init; }
+
+    // ---- resolution and buckets ----
+    public Resolution Resolution { get; init; } = Resolution.Square(512);
+    public bool EnableBucket { get; init; } = true;
+    public int MinBucketReso { get; init; } = 256;
+    public int MaxBucketReso { get; init; } = 1024;
+    public int BucketResoSteps { get; init; } = 64;
+    public bool BucketNoUpscale { get; init; }
+    public bool RandomCrop { get; init; }
+    public bool FlipAug { get; init; }
+
+    // ---- schedule ----
+    public int TrainBatchSize { get; init; } = 1;
+    public int MaxTrainEpochs { get; init; } = 10;
+    /// <summary>When set, overrides <see cref="MaxTrainEpochs"/>.</summary>
+    public int? MaxTrainSteps { get; init; }
+    public int GradientAccumulationSteps { get; init; } = 1;
+    public double MaxGradNorm { get; init; } = 1.0;
+    public int Seed { get; init; } = 42;
+
+    // ---- learning rates and optimizer ----
+    public double LearningRate { get; init; } = 1e-4;
+    /// <summary>UNet LR; falls back to <see cref="LearningRate"/>.</summary>
+    public double? UnetLr { get; init; }
+    public double? TextEncoderLr { get; init; } = 5e-5;
+    /// <summary>AdamW, Lion or Prodigy.</summary>
+    public string Optimizer { get; init; } = "AdamW";
+    /// <summary>Extra optimizer settings as kohya's <c>key=value</c> strings (e.g. <c>d_coef=2</c> for Prodigy).</summary>
+    public IReadOnlyList<string> OptimizerArgs { get; init; } = [];
+    /// <summary>null: the optimizer's own default (AdamW 0.01, Lion 0, Prodigy 0).</summary>
+    public double? WeightDecay { get; init; }
+    public double? Beta1 { get; init; }
+    public double? Beta2 { get; init; }
+    public double? Epsilon { get; init; }
+    /// <summary>constant, constant_with_warmup, cosine, cosine_with_restarts, linear, polynomial.</summary>
+    public string LrScheduler { get; init; } = "constant";
+    /// <summary>Warmup in steps; a value below 1 is a ratio of the total steps (kohya).</summary>
+    public double LrWarmupSteps { get; init; }
+    public int LrSchedulerNumCycles { get; init; } = 1;
+    public double LrSchedulerPower { get; init; } = 1.0;
+
+    // ---- network ----
+    public int NetworkDim { get; init; } = 32;
+    public double NetworkAlpha { get; init; } = 16;
+    /// <summary>LoRA rank for 3x3 convs (LoCon); null leaves them untouched.</summary>
+    public int? ConvDim { get; init; }
+    public double? ConvAlpha { get; init; }
+    public double? NetworkDropout { get; init; }
+    public bool NetworkTrainUnetOnly { get; init; }
+    public bool NetworkTrainTextEncoderOnly { get; init; }
+
+    // ---- diffusion objective ----
+    public int ClipSkip { get; init; } = 1;
+    public double NoiseOffset { get; init; }
+    public double? MinSnrGamma { get; init; }
+    public bool VParameterization { get; init; }
+
+    // ---- compute and memory ----
+    public string Device { get; init; } = "cpu";
+    /// <summary>Dtype the frozen base model is held in.</summary>
+    public string Dtype { get; init; } = "fp32";
+    /// <summary>no, fp16 or bf16.</summary>
+    public string MixedPrecision { get; init; } = "no";
+    public string SavePrecision { get; init; } = "fp16";
+    public bool GradientCheckpointing { get; init; }
+    public bool CacheLatents { get; init; } = true;
+    public bool CacheLatentsToDisk { get; init; }
+
+    // ---- saving ----
+    public int? SaveEveryNEpochs { get; init; }
+    public int? SampleEveryNEpochs { get; init; }
+    public bool Resume { get; init; }
+    public bool Overwrite { get; init; }
+
+    public double EffectiveUnetLr => UnetLr ?? LearningRate;
+    public double EffectiveTextEncoderLr => TextEncoderLr ?? LearningRate;
+    public bool TrainUnet => !NetworkTrainTextEncoderOnly;
+    public bool TrainTextEncoder => !NetworkTrainUnetOnly && EffectiveTextEncoderLr > 0;
+    public bool WithPriorPreservation => ClassPrompt is not null || RegData is not null;
+
+    public static readonly string[] Optimizers = ["AdamW", "Lion", "Prodigy"];
+    public static readonly string[] Schedulers = ["constant", "constant_with_warmup", "cosine", "cosine_with_restarts", "linear", "polynomial"];
+
+    /// <summary>Warmup steps for a run of <paramref name="totalSteps"/> (a ratio below 1 is scaled, as kohya does).</summary>
+    public int WarmupSteps(int totalSteps) =>
+        LrWarmupSteps < 1 && LrWarmupSteps > 0 ? (int)Math.Floor(LrWarmupSteps * totalSteps) : (int)LrWarmupSteps;
+
+    /// <summary>Optimizer args parsed from <see cref="OptimizerArgs"/> (<c>key=value</c>).</summary>
+    public IReadOnlyDictionary<string, string> ParsedOptimizerArgs()
+    {
+        var d = new Dictionary<string, string>(StringComparer.OrdinalIgnoreCase);
+        foreach (var a in OptimizerArgs)
+        {
+            int eq = a.IndexOf('=');
+            if (eq <= 0) throw new SdLoraException($"--optimizer-args '{a}' is not key=value (e.g. weight_decay=0.01)");
+            d[a[..eq].Trim()] = a[(eq + 1)..].Trim();
+        }
+        return d;
+    }
+
+    /// <summary>Checks every value and throws <see cref="SdLoraException"/> naming the first bad option.</summary>
+    public TrainingConfig Validate(bool requirePaths = true)
+    {
+        if (requirePaths)
+        {
+            if (string.IsNullOrWhiteSpace(Model)) throw new SdLoraException("--model is required: a .safetensors/.ckpt checkpoint or a diffusers folder");
+            if (string.IsNullOrWhiteSpace(Data)) throw new SdLoraException("--data is required: a folder of images, a kohya dataset root (10_sks dog sub-folders) or a .zip");
+            if (string.IsNullOrWhiteSpace(Output)) throw new SdLoraException("--output is required: the folder the LoRA, loss.csv and state/ are written to");
+        }
+        Positive("learning-rate", LearningRate);
+        if (UnetLr is { } u) NonNegative("unet-lr", u);
+        if (TextEncoderLr is { } t) NonNegative("text-encoder-lr", t);
+        AtLeast("train-batch-size", TrainBatchSize, 1);
+        AtLeast("max-train-epochs", MaxTrainEpochs, 1);
+        if (MaxTrainSteps is { } s) AtLeast("max-train-steps", s, 1);
+        AtLeast("gradient-accumulation-steps", GradientAccumulationSteps, 1);
+        NonNegative("max-grad-norm", MaxGradNorm);
+        AtLeast("num-repeats", NumRepeats, 1);
+        AtLeast("num-class-images", NumClassImages, 0);
+        NonNegative("prior-loss-weight", PriorLossWeight);
+        AtLeast("keep-tokens", KeepTokens, 0);
+        if (CaptionDropout is < 0 or > 1 || double.IsNaN(CaptionDropout))
+            throw new SdLoraException($"--caption-dropout must be between 0 and 1 (got {Fmt(CaptionDropout)})");
+        AtLeast("network-dim", NetworkDim, 1);
+        Positive("network-alpha", NetworkAlpha);
+        if (ConvDim is { } cd) AtLeast("conv-dim", cd, 1);
+        if (ConvAlpha is { } ca) Positive("conv-alpha", ca);
+        if (NetworkDropout is { } nd && (nd < 0 || nd >= 1)) throw new SdLoraException($"--network-dropout must be in [0, 1) (got {Fmt(nd)})");
+        if (NetworkTrainUnetOnly && NetworkTrainTextEncoderOnly)
+            throw new SdLoraException("--network-train-unet-only and --network-train-text-encoder-only exclude each other: pass at most one");
+        if (ClipSkip is < 1 or > 12) throw new SdLoraException($"--clip-skip must be between 1 and 12 (got {ClipSkip}); 2 is the usual choice for anime models");
+        NonNegative("noise-offset", NoiseOffset);
+        if (MinSnrGamma is { } g) Positive("min-snr-gamma", g);
+        if (Resolution.Width < 64 || Resolution.Height < 64 || Resolution.Width % 8 != 0 || Resolution.Height % 8 != 0)
+            throw new SdLoraException($"--resolution must be at least 64 and a multiple of 8 (got {Resolution})");
+        AtLeast("bucket-reso-steps", BucketResoSteps, 8);
+        if (BucketResoSteps % 8 != 0) throw new SdLoraException($"--bucket-reso-steps must be a multiple of 8 (got {BucketResoSteps}); 64 is usual");
+        AtLeast("min-bucket-reso", MinBucketReso, BucketResoSteps);
+        if (MaxBucketReso < MinBucketReso) throw new SdLoraException($"--max-bucket-reso ({MaxBucketReso}) must be >= --min-bucket-reso ({MinBucketReso})");
+        if (EnableBucket && (Math.Max(Resolution.Width, Resolution.Height) > MaxBucketReso || Math.Min(Resolution.Width, Resolution.Height) < MinBucketReso))
+            throw new SdLoraException($"--resolution {Resolution} lies outside the bucket range {MinBucketReso}..{MaxBucketReso}: widen --min-bucket-reso/--max-bucket-reso");
+        if (!Optimizers.Contains(Optimizer, StringComparer.OrdinalIgnoreCase))
+            throw new SdLoraException(Optimizer.Contains("8bit", StringComparison.OrdinalIgnoreCase)
+                ? $"--optimizer {Optimizer} needs bitsandbytes, which has no .NET build: use AdamW (same update, full-precision state)"
+                : $"--optimizer '{Optimizer}' is not supported: use {string.Join(", ", Optimizers)}");
+        if (!Schedulers.Contains(LrScheduler)) throw new SdLoraException($"--lr-scheduler '{LrScheduler}' is not supported: use {string.Join(", ", Schedulers)}");
+        NonNegative("lr-warmup-steps", LrWarmupSteps);
+        if (LrWarmupSteps >= 1 && LrWarmupSteps != Math.Floor(LrWarmupSteps))
+            throw new SdLoraException($"--lr-warmup-steps must be a whole number of steps or a ratio below 1 (got {Fmt(LrWarmupSteps)})");
+        AtLeast("lr-scheduler-num-cycles", LrSchedulerNumCycles, 1);
+        Positive("lr-scheduler-power", LrSchedulerPower);
+        if (WeightDecay is { } wd) NonNegative("weight-decay", wd);
+        if (Beta1 is { } b1 && b1 is < 0 or >= 1) throw new SdLoraException($"--beta1 must be in [0, 1) (got {Fmt(b1)})");
+        if (Beta2 is { } b2 && b2 is < 0 or >= 1) throw new SdLoraException($"--beta2 must be in [0, 1) (got {Fmt(b2)})");
+        if (Epsilon is { } e) Positive("epsilon", e);
+        ParsedOptimizerArgs();
+        if (MixedPrecision is not ("no" or "fp16" or "bf16")) throw new SdLoraException($"--mixed-precision '{MixedPrecision}' is not supported: use no, fp16 or bf16");
+        if (SavePrecision is not ("fp32" or "fp16" or "bf16" or "float")) throw new SdLoraException($"--save-precision '{SavePrecision}' is not supported: use fp32, fp16 or bf16");
+        ComputeOptions.ParseDType(Dtype);
+        if (Device.Trim().ToLowerInvariant() is not ("cpu" or "cuda") && !Device.StartsWith("cuda:", StringComparison.OrdinalIgnoreCase))
+            throw new SdLoraException($"--device '{Device}' is not known: use cpu, cuda or cuda:N");
+        if (SaveEveryNEpochs is { } se) AtLeast("save-every-n-epochs", se, 1);
+        if (SampleEveryNEpochs is { } sa) AtLeast("sample-every-n-epochs", sa, 1);
+        if (RandomCrop && CacheLatents)
+            throw new SdLoraException("--random-crop gives a new crop every epoch, which cached latents can't follow: add --cache-latents false, or drop --random-crop");
+        if (Resume && Overwrite) throw new SdLoraException("--resume and --overwrite exclude each other: --resume continues the run in --output, --overwrite discards it");
+        if (string.IsNullOrWhiteSpace(OutputName) || OutputName.IndexOfAny(Path.GetInvalidFileNameChars()) >= 0 || OutputName.Contains('/'))
+            throw new SdLoraException($"--output-name '{OutputName}' is not a valid file name");
+        if (!CaptionExtension.StartsWith('.')) throw new SdLoraException($"--caption-extension must start with a dot (got '{CaptionExtension}'), e.g. .txt");
+        return this;
+    }
+
+    internal static string Fmt(double v) => v.ToString("R", CultureInfo.InvariantCulture);
+    private static void Positive(string flag, double v)
+    {
+        if (!(v > 0) || double.IsInfinity(v)) throw new SdLoraException($"--{flag} must be > 0 (got {Fmt(v)})");
+    }
+    private static void NonNegative(string flag, double v)
+    {
+        if (!(v >= 0) || double.IsInfinity(v)) throw new SdLoraException($"--{flag} must be >= 0 (got {Fmt(v)})");
+    }
+    private static void AtLeast(string flag, int v, int min)
+    {
+        if (v < min) throw new SdLoraException($"--{flag} must be >= {min} (got {v})");
+    }
+}

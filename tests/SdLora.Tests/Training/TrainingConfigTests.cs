@@ -1,0 +1,173 @@
+using SdLora.Training;
+using Xunit;
+
+namespace SdLora.Tests.Training;
+
+public class TrainingConfigTests
+{
+    private static Dictionary<string, object?> Paths() => new() { ["model"] = "m.safetensors", ["data"] = "d", ["output"] = "o" };
+
+    [Fact]
+    public void Defaults_follow_the_kohya_colab()
+    {
+        var c = TrainingConfigLoader.Load(null, Paths());
+        Assert.Equal(32, c.NetworkDim);
+        Assert.Equal(16, c.NetworkAlpha);
+        Assert.Equal(1e-4, c.EffectiveUnetLr);
+        Assert.Equal(5e-5, c.EffectiveTextEncoderLr);
+        Assert.Equal(Resolution.Square(512), c.Resolution);
+        Assert.Equal(10, c.NumRepeats);
+        Assert.Equal(10, c.MaxTrainEpochs);
+        Assert.Equal("AdamW", c.Optimizer);
+        Assert.Equal("constant", c.LrScheduler);
+    }
+
+    [Fact]
+    public void Toml_keys_mirror_flags_and_flags_override_the_file()
+    {
+        using var tmp = Fixtures.TempDir();
+        var toml = tmp.File("train.toml");
+        File.WriteAllText(toml, """
+            model = "base.safetensors"
+            data = "photos"
+            output = "out"
+            learning-rate = 2e-4
+            network-dim = 8
+            resolution = "512,768"
+            shuffle-caption = true
+            optimizer-args = ["weight_decay=0.1"]
+            """);
+        var c = TrainingConfigLoader.Load(toml, new Dictionary<string, object?> { ["--network-dim"] = "16", ["seed"] = 7 });
+        Assert.Equal(2e-4, c.LearningRate);
+        Assert.Equal(16, c.NetworkDim); // flag wins
+        Assert.Equal(7, c.Seed);
+        Assert.Equal(new Resolution(512, 768), c.Resolution);
+        Assert.True(c.ShuffleCaption);
+        Assert.Equal(["weight_decay=0.1"], c.OptimizerArgs);
+        Assert.Equal("base.safetensors", c.Model);
+    }
+
+    [Fact]
+    public void Kohya_snake_case_toml_with_sections_is_accepted()
+    {
+        using var tmp = Fixtures.TempDir();
+        var toml = tmp.File("kohya.toml");
+        File.WriteAllText(toml, """
+            [model_arguments]
+            pretrained_model_name_or_path = "sd15.safetensors"
+            [dataset_arguments]
+            train_data_dir = "img"
+            resolution = 768
+            caption_dropout_rate = 0.05
+            [training_arguments]
+            output_dir = "out"
+            optimizer_type = "Lion"
+            max_train_epochs = 4
+            network_module = "networks.lora"
+            """);
+        var notes = new List<string>();
+        var c = TrainingConfigLoader.Load(toml, null, notes: notes);
+        Assert.Equal("sd15.safetensors", c.Model);
+        Assert.Equal("img", c.Data);
+        Assert.Equal(Resolution.Square(768), c.Resolution);
+        Assert.Equal(0.05, c.CaptionDropout);
+        Assert.Equal("Lion", c.Optimizer);
+        Assert.Equal(4, c.MaxTrainEpochs);
+        Assert.Contains(notes, n => n.Contains("network_module"));
+    }
+
+    [Fact]
+    public void Unknown_toml_key_is_named_with_the_file()
+    {
+        using var tmp = Fixtures.TempDir();
+        var toml = tmp.File("bad.toml");
+        File.WriteAllText(toml, "learning-rat = 1e-4\n");
+        var ex = Assert.Throws<SdLoraException>(() => TrainingConfigLoader.Load(toml, Paths()));
+        Assert.Equal($"{toml}: unknown option 'learning-rat' (did you mean 'learning-rate'?)", ex.Message);
+    }
+
+    [Fact]
+    public void Malformed_toml_is_a_clear_error()
+    {
+        using var tmp = Fixtures.TempDir();
+        var toml = tmp.File("broken.toml");
+        File.WriteAllText(toml, "learning-rate = = 3\n");
+        var ex = Assert.Throws<SdLoraException>(() => TrainingConfigLoader.Load(toml, Paths()));
+        Assert.StartsWith($"{toml}: not valid TOML", ex.Message);
+    }
+
+    [Theory]
+    [InlineData("learning-rate", "-1", "--learning-rate must be > 0 (got -1)")]
+    [InlineData("train-batch-size", "0", "--train-batch-size must be >= 1 (got 0)")]
+    [InlineData("caption-dropout", "1.5", "--caption-dropout must be between 0 and 1 (got 1.5)")]
+    [InlineData("lr-scheduler", "step", "--lr-scheduler 'step' is not supported: use constant, constant_with_warmup, cosine, cosine_with_restarts, linear, polynomial")]
+    [InlineData("optimizer", "AdamW8bit", "--optimizer AdamW8bit needs bitsandbytes, which has no .NET build: use AdamW (same update, full-precision state)")]
+    [InlineData("network-dim", "abc", "command line: --network-dim must be a whole number (got 'abc')")]
+    [InlineData("resolution", "big", "--resolution 'big' is not a size: use 512 or 512,768 (width,height)")]
+    [InlineData("clip-skip", "0", "--clip-skip must be between 1 and 12 (got 0); 2 is the usual choice for anime models")]
+    public void Bad_values_name_the_flag(string flag, string value, string message)
+    {
+        var o = Paths();
+        o[flag] = value;
+        var ex = Assert.Throws<SdLoraException>(() => TrainingConfigLoader.Load(null, o));
+        Assert.Equal(message, ex.Message);
+    }
+
+    [Fact]
+    public void Missing_data_is_reported()
+    {
+        var ex = Assert.Throws<SdLoraException>(() => TrainingConfigLoader.Load(null, new Dictionary<string, object?> { ["model"] = "m" }));
+        Assert.StartsWith("--data is required", ex.Message);
+    }
+
+    [Fact]
+    public void Warmup_ratio_is_scaled_by_total_steps()
+    {
+        var c = TrainingConfigLoader.Load(null, new Dictionary<string, object?>(Paths()) { ["lr-warmup-steps"] = "0.1" });
+        Assert.Equal(25, c.WarmupSteps(250));
+        Assert.Equal(30, (c with { LrWarmupSteps = 30 }).WarmupSteps(250));
+    }
+
+    [Fact]
+    public void Run_json_round_trips_the_config()
+    {
+        using var tmp = Fixtures.TempDir();
+        var c = TrainingConfigLoader.Load(null, new Dictionary<string, object?>(Paths()) { ["resolution"] = "640,512", ["optimizer-args"] = "d_coef=2", ["min-snr-gamma"] = "5" });
+        var run = RunFolder.Prepare(tmp.File("out"), resume: false, overwrite: false);
+        run.WriteRunJson(c);
+        Assert.Contains("\"train-batch-size\": 1", File.ReadAllText(run.RunJson));
+        var back = RunFolder.ReadRunJson(run.RunJson);
+        Assert.Equal(c.Resolution, back.Resolution);
+        Assert.Equal(c.OptimizerArgs, back.OptimizerArgs);
+        Assert.Equal(c.MinSnrGamma, back.MinSnrGamma);
+        Assert.Equal(c.TextEncoderLr, back.TextEncoderLr);
+    }
+}
+
+public class TrainingCommandLineTests
+{
+    [Fact]
+    public void Command_line_tokens_become_explicit_overrides()
+    {
+        var (config, o) = TrainingConfigLoader.ParseCommandLine(
+            ["--config", "train.toml", "--learning-rate", "3e-4", "--shuffle-caption", "--enable-bucket", "false", "--resolution=640,512", "--data", "img"]);
+        Assert.Equal("train.toml", config);
+        Assert.Equal("3e-4", o["learning-rate"]);
+        Assert.Equal("true", o["shuffle-caption"]);
+        Assert.Equal("false", o["enable-bucket"]);
+        Assert.Equal("640,512", o["resolution"]);
+        var c = TrainingConfigLoader.Load(null, new Dictionary<string, object?>(o) { ["model"] = "m", ["output"] = "o" });
+        Assert.Equal(3e-4, c.LearningRate);
+        Assert.True(c.ShuffleCaption);
+        Assert.False(c.EnableBucket);
+        Assert.Equal(new Resolution(640, 512), c.Resolution);
+    }
+
+    [Fact]
+    public void Random_crop_with_cached_latents_is_refused()
+    {
+        var ex = Assert.Throws<SdLoraException>(() => new TrainingConfig { RandomCrop = true }.Validate(requirePaths: false));
+        Assert.StartsWith("--random-crop gives a new crop every epoch", ex.Message);
+        new TrainingConfig { RandomCrop = true, CacheLatents = false }.Validate(requirePaths: false);
+    }
+}
