@@ -42,7 +42,18 @@ public sealed class LoraModelSource : ITensorSource, IDisposable
     public Tensor Load(string name, ScalarType? dtype = null) => _keys[name].File.Load(_keys[name].Key, dtype);
 
     /// <summary>Single-file key -> <c>unet.X</c> / <c>text_encoder.X</c> or null; the application sets it from the LDM key map.</summary>
-    public static Func<string, string?>? SingleFileKeyMap { get; set; }
+    public static Func<string, string?>? SingleFileKeyMap { get; set; } = LdmFileKeyToPrefixed;
+
+    /// <summary>An LDM single-file key -> <c>unet.X</c> / <c>text_encoder.X</c> (SD1.x block layout), or null for the VAE and extras.</summary>
+    public static string? LdmFileKeyToPrefixed(string fileKey) =>
+        SdLora.Checkpoints.LdmKeyMap.TryLdmKeyToDiffusers(fileKey, SdLora.Models.UNetConfig.StableDiffusion15, SdLora.Models.AutoencoderKLConfig.StableDiffusion15, out var part, out var name)
+            ? part switch
+            {
+                SdLora.Checkpoints.ModelPart.UNet => "unet." + name,
+                SdLora.Checkpoints.ModelPart.TextEncoder => "text_encoder." + name,
+                _ => null,
+            }
+            : null;
 
     private LoraModelSource(string description) => Description = description;
 

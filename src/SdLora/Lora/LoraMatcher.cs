@@ -20,7 +20,7 @@ public static class LoraMatcher
     /// module path (<c>input_blocks.1.1.proj_in</c>, without <c>model.diffusion_model.</c>) to the diffusers module path
     /// (<c>down_blocks.0.attentions.0.proj_in</c>), or null. Wired to the checkpoint key map by the application.
     /// </summary>
-    public static Func<string, string?>? DefaultLdmUnetModulePath { get; set; }
+    public static Func<string, string?>? DefaultLdmUnetModulePath { get; set; } = p => SdLora.Checkpoints.LdmKeyMap.UnetModulePathLdmToDiffusers(p);
 
     /// <exception cref="SdLoraException">nothing matches, or a matched module's shapes do not fit its layer.</exception>
     public static LoraMatchResult Match(LoraFile lora, LoraTargetIndex index, Func<string, string?>? ldmUnetModulePath = null)

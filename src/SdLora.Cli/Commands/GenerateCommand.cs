@@ -1,0 +1,81 @@
+using System.CommandLine;
+using SdLora.IO;
+using SdLora.Pipelines;
+using SdLora.Sampling;
+using Spectre.Console;
+
+namespace SdLora.Cli.Commands;
+
+/// <summary><c>sdlora generate</c>: txt2img from the command line.</summary>
+public static class GenerateCommand
+{
+    public static Command Create()
+    {
+        var prompt = new Option<string>("--prompt", "-p") { Description = "the prompt (A1111 syntax: (word:1.2), [word], BREAK, <lora:NAME:W>)", Required = true };
+        var negative = new Option<string>("--negative-prompt", "-n") { Description = "what to steer away from", DefaultValueFactory = _ => "" };
+        var model = CliOptions.Model();
+        var config = CliOptions.Config();
+        var width = new Option<int>("--width", "-W") { Description = "image width (multiple of 8)", DefaultValueFactory = _ => 512 };
+        var height = new Option<int>("--height", "-H") { Description = "image height (multiple of 8)", DefaultValueFactory = _ => 512 };
+        var steps = new Option<int>("--steps") { Description = "sampling steps", DefaultValueFactory = _ => 20 };
+        var sampler = new Option<string>("--sampler") { Description = "sampler: " + string.Join(", ", SamplerCatalog.Names) + " (or euler_a, dpmpp_2m_karras, ...)", DefaultValueFactory = _ => "Euler a" };
+        var cfg = new Option<double>("--cfg") { Description = "classifier-free guidance scale", DefaultValueFactory = _ => 7.0 };
+        var seed = new Option<long>("--seed") { Description = "seed (-1 = random; image i uses seed + i)", DefaultValueFactory = _ => -1 };
+        var batchSize = new Option<int>("--batch-size") { Description = "images per batch", DefaultValueFactory = _ => 1 };
+        var batchCount = new Option<int>("--batch-count") { Description = "number of batches", DefaultValueFactory = _ => 1 };
+        var clipSkip = new Option<int>("--clip-skip") { Description = "use the n-th last CLIP layer (2 = A1111 'Clip skip: 2')", DefaultValueFactory = _ => 1 };
+        var lora = new Option<string[]>("--lora") { Description = "LoRA file PATH[:WEIGHT] (repeatable)", AllowMultipleArgumentsPerToken = false, DefaultValueFactory = _ => [] };
+        var loraDir = new Option<string>("--lora-dir") { Description = "where <lora:NAME:W> tags find NAME.safetensors", DefaultValueFactory = _ => Path.Combine("models", "lora") };
+        var initLatents = new Option<string?>("--init-latents") { Description = "safetensors file with tensor 'latents' [images,4,H/8,W/8] replacing the seeded noise" };
+        var outDir = new Option<string>("--out") { Description = "output folder", DefaultValueFactory = _ => Path.Combine("outputs", "txt2img") };
+        var device = CliOptions.Device();
+        var dtype = CliOptions.DType();
+
+        var cmd = new Command("generate", "text to image (txt2img) with CFG, samplers and LoRAs; writes PNGs with A1111 parameters")
+        {
+            prompt, negative, model, config, width, height, steps, sampler, cfg, seed, batchSize, batchCount, clipSkip, lora, loraDir, initLatents, outDir, device, dtype,
+        };
+        cmd.SetAction(r =>
+        {
+            var compute = ComputeOptions.Parse(r.GetValue(device)!, r.GetValue(dtype)!);
+            var options = new Txt2ImgOptions
+            {
+                Prompt = r.GetValue(prompt)!, NegativePrompt = r.GetValue(negative)!, Width = r.GetValue(width), Height = r.GetValue(height),
+                Steps = r.GetValue(steps), Sampler = r.GetValue(sampler)!, CfgScale = r.GetValue(cfg), Seed = r.GetValue(seed),
+                BatchSize = r.GetValue(batchSize), BatchCount = r.GetValue(batchCount), ClipSkip = r.GetValue(clipSkip),
+                Loras = r.GetValue(lora)!.Select(ParseLora).ToList(), LoraDir = r.GetValue(loraDir)!, OutputDir = r.GetValue(outDir),
+            };
+            options.Validate();
+            var modelPath = CliOptions.ResolveModel(r.GetValue(model));
+            using var sd = CliProgress.Status($"loading {modelPath}", () => StableDiffusionModel.Load(modelPath, r.GetValue(config), compute));
+            string? latentsPath = r.GetValue(initLatents);
+            TorchSharp.torch.Tensor? latents = null;
+            if (latentsPath is not null)
+            {
+                using var f = SafetensorsFile.Open(latentsPath);
+                if (!f.Contains("latents")) throw new SdLoraException($"{latentsPath}: has no tensor named 'latents'; save the initial latents under that name");
+                latents = f.Load("latents", TorchSharp.torch.ScalarType.Float32);
+                options = options with { InitialLatents = latents };
+            }
+            var pipeline = new Txt2ImgPipeline(sd);
+            var result = CliProgress.Bar("generating", report =>
+                pipeline.Generate(options, new SyncProgress<GenerationProgress>(p =>
+                    report((p.Batch - 1) * p.Steps + p.Step, p.Batches * p.Steps, $"batch {p.Batch}/{p.Batches}")), CliCancellation.Token));
+            foreach (var w in result.Warnings) AnsiConsole.MarkupLineInterpolated($"[yellow]warning:[/] {w}");
+            foreach (var img in result.Images) AnsiConsole.MarkupLineInterpolated($"seed {img.Seed}: {img.Path}");
+            if (result.Cancelled) AnsiConsole.MarkupLineInterpolated($"[yellow]stopped[/]: {result.Images.Count} finished image(s) kept");
+            latents?.Dispose();
+            return result.Cancelled ? 130 : 0;
+        });
+        return cmd;
+    }
+
+    private static LoraUse ParseLora(string spec)
+    {
+        // PATH[:WEIGHT]; a Windows drive letter or a colon inside the path is kept when the tail is not a number.
+        int i = spec.LastIndexOf(':');
+        if (i > 0 && double.TryParse(spec[(i + 1)..], System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out var w))
+            return new LoraUse(spec[..i], w);
+        return new LoraUse(spec, 1.0);
+    }
+}

@@ -1,0 +1,115 @@
+using System.Security.Cryptography;
+using SdLora.Checkpoints;
+using SdLora.Models;
+using SdLora.Sampling;
+using SdLora.Text;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace SdLora.Pipelines;
+
+/// <summary>
+/// A loaded Stable Diffusion 1.x model: tokenizer, text encoder, UNet, VAE and noise schedule, frozen, on the
+/// chosen device and dtype. Built from a checkpoint (<see cref="Load"/>) or with random weights for benchmarks.
+/// </summary>
+public sealed class StableDiffusionModel : IDisposable
+{
+    public ClipTokenizer Tokenizer { get; }
+    public ClipTextModel TextEncoder { get; }
+    public UNet2DConditionModel UNet { get; }
+    public AutoencoderKL Vae { get; }
+    public NoiseSchedule Schedule { get; }
+    public ComputeOptions Compute { get; }
+    /// <summary>A1111's "Model" field: the checkpoint's file (or folder) name without extension.</summary>
+    public string Name { get; }
+    /// <summary>The checkpoint path, or null for in-memory models.</summary>
+    public string? SourcePath { get; }
+    /// <summary>Layout of the checkpoint it came from (for merge tools that write the same layout back).</summary>
+    public CheckpointLayout? Layout { get; }
+
+    private readonly Lazy<string?> _shortHash;
+    /// <summary>A1111's "Model hash": the first 10 hex digits of the SHA-256 of the checkpoint file (the UNet weights file for a diffusers folder).</summary>
+    public string? ShortHash => _shortHash.Value;
+
+    public StableDiffusionModel(ClipTokenizer tokenizer, ClipTextModel textEncoder, UNet2DConditionModel unet, AutoencoderKL vae,
+        NoiseSchedule schedule, ComputeOptions compute, string name, string? sourcePath = null, CheckpointLayout? layout = null)
+    {
+        Tokenizer = tokenizer; TextEncoder = textEncoder; UNet = unet; Vae = vae; Schedule = schedule; Compute = compute;
+        Name = name; SourcePath = sourcePath; Layout = layout;
+        foreach (var m in new nn.Module[] { textEncoder, unet, vae })
+        {
+            m.eval();
+            foreach (var p in m.parameters()) p.requires_grad = false;
+        }
+        _shortHash = new(() => sourcePath is null ? null : ModelHashes.A1111ShortHash(sourcePath));
+    }
+
+    /// <summary>Loads an SD1.x checkpoint: a single <c>.safetensors</c>/<c>.ckpt</c> (with <paramref name="configYaml"/> or a <c>NAME.yaml</c> beside it, else dims from shapes) or a diffusers folder.</summary>
+    public static StableDiffusionModel Load(string path, string? configYaml = null, ComputeOptions? compute = null, IProgress<string>? progress = null)
+    {
+        compute ??= ComputeOptions.CpuFloat32;
+        using var ckpt = StableDiffusionCheckpoint.Open(path, configYaml);
+        var tokenizer = ckpt.TokenizerDir is { } dir ? ClipTokenizer.FromDiffusersFolder(dir) : ClipTokenizer.Default;
+
+        progress?.Report("text encoder");
+        var te = Build(() => new ClipTextModel(ckpt.ClipTextConfig), ckpt.TextEncoderWeights, compute);
+        progress?.Report("UNet");
+        var unet = Build(() => new UNet2DConditionModel(ckpt.UNetConfig), ckpt.UNetWeights, compute);
+        progress?.Report("VAE");
+        var vae = Build(() => new AutoencoderKL(ckpt.AutoencoderKLConfig), ckpt.VaeWeights, compute);
+
+        var s = ckpt.Schedule;
+        var schedule = new NoiseSchedule(s.TrainTimesteps, s.BetaSchedule, s.BetaStart, s.BetaEnd,
+            s.PredictionType == "v_prediction" ? PredictionType.VPrediction : PredictionType.Epsilon);
+        var name = Directory.Exists(path) ? new DirectoryInfo(path).Name : System.IO.Path.GetFileNameWithoutExtension(path);
+        return new StableDiffusionModel(tokenizer, te, unet, vae, schedule, compute, name, path, ckpt.Layout);
+    }
+
+    private static T Build<T>(Func<T> create, SdLora.IO.ITensorSource weights, ComputeOptions compute) where T : nn.Module
+    {
+        T module;
+        using (torch.no_grad()) module = create();
+        ModuleWeights.Load(module, weights);
+        return To(module, compute);
+    }
+
+    /// <summary>Moves a module to the compute device and dtype (parameters converted one at a time).</summary>
+    public static T To<T>(T module, ComputeOptions compute) where T : nn.Module
+    {
+        if (compute.DType != ScalarType.Float32) module.to(compute.DType);
+        if (compute.Device.type != DeviceType.CPU) module.to(compute.Device);
+        return module;
+    }
+
+    public void Dispose()
+    {
+        TextEncoder.Dispose();
+        UNet.Dispose();
+        Vae.Dispose();
+    }
+}
+
+/// <summary>The hashes A1111 shows for checkpoints, cached beside nothing: computed once per process per file.</summary>
+public static class ModelHashes
+{
+    private static readonly Dictionary<string, string> Cache = new();
+
+    public static string? A1111ShortHash(string path)
+    {
+        string? file = File.Exists(path) ? path
+            : Directory.Exists(path) ? new[] { "unet/diffusion_pytorch_model.safetensors", "unet/diffusion_pytorch_model.bin" }
+                .Select(f => System.IO.Path.Combine(path, f)).FirstOrDefault(File.Exists)
+            : null;
+        if (file is null) return null;
+        var info = new FileInfo(file);
+        var key = $"{info.FullName}|{info.Length}|{info.LastWriteTimeUtc.Ticks}";
+        lock (Cache)
+        {
+            if (Cache.TryGetValue(key, out var h)) return h;
+            using var s = File.OpenRead(file);
+            h = Convert.ToHexString(SHA256.HashData(s)).ToLowerInvariant()[..10];
+            Cache[key] = h;
+            return h;
+        }
+    }
+}
