@@ -9,5 +9,6 @@ public static class CommandCatalog
     {
         yield return ModelCommands.Create();
         yield return CaptionCommand.Create();
+        yield return BenchCaptionCommand.Create(); // temporary top-level; belongs under `bench`
     }
 }
