@@ -1,0 +1,91 @@
+using System.CommandLine;
+using SdLora.Captioning;
+using Spectre.Console;
+
+namespace SdLora.Cli.Commands;
+
+/// <summary><c>sdlora caption DIR</c>: writes a BLIP caption next to every training image.</summary>
+public static class CaptionCommand
+{
+    public static Command Create() => Create(null);
+
+    /// <param name="console">Where to print (tests pass a recording console); null = the terminal.</param>
+    public static Command Create(IAnsiConsole? console)
+    {
+        var dir = new Argument<string>("DIR") { Description = "training image folder (plain, or kohya's 'N_identifier class' sub-folders)" };
+        var model = new Option<string?>("--model") { Description = $"BLIP model folder (Hugging Face layout); default models/blip or ${BlipCaptioner.ModelEnvironmentVariable}" };
+        var ext = new Option<string>("--ext") { Description = "caption file extension: .txt or .caption", DefaultValueFactory = _ => ".txt" };
+        var prefix = new Option<string>("--prefix") { Description = "text put before every caption, e.g. \"sks dog, \"", DefaultValueFactory = _ => "" };
+        var overwrite = new Option<bool>("--overwrite") { Description = "replace existing caption files (default: keep them)" };
+        var batchSize = new Option<int>("--batch-size") { Description = "images captioned together", DefaultValueFactory = _ => 1 };
+        var numBeams = new Option<int>("--num-beams") { Description = "beam search width (1 = greedy)", DefaultValueFactory = _ => 1 };
+        var minLength = new Option<int>("--min-length") { Description = "minimum tokens, counting [DEC] and the prompt", DefaultValueFactory = _ => 5 };
+        var maxLength = new Option<int>("--max-length") { Description = "maximum tokens, counting [DEC] and the prompt", DefaultValueFactory = _ => 75 };
+        var repetition = new Option<double>("--repetition-penalty") { Description = "penalty on tokens already present (1.0 = off; kohya samples with 1.1)", DefaultValueFactory = _ => 1.0 };
+        var topP = new Option<double?>("--top-p") { Description = "nucleus sampling with this top-p (and top-k 50) instead of greedy/beam search; kohya's default is 0.9" };
+        var seed = new Option<long>("--seed") { Description = "seed for sampling", DefaultValueFactory = _ => 0 };
+        var prompt = new Option<string>("--prompt") { Description = "conditional prompt, stripped from the written caption (\"\" = unconditional)", DefaultValueFactory = _ => "a picture of " };
+        var legacyBeams = new Option<bool>("--legacy-beam-length") { Description = "beam search length rule of transformers <= 4.35 (whole sequence) instead of generated tokens" };
+        var device = new Option<string>("--device") { Description = "cpu, cuda or cuda:N", DefaultValueFactory = _ => "cpu" };
+        var dtype = new Option<string>("--dtype") { Description = "fp32, bf16 or fp16", DefaultValueFactory = _ => "fp32" };
+
+        var command = new Command("caption", "write a BLIP caption file next to every image of a training folder");
+        command.Arguments.Add(dir);
+        foreach (var o in new Option[] { model, ext, prefix, overwrite, batchSize, numBeams, minLength, maxLength, repetition, topP, seed, prompt, legacyBeams, device, dtype })
+            command.Options.Add(o);
+
+        command.SetAction((parse, cancellationToken) =>
+        {
+            var ui = console ?? AnsiConsole.Console;
+            var folder = parse.GetValue(dir)!;
+            var datasetOptions = new DatasetCaptionOptions
+            {
+                Extension = DatasetCaptioner.NormalizeExtension(parse.GetValue(ext)!),
+                Prefix = parse.GetValue(prefix) ?? "",
+                Overwrite = parse.GetValue(overwrite),
+                BatchSize = parse.GetValue(batchSize),
+            };
+            double? p = parse.GetValue(topP);
+            var generation = new BlipGenerationOptions
+            {
+                NumBeams = parse.GetValue(numBeams),
+                MinLength = parse.GetValue(minLength),
+                MaxLength = parse.GetValue(maxLength),
+                RepetitionPenalty = parse.GetValue(repetition),
+                DoSample = p is not null,
+                TopP = p ?? 1.0,
+                LengthRule = parse.GetValue(legacyBeams) ? BeamLengthRule.WholeSequence : BeamLengthRule.GeneratedTokens,
+            };
+            generation.Validate();
+            var captionOptions = new BlipCaptionOptions { Prompt = parse.GetValue(prompt) ?? "", Generation = generation, Seed = parse.GetValue(seed) };
+            var modelDir = parse.GetValue(model) ?? BlipCaptioner.DefaultModelFolder();
+            var images = DatasetCaptioner.FindImages(folder);
+            BlipCaptioner.EnsureModelFolder(modelDir);
+            var compute = ComputeOptions.Parse(parse.GetValue(device)!, parse.GetValue(dtype)!);
+
+            ui.MarkupLine($"loading BLIP from [blue]{Markup.Escape(modelDir)}[/]; {images.Count} images in {Markup.Escape(folder)}");
+            using var blip = BlipCaptioner.Load(modelDir, compute);
+            DatasetCaptionSummary summary = null!;
+            ui.Progress()
+                .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new ElapsedTimeColumn(), new RemainingTimeColumn())
+                .Start(ctx =>
+                {
+                    var task = ctx.AddTask("captioning", maxValue: Math.Max(1, images.Count));
+                    var progress = new SynchronousProgress<CaptionProgress>(r => task.Value = r.Done);
+                    summary = DatasetCaptioner.Run(folder, blip, captionOptions, datasetOptions, progress, cancellationToken);
+                    task.Value = task.MaxValue;
+                });
+            foreach (var failed in summary.Files.Where(f => f.Outcome == CaptionOutcome.Failed))
+                ui.MarkupLine($"[yellow]skipped[/] {Markup.Escape(failed.Error ?? failed.ImagePath)}");
+            ui.MarkupLine($"{summary.Captioned} captioned, {summary.Kept} kept (existing captions; --overwrite replaces them), {summary.Failed} failed");
+            return Task.FromResult(summary.Failed > 0 && summary.Captioned + summary.Kept == 0 ? 1 : 0);
+        });
+        return command;
+    }
+
+    /// <summary>Reports on the calling thread (Progress&lt;T&gt; would post to the thread pool, after the bar is gone).</summary>
+    private sealed class SynchronousProgress<T>(Action<T> report) : IProgress<T>
+    {
+        public void Report(T value) => report(value);
+    }
+}

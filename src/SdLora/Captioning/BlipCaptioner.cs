@@ -1,0 +1,126 @@
+using SdLora.Imaging;
+using SdLora.IO;
+using SdLora.Models;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace SdLora.Captioning;
+
+/// <summary>What to generate: the conditional prompt (stripped from the written caption) and the search settings.</summary>
+public sealed record BlipCaptionOptions
+{
+    /// <summary>Hugging Face's and kohya's default conditional prompt. Empty = unconditional captioning.</summary>
+    public string Prompt { get; init; } = "a picture of ";
+    public BlipGenerationOptions Generation { get; init; } = new() { MaxLength = 75, MinLength = 5 };
+    /// <summary>Seed of the sampling draws (used only when sampling).</summary>
+    public long Seed { get; init; }
+}
+
+/// <summary>
+/// A loaded BLIP captioner: model, image processor and tokenizer from a Hugging Face model folder
+/// (e.g. a download of <c>Salesforce/blip-image-captioning-large</c>).
+/// </summary>
+public sealed class BlipCaptioner : IDisposable
+{
+    public const string ModelEnvironmentVariable = "SDLORA_BLIP_MODEL";
+    public static readonly string[] RequiredFiles = ["config.json", "model.safetensors", "vocab.txt"];
+
+    public BlipForConditionalGeneration Model { get; }
+    public BlipProcessor Processor { get; }
+    public WordPieceTokenizer Tokenizer { get; }
+    public ComputeOptions Compute { get; }
+
+    public BlipCaptioner(BlipForConditionalGeneration model, BlipProcessor processor, WordPieceTokenizer tokenizer, ComputeOptions? compute = null)
+    {
+        Model = model; Processor = processor; Tokenizer = tokenizer; Compute = compute ?? ComputeOptions.CpuFloat32;
+    }
+
+    /// <summary><c>$SDLORA_BLIP_MODEL</c> if set, else <c>models/blip</c> under the current directory.</summary>
+    public static string DefaultModelFolder() =>
+        Environment.GetEnvironmentVariable(ModelEnvironmentVariable) is { Length: > 0 } env ? env : Path.Combine(Environment.CurrentDirectory, "models", "blip");
+
+    /// <summary>Throws the one-line "no model here, this is how to get one" message when <paramref name="folder"/> is not a usable BLIP folder.</summary>
+    public static void EnsureModelFolder(string folder)
+    {
+        if (File.Exists(folder) && folder.EndsWith(".pth", StringComparison.OrdinalIgnoreCase))
+            throw new SdLoraException($"{folder}: original BLIP .pth checkpoints are not readable yet; use a Hugging Face model folder (config.json, model.safetensors, preprocessor_config.json, vocab.txt, tokenizer_config.json), e.g. Salesforce/blip-image-captioning-large");
+        var missing = RequiredFiles.Where(f => !File.Exists(Path.Combine(folder, f))).ToList();
+        if (missing.Count == 0) return;
+        string what = Directory.Exists(folder) ? $"missing {string.Join(", ", missing)}" : "folder not found";
+        throw new SdLoraException($"no BLIP model at {folder} ({what}): the folder needs config.json, model.safetensors, preprocessor_config.json, vocab.txt and tokenizer_config.json - download them from Hugging Face (e.g. Salesforce/blip-image-captioning-large) into it, or pass --model DIR or set {ModelEnvironmentVariable}");
+    }
+
+    public static BlipCaptioner Load(string folder, ComputeOptions? compute = null)
+    {
+        EnsureModelFolder(folder);
+        compute ??= ComputeOptions.CpuFloat32;
+        var config = BlipConfig.FromJsonFile(Path.Combine(folder, "config.json"));
+        var tokenizer = WordPieceTokenizer.FromFolder(folder);
+        var processor = BlipProcessor.FromJsonFile(Path.Combine(folder, "preprocessor_config.json"), config.Vision.ImageSize);
+        var model = new BlipForConditionalGeneration(config);
+        using (var file = SafetensorsFile.Open(Path.Combine(folder, "model.safetensors")))
+            LoadWeights(model, file);
+        model.eval();
+        model.to(compute.DType).to(compute.Device);
+        return new BlipCaptioner(model, processor, tokenizer, compute);
+    }
+
+    /// <summary>
+    /// Fills the model from Hugging Face-named tensors. The LM head's <c>decoder.weight</c> falls back to the word
+    /// embeddings when absent (the original BLIP code ties them); <c>*.position_ids</c> buffers are ignored.
+    /// </summary>
+    public static void LoadWeights(BlipForConditionalGeneration model, ITensorSource source) =>
+        ModuleWeights.Load(model, new TiedHeadSource(source));
+
+    /// <summary><c>[DEC]</c> then the prompt's WordPiece ids (what BLIP builds from <c>[CLS] prompt [SEP]</c>).</summary>
+    public long[] PromptIds(string prompt)
+    {
+        var ids = new List<long> { Model.Config.Text.BosTokenId };
+        if (!string.IsNullOrWhiteSpace(prompt))
+        {
+            var encoded = Tokenizer.Encode(prompt);
+            ids.AddRange(encoded[1..^1].Select(i => (long)i));
+        }
+        return ids.ToArray();
+    }
+
+    /// <summary>One caption per image, the prompt stripped.</summary>
+    public IReadOnlyList<string> Caption(IReadOnlyList<RgbImage> images, BlipCaptionOptions options, ISamplingNoise? noise = null, CancellationToken cancellationToken = default)
+    {
+        if (images.Count == 0) return [];
+        using var scope = torch.NewDisposeScope();
+        var pixels = Processor.Preprocess(images).to(Compute.DType).to(Compute.Device);
+        var prompt = PromptIds(options.Prompt);
+        if (options.Generation.DoSample) noise ??= new SeededSamplingNoise(options.Seed);
+        var result = BlipGenerator.Generate(Model, pixels, prompt, options.Generation, noise, cancellationToken: cancellationToken);
+        return result.Sequences.Select(s => CaptionText(s, prompt.Length)).ToList();
+    }
+
+    /// <summary>
+    /// The decoded caption without the prompt: the full text (what Hugging Face returns) minus the decoded prompt
+    /// when it starts with it, else the decoded generated tokens alone.
+    /// </summary>
+    public string CaptionText(IReadOnlyList<long> sequence, int promptLength)
+    {
+        var full = Tokenizer.Decode(sequence);
+        if (promptLength <= 1) return full;
+        var promptText = Tokenizer.Decode(sequence.Take(promptLength));
+        if (promptText.Length > 0 && full.StartsWith(promptText, StringComparison.Ordinal)) return full[promptText.Length..].Trim();
+        return Tokenizer.Decode(sequence.Skip(promptLength));
+    }
+
+    public void Dispose() => Model.Dispose();
+
+    private sealed class TiedHeadSource(ITensorSource inner) : ITensorSource
+    {
+        private const string Head = "text_decoder.cls.predictions.decoder.weight";
+        private const string Words = "text_decoder.bert.embeddings.word_embeddings.weight";
+
+        public string Description => inner.Description;
+        public IEnumerable<string> Keys => inner.Keys;
+        private string Resolve(string name) => name == Head && !inner.Contains(Head) ? Words : name;
+        public bool Contains(string name) => inner.Contains(Resolve(name));
+        public long[] ShapeOf(string name) => inner.ShapeOf(Resolve(name));
+        public Tensor Load(string name, ScalarType? dtype = null) => inner.Load(Resolve(name), dtype);
+    }
+}

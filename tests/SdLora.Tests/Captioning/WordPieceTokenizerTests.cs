@@ -1,0 +1,113 @@
+using SdLora.Captioning;
+using SdLora.IO;
+using TorchSharp;
+using Xunit;
+
+namespace SdLora.Tests.Captioning;
+
+public sealed class WordPieceTokenizerTests
+{
+    private static readonly WordPieceTokenizer Tokenizer = WordPieceTokenizer.FromFolder(Fixtures.Golden("blip/model"));
+
+    [Fact]
+    public void Encode_matches_reference_cases()
+    {
+        using var doc = Fixtures.Json("blip/tokenizer_cases");
+        foreach (var c in doc.RootElement.GetProperty("encode").EnumerateArray())
+        {
+            var text = c.GetProperty("text").GetString()!;
+            var ids = c.GetProperty("input_ids").EnumerateArray().Select(e => e.GetInt32()).ToArray();
+            var tokens = c.GetProperty("tokens").EnumerateArray().Select(e => e.GetString()!).ToArray();
+            Assert.Equal(ids, Tokenizer.Encode(text));
+            Assert.Equal(tokens[1..^1], Tokenizer.Tokenize(text));
+        }
+    }
+
+    [Fact]
+    public void Decode_matches_reference_cases()
+    {
+        using var doc = Fixtures.Json("blip/tokenizer_cases");
+        foreach (var c in doc.RootElement.GetProperty("decode").EnumerateArray())
+        {
+            var ids = c.GetProperty("input_ids").EnumerateArray().Select(e => e.GetInt64()).ToArray();
+            Assert.Equal(c.GetProperty("skip_special_tokens").GetString(), Tokenizer.Decode(ids, skipSpecialTokens: true));
+            Assert.Equal(c.GetProperty("keep_special_tokens").GetString(), Tokenizer.Decode(ids, skipSpecialTokens: false));
+        }
+    }
+
+    [Fact]
+    public void Special_ids_are_read_from_the_vocab()
+    {
+        using var doc = Fixtures.Json("blip/tokenizer_cases");
+        var s = doc.RootElement.GetProperty("special_ids");
+        Assert.Equal(s.GetProperty("[PAD]").GetInt32(), Tokenizer.PadId);
+        Assert.Equal(s.GetProperty("[UNK]").GetInt32(), Tokenizer.UnkId);
+        Assert.Equal(s.GetProperty("[CLS]").GetInt32(), Tokenizer.ClsId);
+        Assert.Equal(s.GetProperty("[SEP]").GetInt32(), Tokenizer.SepId);
+        Assert.Equal(s.GetProperty("[MASK]").GetInt32(), Tokenizer.MaskId);
+        Assert.Equal(s.GetProperty("vocab.txt lines").GetInt32(), Tokenizer.VocabCount);
+    }
+
+    [Fact]
+    public void Word_longer_than_100_characters_becomes_one_unk()
+    {
+        Assert.Equal(["a", "[UNK]", "cat"], Tokenizer.Tokenize("a " + new string('a', 101) + " cat"));
+    }
+}
+
+public sealed class BlipCheckpointKeysTests
+{
+    [Theory]
+    [InlineData("visual_encoder.cls_token", "vision_model.embeddings.class_embedding")]
+    [InlineData("visual_encoder.pos_embed", "vision_model.embeddings.position_embedding")]
+    [InlineData("visual_encoder.patch_embed.proj.weight", "vision_model.embeddings.patch_embedding.weight")]
+    [InlineData("visual_encoder.patch_embed.proj.bias", "vision_model.embeddings.patch_embedding.bias")]
+    [InlineData("visual_encoder.blocks.0.norm1.weight", "vision_model.encoder.layers.0.layer_norm1.weight")]
+    [InlineData("visual_encoder.blocks.11.norm2.bias", "vision_model.encoder.layers.11.layer_norm2.bias")]
+    [InlineData("visual_encoder.blocks.3.attn.qkv.weight", "vision_model.encoder.layers.3.self_attn.qkv.weight")]
+    [InlineData("visual_encoder.blocks.23.attn.proj.bias", "vision_model.encoder.layers.23.self_attn.projection.bias")]
+    [InlineData("visual_encoder.blocks.5.mlp.fc1.weight", "vision_model.encoder.layers.5.mlp.fc1.weight")]
+    [InlineData("visual_encoder.blocks.5.mlp.fc2.bias", "vision_model.encoder.layers.5.mlp.fc2.bias")]
+    [InlineData("visual_encoder.norm.weight", "vision_model.post_layernorm.weight")]
+    [InlineData("text_decoder.bert.encoder.layer.0.crossattention.self.key.weight", "text_decoder.bert.encoder.layer.0.crossattention.self.key.weight")]
+    [InlineData("text_decoder.cls.predictions.decoder.weight", "text_decoder.cls.predictions.decoder.weight")]
+    [InlineData("text_decoder.bert.embeddings.position_ids", null)]
+    [InlineData("vision_proj.weight", null)]
+    public void Original_blip_keys_map_to_hugging_face_names(string original, string? expected) =>
+        Assert.Equal(expected, BlipCheckpointKeys.ToHuggingFace(original));
+
+    [Fact]
+    public void Renamed_original_checkpoint_loads_into_the_model_and_gives_the_same_logits()
+    {
+        // Rebuild an original-BLIP-named state dict from the tiny model and load it back through the renaming view.
+        using var scope = torch.NewDisposeScope();
+        using var hf = SafetensorsFile.Open(Fixtures.Golden("blip/model/model.safetensors"));
+        var inverse = new Dictionary<string, string>
+        {
+            ["vision_model.embeddings.class_embedding"] = "visual_encoder.cls_token",
+            ["vision_model.embeddings.position_embedding"] = "visual_encoder.pos_embed",
+            ["vision_model.embeddings.patch_embedding."] = "visual_encoder.patch_embed.proj.",
+            ["vision_model.post_layernorm."] = "visual_encoder.norm.",
+        };
+        string ToOriginal(string k)
+        {
+            foreach (var (from, to) in inverse) if (k.StartsWith(from)) return to + k[from.Length..];
+            return k.Replace("vision_model.encoder.layers.", "visual_encoder.blocks.").Replace("self_attn.qkv", "attn.qkv")
+                .Replace("self_attn.projection", "attn.proj").Replace("layer_norm1", "norm1").Replace("layer_norm2", "norm2");
+        }
+        var original = hf.Keys.ToDictionary(ToOriginal, k => hf.Load(k));
+        original["text_decoder.bert.embeddings.position_ids"] = torch.arange(64).unsqueeze(0);
+        var view = BlipCheckpointKeys.HuggingFaceView(new DictionaryTensorSource(original, "model_large_caption.pth"));
+        var config = BlipCheckpointKeys.ConfigFromShapes(view, 1e-5);
+        Assert.Equal(new BlipVisionConfig(40, 37, 2, 0, 32, 8, 1e-5), config.Vision with { NumAttentionHeads = 0 });
+        Assert.Equal(398, config.Text.VocabSize);
+        Assert.Equal(2, config.Text.NumHiddenLayers);
+        Assert.Equal(396, config.Text.BosTokenId);
+
+        using var model = new BlipForConditionalGeneration(BlipConfig.FromJsonFile(Fixtures.Golden("blip/model/config.json")));
+        BlipCaptioner.LoadWeights(model, view);
+        using var f = Fixtures.Open("blip/text_decoder");
+        using var noGrad = torch.no_grad();
+        Fixtures.AssertClose(f.Load("logits"), model.Logits(f.Load("pixel_values"), f.Load("input_ids"), f.Load("attention_mask")), 1e-4, "logits");
+    }
+}
