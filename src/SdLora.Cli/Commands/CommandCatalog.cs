@@ -10,6 +10,7 @@ public static class CommandCatalog
         yield return ModelCommands.Create();
         yield return LoraCommands.Create();
         yield return TokenizeCommand.Create();
+        yield return GenerateCommand.Create();
         yield return BenchUNetCommand.Create("bench-unet"); // temporary: moves under `bench` as `unet`
         yield return CaptionCommand.Create();
         yield return BenchCaptionCommand.Create(); // temporary top-level; belongs under `bench`
