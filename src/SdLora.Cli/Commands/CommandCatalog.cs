@@ -8,5 +8,6 @@ public static class CommandCatalog
     public static IEnumerable<Command> All()
     {
         yield return ModelCommands.Create();
+        yield return BenchLoadCommand.Create("bench-load"); // temporary top-level name; belongs under `bench` as `load`
     }
 }
