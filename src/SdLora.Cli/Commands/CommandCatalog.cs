@@ -14,5 +14,6 @@ public static class CommandCatalog
         yield return BenchUNetCommand.Create("bench-unet"); // temporary: moves under `bench` as `unet`
         yield return CaptionCommand.Create();
         yield return BenchCaptionCommand.Create(); // temporary top-level; belongs under `bench`
+        yield return BenchLoadCommand.Create("bench-load"); // temporary top-level name; belongs under `bench` as `load`
     }
 }

@@ -150,10 +150,15 @@ public sealed class StableDiffusionCheckpoint : IDisposable
         var owned = new List<IDisposable>();
         try
         {
-            string Config(string sub, string file)
+            T Config<T>(string sub, string file, Func<string, T> parse)
             {
                 var p = System.IO.Path.Combine(dir, sub, file);
-                return File.Exists(p) ? File.ReadAllText(p) : throw new SdLoraException($"{p}: missing; the diffusers folder is incomplete; re-download it");
+                if (!File.Exists(p)) throw new SdLoraException($"{p}: missing; the diffusers folder is incomplete; re-download it");
+                try { return parse(File.ReadAllText(p)); }
+                catch (Exception e) when (e is System.Text.Json.JsonException or InvalidOperationException or FormatException)
+                {
+                    throw new SdLoraException($"{p}: is not a valid config ({e.Message.Split('\n')[0]}); re-download the model folder");
+                }
             }
             ITensorSource Weights(string sub, params string[] names)
             {
@@ -169,11 +174,11 @@ public sealed class StableDiffusionCheckpoint : IDisposable
             }
             string[] Candidates(string stem) => [stem + ".safetensors", stem + ".fp16.safetensors", stem + ".bin", stem + ".fp16.bin"];
 
-            var unet = UNetConfig.FromDiffusersJson(Config("unet", "config.json"));
-            var vae = AutoencoderKLConfig.FromDiffusersJson(Config("vae", "config.json"));
-            var clip = ClipTextConfig.FromDiffusersJson(Config("text_encoder", "config.json"));
-            var schedulerPath = System.IO.Path.Combine(dir, "scheduler", "scheduler_config.json");
-            var schedule = File.Exists(schedulerPath) ? NoiseScheduleSettings.FromDiffusersJson(File.ReadAllText(schedulerPath)) : NoiseScheduleSettings.StableDiffusion15;
+            var unet = Config("unet", "config.json", UNetConfig.FromDiffusersJson);
+            var vae = Config("vae", "config.json", AutoencoderKLConfig.FromDiffusersJson);
+            var clip = Config("text_encoder", "config.json", ClipTextConfig.FromDiffusersJson);
+            var schedule = File.Exists(System.IO.Path.Combine(dir, "scheduler", "scheduler_config.json"))
+                ? Config("scheduler", "scheduler_config.json", NoiseScheduleSettings.FromDiffusersJson) : NoiseScheduleSettings.StableDiffusion15;
             unet = unet with { PredictionType = schedule.PredictionType };
             var u = Weights("unet", Candidates("diffusion_pytorch_model"));
             var v = Weights("vae", Candidates("diffusion_pytorch_model"));

@@ -147,3 +147,19 @@ public class ModelFamilyDetectionTests
         Assert.Equal(1, CheckpointInspector.Groups(["model_ema.decay"])["EMA weights (model_ema.*)"]);
     }
 }
+
+public class LoadBenchmarkLayoutTests
+{
+    [Fact]
+    public void Synthetic_sd15_layout_has_the_real_key_count_and_parameter_count()
+    {
+        var layout = SdLora.Benchmarks.LoadBenchmark.Sd15LdmLayout();
+        Assert.Equal(686 + 248 + 196, layout.Count);
+        Assert.Equal(layout.Count, layout.Select(x => x.Name).Distinct().Count());
+        long parameters = layout.Sum(x => x.Shape.Aggregate(1L, (a, b) => a * b));
+        // SD1.5: UNet 859,520,964 + VAE 83,653,863 + CLIP-L text 123,060,480.
+        Assert.Equal(859_520_964L + 83_653_863L + 123_060_480L, parameters);
+        Assert.Contains(layout, x => x.Name == "first_stage_model.decoder.mid.attn_1.q.weight" && x.Shape.SequenceEqual(new long[] { 512, 512, 1, 1 }));
+        Assert.Contains(layout, x => x.Name == "model.diffusion_model.output_blocks.8.2.conv.weight");
+    }
+}

@@ -72,6 +72,23 @@ public class TorchCheckpointTests
     }
 
     [Fact]
+    public void State_dict_metadata_attribute_is_not_taken_for_a_tensor()
+    {
+        // torch.save(model.state_dict()): OrderedDict items, then BUILD {'_metadata': OrderedDict({'': {'version': 1}})}.
+        using var dir = Fixtures.TempDir();
+        var path = dir.File("sd.pt");
+        var w = new PickleWriter();
+        w.Global("collections", "OrderedDict").EmptyTuple().Reduce().Put().Mark().Str("w").Tensor("FloatStorage", "0", 1, 0, [1], [1]).SetItems();
+        w.EmptyDict().Put().Str("_metadata").Global("collections", "OrderedDict").EmptyTuple().Reduce().Put()
+            .Str("").EmptyDict().Put().Str("version").Int(1).SetItem().SetItem().SetItem().Op((byte)'b').Stop();
+        TorchZipWriter.Write(path, w.ToArray(), new Dictionary<string, byte[]> { ["0"] = Bytes(7f) });
+        using var ckpt = TorchCheckpoint.Open(path);
+        Assert.Equal(["w"], ckpt.Names);
+        using var t = ckpt.Load("w");
+        Assert.Equal(7f, t.item<float>());
+    }
+
+    [Fact]
     public void Malicious_global_is_refused_with_a_clear_message()
     {
         using var dir = Fixtures.TempDir();

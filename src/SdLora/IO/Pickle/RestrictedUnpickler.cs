@@ -305,8 +305,8 @@ public sealed class RestrictedUnpickler
         switch (target)
         {
             case PickleObject o: o.State = state; break;
-            case PickleDict d when state is PickleDict s: foreach (var (k, v) in s.Items) d.Set(k, v); break;
-            case TensorRef or PickleDict: break;   // tensor/ OrderedDict attributes (e.g. _metadata): not needed
+            // Attributes of a tensor or of a state dict (OrderedDict._metadata: module versions): not needed, and not items.
+            case TensorRef or PickleDict: break;
             default: throw Damaged("BUILD on a value that has no state");
         }
     }

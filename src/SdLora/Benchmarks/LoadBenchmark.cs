@@ -1,0 +1,146 @@
+using System.Diagnostics;
+using System.Text.Json;
+using SdLora.Checkpoints;
+using SdLora.IO;
+using SdLora.Models;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace SdLora.Benchmarks;
+
+/// <summary>What loading a full-size checkpoint cost.</summary>
+public sealed record LoadBenchmarkResult(
+    string CheckpointPath,
+    long FileBytes,
+    long Parameters,
+    long Fp32Bytes,
+    long RssBeforeBytes,
+    long PeakRssBytes,
+    double Seconds)
+{
+    /// <summary>Peak resident memory over the fp32 weights held; the target is below 1.3.</summary>
+    public double PeakOverFp32 => (double)PeakRssBytes / Fp32Bytes;
+}
+
+/// <summary>
+/// Measures the memory and time of loading a full-size SD1.5 checkpoint: a single-file LDM fp16 safetensors with
+/// random weights and the real architecture's names and shapes (generated from the SD1.5 configs through
+/// <see cref="LdmKeyMap"/>), opened through <see cref="StableDiffusionCheckpoint"/> and loaded, every tensor of every
+/// part, into fp32 tensors held in memory the way the models hold them. Run <see cref="MeasureLoad"/> in a fresh
+/// process so that the peak resident set (VmHWM) is the load alone.
+/// </summary>
+public static class LoadBenchmark
+{
+    public const string FileName = "sd15-random-ldm-fp16.safetensors";
+
+    /// <summary>The LDM names and shapes of a complete SD1.5 single file (fp16 weights, plus the position_ids buffer).</summary>
+    public static List<(string Name, long[] Shape)> Sd15LdmLayout()
+    {
+        var (u, v, c) = (UNetConfig.StableDiffusion15, AutoencoderKLConfig.StableDiffusion15, ClipTextConfig.StableDiffusion15);
+        var list = new List<(string, long[])>();
+        foreach (var part in new[] { ModelPart.UNet, ModelPart.Vae, ModelPart.TextEncoder })
+            foreach (var (name, shape) in ReferenceLayout.Of(part, u, v, c))
+            {
+                var ldm = LdmKeyMap.DiffusersKeyToLdm(part, name, u, v) ?? throw new InvalidOperationException($"no LDM name for {name}");
+                list.Add((ldm, part == ModelPart.Vae && LdmKeyMap.IsVaeAttentionProjectionWeight(name) ? [shape[0], shape[1], 1, 1] : shape));
+            }
+        return list;
+    }
+
+    /// <summary>Writes the synthetic checkpoint into <paramref name="folder"/> unless it is already there; returns its path.</summary>
+    public static string EnsureSd15Checkpoint(string folder, IProgress<string>? progress = null, CancellationToken cancel = default)
+    {
+        var path = Path.Combine(folder, FileName);
+        if (File.Exists(path)) return path;
+        var layout = Sd15LdmLayout();
+        const string PositionIds = LdmKeyMap.TextEncoderPrefix + "text_model.embeddings.position_ids";
+
+        using var header = new MemoryStream();
+        long offset = 0;
+        using (var w = new Utf8JsonWriter(header))
+        {
+            w.WriteStartObject();
+            void Entry(string name, string dtype, long[] shape, long bytes)
+            {
+                w.WriteStartObject(name);
+                w.WriteString("dtype", dtype);
+                w.WriteStartArray("shape");
+                foreach (var d in shape) w.WriteNumberValue(d);
+                w.WriteEndArray();
+                w.WriteStartArray("data_offsets");
+                w.WriteNumberValue(offset);
+                w.WriteNumberValue(offset + bytes);
+                w.WriteEndArray();
+                w.WriteEndObject();
+                offset += bytes;
+            }
+            foreach (var (name, shape) in layout) Entry(name, "F16", shape, 2 * shape.Aggregate(1L, (a, b) => a * b));
+            Entry(PositionIds, "I64", [1, 77], 8 * 77);
+            w.WriteEndObject();
+        }
+        for (int i = (int)((8 - header.Length % 8) % 8); i > 0; i--) header.WriteByte((byte)' ');
+
+        // Streamed one tensor at a time: writing it never holds more than the largest tensor.
+        torch.random.manual_seed(1234);
+        AtomicFile.Write(path, s =>
+        {
+            s.Write(BitConverter.GetBytes(header.Length));
+            header.Position = 0;
+            header.CopyTo(s);
+            int done = 0;
+            foreach (var (name, shape) in layout)
+            {
+                cancel.ThrowIfCancellationRequested();
+                using var scope = torch.NewDisposeScope();
+                var t = (torch.randn(shape) * 0.02f).to(ScalarType.Float16);
+                s.Write(t.bytes);
+                if (++done % 200 == 0) progress?.Report($"wrote {done}/{layout.Count} tensors");
+            }
+            using var ids = torch.arange(77, ScalarType.Int64);
+            s.Write(ids.bytes);
+        });
+        return path;
+    }
+
+    /// <summary>Opens <paramref name="path"/> and loads every part into fp32 tensors kept alive until measured. Call in a fresh process.</summary>
+    public static LoadBenchmarkResult MeasureLoad(string path)
+    {
+        long before = ProcessMemory.ReadStatusKiB("VmRSS") * 1024;
+        var clock = Stopwatch.StartNew();
+        var held = new List<Tensor>();
+        long parameters = 0;
+        using (var ckpt = StableDiffusionCheckpoint.Open(path))
+        {
+            foreach (var part in new[] { ModelPart.UNet, ModelPart.Vae, ModelPart.TextEncoder })
+            {
+                var source = ckpt.WeightsOf(part);
+                foreach (var name in source.Keys)
+                {
+                    var t = source.Load(name, ScalarType.Float32);
+                    parameters += t.NumberOfElements;
+                    held.Add(t);
+                }
+            }
+        }
+        double seconds = clock.Elapsed.TotalSeconds;
+        long peak = ProcessMemory.ReadStatusKiB("VmHWM") * 1024;
+        var result = new LoadBenchmarkResult(path, new FileInfo(path).Length, parameters, parameters * 4, before, peak, seconds);
+        foreach (var t in held) t.Dispose();
+        return result;
+    }
+}
+
+/// <summary>Reads this process's memory figures from /proc/self/status (Linux).</summary>
+public static class ProcessMemory
+{
+    /// <summary>A <c>/proc/self/status</c> field in KiB (VmRSS, VmHWM, ...), or 0 where it is not available.</summary>
+    public static long ReadStatusKiB(string field)
+    {
+        const string status = "/proc/self/status";
+        if (!File.Exists(status)) return 0;
+        foreach (var line in File.ReadLines(status))
+            if (line.StartsWith(field + ":", StringComparison.Ordinal))
+                return long.Parse(line[(field.Length + 1)..].Trim().Split(' ')[0]);
+        return 0;
+    }
+}
