@@ -1,0 +1,76 @@
+using SdLora.Lora;
+using SdLora.Pipelines;
+using SdLora.Tests.Pipelines;
+using TorchSharp;
+using Xunit;
+using static TorchSharp.torch;
+
+namespace SdLora.Tests.Lora;
+
+/// <summary>The fixture LoRA (kohya, 192 UNet + 18 text-encoder modules) on the tiny reference model, at multiplier 1 and 0.5.</summary>
+public class LoraGoldenTests(TinyModels models) : IClassFixture<TinyModels>
+{
+    private static string LoraPath => Fixtures.Golden("lora_kohya_tiny.safetensors");
+
+    private static void AssertOutputs(StableDiffusionModel model, SdLora.IO.SafetensorsFile g, string suffix, string how)
+    {
+        using var scope = torch.NewDisposeScope();
+        using var noGrad = torch.no_grad();
+        var pred = model.UNet.forward(g.Load("unet_sample"), g.Load("unet_timesteps"), g.Load("unet_encoder_hidden_states"));
+        Fixtures.AssertClose(g.Load("unet_noise_pred_" + suffix), pred, 1e-4, $"UNet {suffix} ({how})");
+        if (suffix == "base") return;
+        var ids = g.Load("te_input_ids");
+        Fixtures.AssertClose(g.Load("te_last_hidden_state_" + suffix), model.TextEncoder.Encode(ids, 1), 1e-4, $"TE last {suffix} ({how})");
+        Fixtures.AssertClose(g.Load("te_penultimate_normed_" + suffix), model.TextEncoder.Encode(ids, 2), 1e-4, $"TE clip skip 2 {suffix} ({how})");
+    }
+
+    [Theory]
+    [InlineData("diffusers", 1.0, "m1")]
+    [InlineData("diffusers", 0.5, "m0_5")]
+    [InlineData("ldm", 1.0, "m1")]
+    public void Forward_time_lora_matches_reference_and_detaches_to_exact_base(string layout, double multiplier, string suffix)
+    {
+        var model = models.Get(layout);
+        using var g = Fixtures.Open("lora");
+        using var net = LoraNetwork.FromFile(LoraPath, model.UNet, model.TextEncoder, multiplier);
+        Assert.Equal(210, net.Modules.Count);
+        Assert.Empty(net.Match!.UnmatchedKeys);
+        net.Attach();
+        try { AssertOutputs(model, g, suffix, "attached"); }
+        finally { net.Detach(); }
+        AssertOutputs(model, g, "base", "after detach");
+    }
+
+    [Theory]
+    [InlineData(1.0, "m1")]
+    [InlineData(0.5, "m0_5")]
+    public void Merged_lora_matches_reference_and_unmerges(double multiplier, string suffix)
+    {
+        var model = models.Diffusers;
+        using var g = Fixtures.Open("lora");
+        using var before = model.UNet.named_parameters().First(p => p.name.EndsWith("attn1.to_q.weight")).parameter.clone();
+        using var net = LoraNetwork.FromFile(LoraPath, model.UNet, model.TextEncoder, multiplier);
+        net.Merge();
+        try { AssertOutputs(model, g, suffix, "merged"); }
+        finally { net.Unmerge(); }
+        var after = model.UNet.named_parameters().First(p => p.name.EndsWith("attn1.to_q.weight")).parameter;
+        Assert.True((after - before).abs().max().item<float>() < 1e-6f, "unmerge restores the base weight");
+        AssertOutputs(model, g, "base", "after unmerge");
+    }
+
+    [Fact]
+    public void Lora_in_a_prompt_tag_is_applied_for_one_generation_only()
+    {
+        using var tmp = Fixtures.TempDir();
+        File.Copy(LoraPath, tmp.File("dog.safetensors"));
+        var pipeline = new Txt2ImgPipeline(models.Diffusers);
+        var o = new Txt2ImgOptions { Prompt = "a dog", Width = 64, Height = 64, Steps = 2, Sampler = "Euler", Seed = 1, LoraDir = tmp.Path };
+        var plain = pipeline.Generate(o).Images[0];
+        var withLora = pipeline.Generate(o with { Prompt = "a dog <lora:dog:1>" }).Images[0];
+        var again = pipeline.Generate(o).Images[0];
+        Assert.NotEqual(plain.Image.Pixels, withLora.Image.Pixels);
+        Assert.Equal(plain.Image.Pixels, again.Image.Pixels);
+        Assert.Single(withLora.Parameters.LoraHashes);
+        Assert.Equal("dog", withLora.Parameters.LoraHashes[0].Key);
+    }
+}
