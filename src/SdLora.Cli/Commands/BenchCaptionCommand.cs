@@ -5,10 +5,10 @@ using Spectre.Console;
 
 namespace SdLora.Cli.Commands;
 
-/// <summary><c>sdlora bench-caption</c>: images per second of full-size BLIP-large (random weights).</summary>
+/// <summary><c>sdlora bench caption</c>: images per second of full-size BLIP-large (random weights).</summary>
 public static class BenchCaptionCommand
 {
-    public static Command Create()
+    public static Command Create(string name = "caption")
     {
         var batchSizes = new Option<string>("--batch-sizes") { Description = "comma-separated batch sizes", DefaultValueFactory = _ => "1,8" };
         var images = new Option<int>("--images") { Description = "images per batch size (at least one batch)", DefaultValueFactory = _ => 8 };
@@ -16,7 +16,7 @@ public static class BenchCaptionCommand
         var size = new Option<int>("--size") { Description = "input image size", DefaultValueFactory = _ => 384 };
         var device = new Option<string>("--device") { Description = "cpu, cuda or cuda:N", DefaultValueFactory = _ => "cpu" };
         var dtype = new Option<string>("--dtype") { Description = "fp32, bf16 or fp16", DefaultValueFactory = _ => "fp32" };
-        var command = new Command("bench-caption", "measure BLIP-large captioning speed (random weights)");
+        var command = new Command(name, "measure BLIP-large captioning speed (random weights)");
         foreach (var o in new Option[] { batchSizes, images, tokens, size, device, dtype }) command.Options.Add(o);
         command.SetAction((parse, cancellationToken) =>
         {

@@ -11,9 +11,7 @@ public static class CommandCatalog
         yield return LoraCommands.Create();
         yield return TokenizeCommand.Create();
         yield return GenerateCommand.Create();
-        yield return BenchUNetCommand.Create("bench-unet"); // temporary: moves under `bench` as `unet`
         yield return CaptionCommand.Create();
-        yield return BenchCaptionCommand.Create(); // temporary top-level; belongs under `bench`
-        yield return BenchLoadCommand.Create("bench-load"); // temporary top-level name; belongs under `bench` as `load`
+        yield return BenchCommands.Create();
     }
 }
