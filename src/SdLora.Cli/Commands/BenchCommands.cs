@@ -10,6 +10,7 @@ public static class BenchCommands
         var bench = new Command("bench", "benchmarks: speed, efficiency and peak memory (numbers for docs/PERFORMANCE.md)");
         bench.Subcommands.Add(BenchUNetCommand.Create("unet"));
         bench.Subcommands.Add(BenchLoadCommand.Create("load"));
+        bench.Subcommands.Add(BenchGenerateCommand.Create("generate"));
         bench.Subcommands.Add(BenchCaptionCommand.Create("caption"));
         return bench;
     }

@@ -1,0 +1,38 @@
+using System.CommandLine;
+using SdLora.Benchmarks;
+using Spectre.Console;
+
+namespace SdLora.Cli.Commands;
+
+/// <summary><c>sdlora bench generate</c>: seconds per txt2img CFG step of full-size SD1.5 and the efficiency against dense matmul.</summary>
+public static class BenchGenerateCommand
+{
+    public static Command Create(string name = "generate")
+    {
+        var dtype = new Option<string>("--dtype") { Description = "fp32 or bf16", DefaultValueFactory = _ => "fp32" };
+        var steps = new Option<int>("--steps") { Description = "timed sampling steps (after one warm-up step)", DefaultValueFactory = _ => 2 };
+        var size = new Option<int>("--size") { Description = "image size in pixels", DefaultValueFactory = _ => 512 };
+        var sampler = new Option<string>("--sampler") { Description = "sampler", DefaultValueFactory = _ => "Euler" };
+        var command = new Command(name, "time txt2img sampling steps (CFG, UNet batch 2) of a full-size SD1.5 model with random weights") { dtype, steps, size, sampler };
+        command.SetAction(parse =>
+        {
+            var o = new GenerateBenchmarkOptions(ComputeOptions.ParseDType(parse.GetValue(dtype)!), Math.Max(1, parse.GetValue(steps)),
+                parse.GetValue(size), parse.GetValue(sampler)!);
+            var r = GenerateBenchmark.Run(o, new SyncProgress<string>(m => AnsiConsole.MarkupLineInterpolated($"[grey]{m}[/]")), CliCancellation.Token);
+            var table = new Table().AddColumns("measure", "value");
+            foreach (var m in r.Matmul)
+                table.AddRow($"{m.Kernel} {ComputeOptions.DTypeName(m.DType)} {m.Size}²", $"{m.GFlopsPerSecond:F1} GFLOP/s");
+            table.AddRow("threads", r.Threads.ToString());
+            table.AddRow("model FLOPs per CFG step", $"{r.StepGFlop:F0} GFLOP ({o.Size}x{o.Size}, UNet batch 2)");
+            table.AddRow("seconds per step", $"{r.SecondsPerStep:F2} s ({string.Join(", ", r.StepSeconds.Select(s => s.ToString("F2")))})");
+            table.AddRow("bare UNet forward", $"{r.UNetForwardSeconds:F2} s (overhead per step {r.OverheadSeconds:F2} s)");
+            table.AddRow("achieved", $"{r.GFlopsPerSecond:F1} GFLOP/s");
+            table.AddRow("efficiency vs same-dtype matmul", $"{r.EfficiencySameDType:P0}");
+            table.AddRow("efficiency vs best matmul", $"{r.EfficiencyAny:P0}");
+            table.AddRow("peak RSS", $"{r.PeakRssBytes / 1048576.0:F0} MiB");
+            AnsiConsole.Write(table);
+            return 0;
+        });
+        return command;
+    }
+}
