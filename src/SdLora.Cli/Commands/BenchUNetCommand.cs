@@ -32,7 +32,9 @@ public static class BenchUNetCommand
             table.AddRow("achieved", $"{r.GFlopsPerSecond:F1} GFLOP/s");
             table.AddRow("efficiency vs same-dtype matmul", $"{r.EfficiencySameDType:P0}");
             table.AddRow("efficiency vs best matmul", $"{r.EfficiencyAny:P0}");
-            table.AddRow("peak RSS", $"{r.PeakRssBytes / 1048576.0:F0} MiB");
+            table.AddRow("peak RSS (whole run)", $"{r.PeakRssBytes / 1048576.0:F0} MiB");
+            table.AddRow("RSS with model built", $"{r.ModelRssBytes / 1048576.0:F0} MiB");
+            table.AddRow("peak RSS during forwards", r.ForwardPeakRssBytes > 0 ? $"{r.ForwardPeakRssBytes / 1048576.0:F0} MiB" : "n/a");
             AnsiConsole.Write(table);
             return 0;
         });

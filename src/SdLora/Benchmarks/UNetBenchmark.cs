@@ -25,7 +25,9 @@ public sealed record UNetBenchmarkResult(
     double ForwardGFlop,
     IReadOnlyList<double> StepSeconds,
     IReadOnlyList<MatmulThroughput> Matmul,
-    long PeakRssBytes)
+    long PeakRssBytes,
+    long ModelRssBytes,
+    long ForwardPeakRssBytes)
 {
     public double SecondsPerStep => StepSeconds.Average();
     public double GFlopsPerSecond => ForwardGFlop / SecondsPerStep;
@@ -63,6 +65,10 @@ public static class UNetBenchmark
         using var unet = new UNet2DConditionModel(config);
         unet.eval();
         if (options.DType != ScalarType.Float32) unet.to(options.DType);
+        GC.Collect();
+        GC.WaitForPendingFinalizers();
+        long modelRss = StatusBytes("VmRSS:");
+        bool peakReset = ResetPeakRss();
 
         int size = options.LatentSize;
         double gflop = UNetFlops.Forward(config, options.Batch, size, size, options.ContextTokens) / 1e9;
@@ -80,12 +86,13 @@ public static class UNetBenchmark
                 using var scope = torch.NewDisposeScope();
                 var sw = Stopwatch.StartNew();
                 var output = unet.forward(sample, timestep, context);
-                output.sum().item<float>();
+                output.sum().to(ScalarType.Float32).item<float>();
                 sw.Stop();
                 if (!warmup) steps.Add(sw.Elapsed.TotalSeconds);
             }
         }
-        return new UNetBenchmarkResult(options, torch.get_num_threads(), gflop, steps, matmul, PeakRssBytes());
+        long forwardPeak = peakReset ? PeakRssBytes() : 0;
+        return new UNetBenchmarkResult(options, torch.get_num_threads(), gflop, steps, matmul, PeakRssBytes(), modelRss, forwardPeak);
     }
 
     /// <summary>GFLOP/s of a square <paramref name="size"/>² matmul through <c>torch.mm</c> ("mm") or <c>nn.functional.linear</c> ("linear").</summary>
@@ -109,14 +116,24 @@ public static class UNetBenchmark
         return new MatmulThroughput(kernel, dtype, size, flop * reps / sw.Elapsed.TotalSeconds / 1e9);
     }
 
-    /// <summary>Peak resident set size of this process (VmHWM), or 0 where /proc is unavailable.</summary>
-    public static long PeakRssBytes()
+    /// <summary>Peak resident set size of this process (VmHWM; since the last <see cref="ResetPeakRss"/>), or 0 where /proc is unavailable.</summary>
+    public static long PeakRssBytes() => StatusBytes("VmHWM:");
+
+    /// <summary>Resets VmHWM to the current RSS (Linux: writing 5 to /proc/self/clear_refs); false where that is not possible.</summary>
+    public static bool ResetPeakRss()
+    {
+        try { File.WriteAllText("/proc/self/clear_refs", "5"); return true; }
+        catch (IOException) { return false; }
+        catch (UnauthorizedAccessException) { return false; }
+    }
+
+    private static long StatusBytes(string field)
     {
         try
         {
             foreach (var line in File.ReadLines("/proc/self/status"))
-                if (line.StartsWith("VmHWM:"))
-                    return long.Parse(line["VmHWM:".Length..].Trim().Split(' ')[0]) * 1024;
+                if (line.StartsWith(field))
+                    return long.Parse(line[field.Length..].Trim().Split(' ')[0]) * 1024;
         }
         catch (IOException) { }
         catch (UnauthorizedAccessException) { }

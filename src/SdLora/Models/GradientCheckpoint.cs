@@ -12,7 +12,7 @@ public static class GradientCheckpoint
 {
     // A leaf that requires grad, passed along so the autograd node is recorded even when no explicit
     // input requires grad (frozen-UNet LoRA training: the latents and the text context don't).
-    private static readonly ThreadLocal<Tensor> Anchor = new(() => torch.zeros(1, requires_grad: true));
+    private static readonly ThreadLocal<Tensor> Anchor = new(() => torch.zeros(1, requires_grad: true).DetachFromDisposeScope());
 
     /// <summary>Computes <c>fn(inputs)</c>, storing only the inputs for backward.</summary>
     public static Tensor Run(Func<Tensor[], Tensor> fn, params Tensor[] inputs)
