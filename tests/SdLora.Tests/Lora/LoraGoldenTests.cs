@@ -73,4 +73,44 @@ public class LoraGoldenTests(TinyModels models) : IClassFixture<TinyModels>
         Assert.Single(withLora.Parameters.LoraHashes);
         Assert.Equal("dog", withLora.Parameters.LoraHashes[0].Key);
     }
+
+    [Fact]
+    public void Lora_written_for_the_tiny_model_maps_every_key_back_with_the_kohya_naming_rule()
+    {
+        var model = models.Diffusers;
+        using var tmp = Fixtures.TempDir();
+        var options = new LoraNetworkOptions { Rank = 4, Alpha = 2, ConvRank = 2, ConvAlpha = 1, UnetTargets = LoraUnetTargets.KohyaDefault | LoraUnetTargets.Convs };
+        using var net = LoraNetwork.Create(model.UNet, model.TextEncoder, options);
+        var path = tmp.File("written.safetensors");
+        net.Save(path, KohyaMetadata.Build(4, 2, 2, 1, outputName: "written", sdModelName: "tiny-sd15"));
+        using var file = LoraFile.Read(path);
+        // The rule A1111 / ComfyUI / sd.cpp apply: lora_unet_ / lora_te_ + module path with '.' -> '_'.
+        var rule = new System.Text.RegularExpressions.Regex(@"^lora_(unet|te)_[a-z0-9_]+\.(lora_down\.weight|lora_up\.weight|alpha)$");
+        using (var st = SdLora.IO.SafetensorsFile.Open(path))
+            Assert.All(st.Keys, k => Assert.Matches(rule, k));
+        using var back = LoraNetwork.FromFile(file, model.UNet, model.TextEncoder);
+        Assert.Empty(back.Match!.UnmatchedKeys);
+        Assert.Equal(net.Modules.Count, back.Modules.Count);
+        Assert.Contains(back.Modules, m => m.Part == LoraPart.TextEncoder);
+    }
+
+    [Fact]
+    public void Merging_into_the_ldm_single_file_keeps_its_layout_and_gives_the_lora_outputs()
+    {
+        using var tmp = Fixtures.TempDir();
+        var merged = tmp.File("merged.safetensors");
+        File.Copy(Fixtures.Golden("tiny-sd15-ldm.yaml"), tmp.File("merged.yaml"));
+        LoraCheckpointMerge.Merge(Fixtures.Golden("tiny-sd15-ldm.safetensors"), [new LoraWeightSpec(LoraPath, 1.0)], merged);
+        using (var src = SdLora.IO.SafetensorsFile.Open(Fixtures.Golden("tiny-sd15-ldm.safetensors")))
+        using (var dst = SdLora.IO.SafetensorsFile.Open(merged))
+            Assert.Equal(src.Keys.OrderBy(k => k, StringComparer.Ordinal), dst.Keys.OrderBy(k => k, StringComparer.Ordinal));
+        using var model = StableDiffusionModel.Load(merged);
+        using var g = Fixtures.Open("lora");
+        using var scope = torch.NewDisposeScope();
+        using var noGrad = torch.no_grad();
+        var pred = model.UNet.forward(g.Load("unet_sample"), g.Load("unet_timesteps"), g.Load("unet_encoder_hidden_states"));
+        // The file stays fp16 like its input, so the merged weights carry fp16 rounding: compare at 1e-2.
+        Fixtures.AssertClose(g.Load("unet_noise_pred_m1"), pred, 1e-2, "UNet with the LoRA merged into the LDM file");
+        Fixtures.AssertClose(g.Load("te_last_hidden_state_m1"), model.TextEncoder.Encode(g.Load("te_input_ids"), 1), 1e-2, "TE with the LoRA merged into the LDM file");
+    }
 }
