@@ -39,12 +39,7 @@ public static class GenerateBenchmark
     public static GenerateBenchmarkResult Run(GenerateBenchmarkOptions o, IProgress<string>? progress = null, CancellationToken ct = default)
     {
         progress?.Report("measuring dense matmul throughput");
-        var matmul = new List<MatmulThroughput> { UNetBenchmark.MeasureMatmul("linear", ScalarType.Float32, 2048), UNetBenchmark.MeasureMatmul("mm", ScalarType.Float32, 2048) };
-        if (o.DType != ScalarType.Float32)
-        {
-            matmul.Add(UNetBenchmark.MeasureMatmul("linear", o.DType, 2048));
-            matmul.Add(UNetBenchmark.MeasureMatmul("mm", o.DType, 512));
-        }
+        var matmul = MeasureCeiling(o.DType);
 
         progress?.Report($"building a full-size SD1.5 model with random weights ({ComputeOptions.DTypeName(o.DType)})");
         var compute = new ComputeOptions(CPU, o.DType);
@@ -90,6 +85,25 @@ public static class GenerateBenchmark
             unetSeconds = sw.Elapsed.TotalSeconds;
         }
         double gflop = UNetFlops.Forward(UNetConfig.StableDiffusion15, 2, lat, lat, 77) / 1e9;
-        return new GenerateBenchmarkResult(o, torch.get_num_threads(), gflop, stepTimes, unetSeconds, matmul, UNetBenchmark.PeakRssBytes());
+        long peak = UNetBenchmark.PeakRssBytes();
+        // Measure the ceiling again after the run and keep the better figure of each kernel: on a shared machine a
+        // single measurement can land in a busy moment and flatter the efficiency.
+        progress?.Report("measuring dense matmul throughput again");
+        var best = matmul.Concat(MeasureCeiling(o.DType)).GroupBy(m => (m.Kernel, m.DType))
+            .Select(g => g.MaxBy(m => m.GFlopsPerSecond)!).ToList();
+        return new GenerateBenchmarkResult(o, torch.get_num_threads(), gflop, stepTimes, unetSeconds, best, peak);
+    }
+
+    /// <summary>Dense matmul throughput in fp32 and the benchmark dtype (torch.mm and nn.functional.linear).</summary>
+    public static List<MatmulThroughput> MeasureCeiling(ScalarType dtype)
+    {
+        var list = new List<MatmulThroughput> { UNetBenchmark.MeasureMatmul("linear", ScalarType.Float32, 2048), UNetBenchmark.MeasureMatmul("mm", ScalarType.Float32, 2048) };
+        if (dtype != ScalarType.Float32)
+        {
+            list.Add(UNetBenchmark.MeasureMatmul("linear", dtype, 2048));
+            // bf16 mm is pathologically slow on CPUs without native bf16: time it on a smaller size.
+            list.Add(UNetBenchmark.MeasureMatmul("mm", dtype, 512));
+        }
+        return list;
     }
 }
