@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Text.Json;
 using SdLora.Checkpoints;
+using SdLora.Pipelines;
 using SdLora.IO;
 using SdLora.Models;
 using TorchSharp;
@@ -102,31 +103,19 @@ public static class LoadBenchmark
         return path;
     }
 
-    /// <summary>Opens <paramref name="path"/> and loads every part into fp32 tensors kept alive until measured. Call in a fresh process.</summary>
+    /// <summary>
+    /// Loads <paramref name="path"/> the way generation and training do — into the real fp32 model modules through
+    /// <see cref="StableDiffusionModel.Load"/> — and reports the peak RSS against the fp32 weight bytes. Call in a fresh process.
+    /// </summary>
     public static LoadBenchmarkResult MeasureLoad(string path)
     {
         long before = ProcessMemory.ReadStatusKiB("VmRSS") * 1024;
         var clock = Stopwatch.StartNew();
-        var held = new List<Tensor>();
-        long parameters = 0;
-        using (var ckpt = StableDiffusionCheckpoint.Open(path))
-        {
-            foreach (var part in new[] { ModelPart.UNet, ModelPart.Vae, ModelPart.TextEncoder })
-            {
-                var source = ckpt.WeightsOf(part);
-                foreach (var name in source.Keys)
-                {
-                    var t = source.Load(name, ScalarType.Float32);
-                    parameters += t.NumberOfElements;
-                    held.Add(t);
-                }
-            }
-        }
+        using var model = StableDiffusionModel.Load(path);
         double seconds = clock.Elapsed.TotalSeconds;
+        long parameters = new nn.Module[] { model.UNet, model.Vae, model.TextEncoder }.Sum(ModuleWeights.ParameterCount);
         long peak = ProcessMemory.ReadStatusKiB("VmHWM") * 1024;
-        var result = new LoadBenchmarkResult(path, new FileInfo(path).Length, parameters, parameters * 4, before, peak, seconds);
-        foreach (var t in held) t.Dispose();
-        return result;
+        return new LoadBenchmarkResult(path, new FileInfo(path).Length, parameters, parameters * 4, before, peak, seconds);
     }
 }
 
