@@ -31,12 +31,14 @@ public sealed class ResnetBlock2D : nn.Module<Tensor, Tensor?, Tensor>
 
     public override Tensor forward(Tensor x, Tensor? timeEmbedding)
     {
+        // Intermediates die with this scope, not with the caller's: a whole forward's worth at 64x64 is gigabytes.
+        using var scope = torch.NewDisposeScope();
         var h = conv1.call(nn.functional.silu(norm1.call(x)));
         if (time_emb_proj is not null && timeEmbedding is not null)
             h = h + time_emb_proj.call(nn.functional.silu(timeEmbedding)).unsqueeze(-1).unsqueeze(-1);
         h = conv2.call(nn.functional.silu(norm2.call(h)));
         var shortcut = conv_shortcut is null ? x : conv_shortcut.call(x);
-        return shortcut + h;
+        return (shortcut + h).MoveToOuterDisposeScope();
     }
 }
 

@@ -30,6 +30,7 @@ public sealed class Transformer2DModel : nn.Module<Tensor, Tensor, Tensor>
     /// <param name="context">[B, M, contextDim]</param>
     public override Tensor forward(Tensor x, Tensor context)
     {
+        using var scope = torch.NewDisposeScope();
         long b = x.shape[0], c = x.shape[1], h = x.shape[2], w = x.shape[3];
         var hs = norm.call(x);
         if (_linearProjection)
@@ -41,7 +42,7 @@ public sealed class Transformer2DModel : nn.Module<Tensor, Tensor, Tensor>
             hs = proj_out.call(hs).reshape(b, h, w, c).permute(0, 3, 1, 2);
         else
             hs = proj_out.call(hs.reshape(b, h, w, c).permute(0, 3, 1, 2).contiguous());
-        return hs + x;
+        return (hs + x).MoveToOuterDisposeScope();
     }
 }
 

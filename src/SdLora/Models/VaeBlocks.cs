@@ -84,11 +84,12 @@ public sealed class VaeAttention : nn.Module<Tensor, Tensor>
 
     public override Tensor forward(Tensor x)
     {
+        using var scope = torch.NewDisposeScope();
         long b = x.shape[0], c = x.shape[1], h = x.shape[2], w = x.shape[3];
         var hs = group_norm.call(x).view(b, c, h * w).transpose(1, 2);
         var o = ScaledDotProduct.MultiHead(to_q.call(hs), to_k.call(hs), to_v.call(hs), heads: 1);
         o = to_out[0].call(o).transpose(1, 2).reshape(b, c, h, w);
-        return o + x;
+        return (o + x).MoveToOuterDisposeScope();
     }
 }
 
