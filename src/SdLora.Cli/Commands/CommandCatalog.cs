@@ -14,5 +14,8 @@ public static class CommandCatalog
         yield return BenchUNetCommand.Create("bench-unet"); // temporary: moves under `bench` as `unet`
         yield return CaptionCommand.Create();
         yield return BenchCaptionCommand.Create(); // temporary top-level; belongs under `bench`
+        yield return TrainCommand.Create();
+        yield return DemoCommand.Create();
+        yield return BenchTrainCommand.Create("bench-train"); // temporary top-level; belongs under `bench` as `train`
     }
 }

@@ -188,6 +188,10 @@ public sealed class DreamBoothLoraTrainer
 
         string SaveLora(string path, int step, int epoch)
         {
+            if (network.Parameters().Any(p => !p.isfinite().all().item<bool>()))
+                throw new SdLoraException($"training stopped: the LoRA weights became NaN or infinite by step {step} (epoch {epoch}); " +
+                    (lastLora is not null ? $"the last good LoRA is {lastLora}" : "no LoRA had been saved yet") +
+                    $". Lower --learning-rate (now {c.EffectiveUnetLr:G3}) or keep --max-grad-norm on");
             var md = new Dictionary<string, string>(metadataBase)
             {
                 ["ss_epoch"] = epoch.ToString(CultureInfo.InvariantCulture),
