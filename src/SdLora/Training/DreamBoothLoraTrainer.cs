@@ -361,6 +361,7 @@ public sealed class DreamBoothLoraTrainer
         {
             ct.ThrowIfCancellationRequested();
             progress?.Report(new TrainingProgress(TrainingPhase.ClassImages, i, missing));
+            using var noGrad = torch.no_grad();
             var result = pipeline.Generate(new Txt2ImgOptions
             {
                 Prompt = c.ClassPrompt!, Width = c.Resolution.Width, Height = c.Resolution.Height, Seed = c.Seed + existing + i,
