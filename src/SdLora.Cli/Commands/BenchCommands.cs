@@ -11,6 +11,7 @@ public static class BenchCommands
         bench.Subcommands.Add(BenchUNetCommand.Create("unet"));
         bench.Subcommands.Add(BenchLoadCommand.Create("load"));
         bench.Subcommands.Add(BenchGenerateCommand.Create("generate"));
+        bench.Subcommands.Add(BenchTrainCommand.Create("train"));
         bench.Subcommands.Add(BenchCaptionCommand.Create("caption"));
         return bench;
     }

@@ -12,6 +12,8 @@ public static class CommandCatalog
         yield return TokenizeCommand.Create();
         yield return GenerateCommand.Create();
         yield return CaptionCommand.Create();
+        yield return TrainCommand.Create();
+        yield return DemoCommand.Create();
         yield return BenchCommands.Create();
     }
 }

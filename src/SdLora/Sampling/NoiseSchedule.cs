@@ -60,9 +60,10 @@ public sealed class NoiseSchedule
         if (betas.shape[0] != numTrainTimesteps)
             throw new SdLoraException($"trained_betas has {betas.shape[0]} values but num_train_timesteps is {numTrainTimesteps}: make them agree");
         var acp = torch.cumprod(1 - betas, 0);
-        Betas = betas.MoveToOuterDisposeScope();
-        AlphasCumprod = acp.MoveToOuterDisposeScope();
-        Sigmas = ((1 - acp) / acp).sqrt().MoveToOuterDisposeScope();
+        // Detached, not moved out: a schedule built inside a caller's dispose scope must outlive that scope.
+        Betas = betas.DetachFromDisposeScope();
+        AlphasCumprod = acp.DetachFromDisposeScope();
+        Sigmas = ((1 - acp) / acp).sqrt().DetachFromDisposeScope();
         _acp = AlphasCumprod.data<float>().Select(v => (double)v).ToArray();
         _sigmas = Sigmas.data<float>().Select(v => (double)v).ToArray();
     }

@@ -1,0 +1,146 @@
+using System.CommandLine;
+using System.Globalization;
+using System.Reflection;
+using SdLora.Training;
+using Spectre.Console;
+
+namespace SdLora.Cli.Commands;
+
+/// <summary>
+/// <c>sdlora train</c>: DreamBooth-LoRA training. Every <see cref="TrainingConfig"/> option is a kebab-case flag
+/// (kohya's names work too); <c>--config train.toml</c> takes the same keys, and flags given on the command line win.
+/// </summary>
+public static class TrainCommand
+{
+    public static Command Create()
+    {
+        var cmd = new Command("train", "train a DreamBooth LoRA (kohya-style flags; --config FILE.toml takes the same keys)\n\n" + FlagHelp())
+        {
+            TreatUnmatchedTokensAsErrors = false,
+        };
+        cmd.SetAction(r =>
+        {
+            var (configPath, flags) = TrainingConfigLoader.ParseCommandLine(r.UnmatchedTokens);
+            var notes = new List<string>();
+            if (!flags.ContainsKey("model") && (configPath is null || !TomlSetsModel(configPath)))
+                flags["model"] = CliOptions.ResolveModel(null);
+            var config = TrainingConfigLoader.Load(configPath, flags, notes: notes);
+            foreach (var n in notes) AnsiConsole.MarkupLineInterpolated($"[grey]{n}[/]");
+            return Run(config);
+        });
+        return cmd;
+    }
+
+    private static bool TomlSetsModel(string path) =>
+        TrainingConfigLoader.Load(path, validate: false).Model is not null;
+
+    /// <summary>Runs a training with progress display and prints the summary; exit code 0, or 130 when stopped with Ctrl-C.</summary>
+    internal static int Run(TrainingConfig config, string? realModelHint = null)
+    {
+        CliCancellation.Install();
+        TrainingResult result;
+        try { result = TrainView.Run(new DreamBoothLoraTrainer(config), CliCancellation.Token); }
+        catch (OperationCanceledException)
+        {
+            AnsiConsole.MarkupLine("[yellow]stopped before training began[/]: nothing to save");
+            return 130;
+        }
+        PrintSummary(result);
+        if (realModelHint is not null) AnsiConsole.MarkupLine(realModelHint);
+        return result.Cancelled ? 130 : 0;
+    }
+
+    internal static void PrintSummary(TrainingResult r)
+    {
+        string Rel(string p) => Path.GetRelativePath(Environment.CurrentDirectory, p);
+        AnsiConsole.WriteLine();
+        if (r.Cancelled)
+            AnsiConsole.MarkupLineInterpolated($"[yellow]stopped at step {r.Steps}/{r.TotalSteps}[/]: LoRA and state saved; continue with the same command plus --resume");
+        else
+            AnsiConsole.MarkupLineInterpolated($"[green]done[/]: {r.Steps} steps in {r.Elapsed:hh\\:mm\\:ss}{(r.SmoothedLoss is { } l ? $", loss {l:F4}" : "")}");
+        if (r.LoraPath is not null) AnsiConsole.MarkupLineInterpolated($"  LoRA:      {Rel(r.LoraPath)}");
+        foreach (var s in r.SavedLoras.Where(s => s != r.LoraPath).Distinct()) AnsiConsole.MarkupLineInterpolated($"  epoch:     {Rel(s)}");
+        if (r.LossPng is not null) AnsiConsole.MarkupLineInterpolated($"  loss plot: {Rel(r.LossPng)} (values in {Path.GetFileName(r.LossCsv)})");
+        if (r.Samples.Count > 0) AnsiConsole.MarkupLineInterpolated($"  samples:   {Rel(Path.GetDirectoryName(r.Samples[0])!)} ({r.Samples.Count} images)");
+        if (r.ClassImagesGenerated > 0) AnsiConsole.MarkupLineInterpolated($"  class images generated: {r.ClassImagesGenerated}");
+        AnsiConsole.MarkupLineInterpolated($"  state:     {Rel(Path.Combine(r.OutputDir, "state"))} (for --resume)");
+    }
+
+    /// <summary>The flags with their defaults, for --help.</summary>
+    private static string FlagHelp()
+    {
+        var defaults = new TrainingConfig();
+        var lines = typeof(TrainingConfig).GetProperties(BindingFlags.Public | BindingFlags.Instance).Where(p => p.CanWrite)
+            .Select(p =>
+            {
+                var v = p.GetValue(defaults);
+                string shown = v switch
+                {
+                    null => "",
+                    bool b => b ? "true" : "false",
+                    double d => d.ToString("G", CultureInfo.InvariantCulture),
+                    System.Collections.IEnumerable e and not string => string.Join(" ", e.Cast<object>()),
+                    _ => Convert.ToString(v, CultureInfo.InvariantCulture) ?? "",
+                };
+                return $"  --{TrainingConfigLoader.FlagName(p.Name)}{(shown.Length > 0 ? $" (default {shown})" : "")}";
+            });
+        return "Options (--flag value, --flag=value; bare boolean flags mean true):\n  --config FILE.toml\n" + string.Join("\n", lines);
+    }
+}
+
+/// <summary>Renders <see cref="TrainingProgress"/>: a Spectre progress bar per phase, or plain lines when output is not a terminal.</summary>
+internal static class TrainView
+{
+    public static TrainingResult Run(DreamBoothLoraTrainer trainer, CancellationToken ct)
+    {
+        if (!AnsiConsole.Profile.Capabilities.Interactive)
+        {
+            var last = DateTime.MinValue;
+            return trainer.Train(new SyncProgress<TrainingProgress>(p =>
+            {
+                if (p.Phase == TrainingPhase.Info) { Console.WriteLine(p.Message); return; }
+                if (p.Done == p.Total || DateTime.UtcNow - last > TimeSpan.FromSeconds(5))
+                {
+                    last = DateTime.UtcNow;
+                    Console.WriteLine(Describe(p));
+                }
+            }), ct);
+        }
+        TrainingResult result = null!;
+        AnsiConsole.Progress()
+            .Columns(new TaskDescriptionColumn { Alignment = Justify.Left }, new ProgressBarColumn(), new PercentageColumn(), new ElapsedTimeColumn())
+            .Start(ctx =>
+            {
+                ProgressTask? task = null;
+                TrainingPhase? phase = null;
+                result = trainer.Train(new SyncProgress<TrainingProgress>(p =>
+                {
+                    if (p.Phase == TrainingPhase.Info) { AnsiConsole.WriteLine(p.Message); return; }
+                    if (task is null || phase != p.Phase)
+                    {
+                        task?.StopTask();
+                        task = ctx.AddTask(Describe(p).EscapeMarkup());
+                        phase = p.Phase;
+                    }
+                    task.MaxValue = Math.Max(1, p.Total);
+                    task.Value = p.Done;
+                    task.Description = Describe(p).EscapeMarkup();
+                }), ct);
+                task?.StopTask();
+            });
+        return result;
+    }
+
+    private static string Describe(TrainingProgress p) => p.Phase switch
+    {
+        TrainingPhase.Training =>
+            $"epoch {p.Epoch}/{p.TotalEpochs} step {p.Done}/{p.Total} " +
+            (p.StepsPerSecond >= 1 ? $"{p.StepsPerSecond:F2} it/s" : $"{1 / Math.Max(1e-9, p.StepsPerSecond):F2} s/it") +
+            $" ETA {p.Eta:hh\\:mm\\:ss} loss {p.SmoothedLoss:F4} lr {p.LearningRate:G3}",
+        TrainingPhase.ClassImages => $"class images {p.Done}/{p.Total}",
+        TrainingPhase.CachingLatents => $"caching latents {p.Done}/{p.Total}",
+        TrainingPhase.Sampling => $"sample images ({p.Message}) {p.Done}/{p.Total}",
+        TrainingPhase.Saving => $"saving ({p.Message}) at step {p.Done}",
+        _ => p.Message,
+    };
+}

@@ -1,0 +1,122 @@
+using System.Diagnostics;
+using SdLora.Lora;
+using SdLora.Models;
+using SdLora.Sampling;
+using SdLora.Training;
+using SdLora.Training.Optimizers;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace SdLora.Benchmarks;
+
+/// <summary>One LoRA training step of a full-size UNet with random weights: batch 1, 77-token context, LoRA on attention.</summary>
+public sealed record TrainBenchmarkOptions(
+    ScalarType DType = ScalarType.Float32,
+    bool GradientCheckpointing = false,
+    int Steps = 1,
+    int WarmupSteps = 1,
+    int LatentSize = 64,
+    int Batch = 1,
+    int Rank = 16,
+    int ContextTokens = 77,
+    int? Threads = null,
+    UNetConfig? Config = null);
+
+public sealed record TrainBenchmarkResult(
+    TrainBenchmarkOptions Options,
+    int Threads,
+    double ForwardGFlop,
+    long LoraParameters,
+    IReadOnlyList<double> StepSeconds,
+    IReadOnlyList<MatmulThroughput> Matmul,
+    long PeakRssBytes)
+{
+    /// <summary>
+    /// With the base weights frozen, backward only propagates activations (no weight gradients for the base), about one
+    /// forward's work: a step is ~2 forwards, ~3 with checkpointing (each block's forward runs again in backward).
+    /// </summary>
+    public double TrainGFlop => ForwardGFlop * (Options.GradientCheckpointing ? 3 : 2);
+    public double SecondsPerStep => StepSeconds.Average();
+    public double GFlopsPerSecond => TrainGFlop / SecondsPerStep;
+    public double PeakSameDTypeGFlops => Matmul.Where(m => m.DType == Options.DType).Max(m => m.GFlopsPerSecond);
+    public double PeakAnyGFlops => Matmul.Max(m => m.GFlopsPerSecond);
+    public double EfficiencySameDType => GFlopsPerSecond / PeakSameDTypeGFlops;
+    public double EfficiencyAny => GFlopsPerSecond / PeakAnyGFlops;
+}
+
+/// <summary>
+/// Times forward + backward + AdamW step of a LoRA on the SD1.5 UNet (the training loop's <see cref="DiffusionLoss"/>),
+/// and reads it as an efficiency against this process's dense matmul rate (<see cref="UNetBenchmark.MeasureMatmul"/>).
+/// </summary>
+public static class TrainBenchmark
+{
+    public static IReadOnlyList<MatmulThroughput> MeasureMatmul(IEnumerable<ScalarType> dtypes)
+    {
+        var list = new List<MatmulThroughput>();
+        foreach (var dtype in dtypes.Prepend(ScalarType.Float32).Distinct())
+        {
+            list.Add(UNetBenchmark.MeasureMatmul("linear", dtype, 2048));
+            list.Add(UNetBenchmark.MeasureMatmul("mm", dtype, dtype == ScalarType.Float32 ? 2048 : 512));
+        }
+        return list;
+    }
+
+    public static TrainBenchmarkResult Run(TrainBenchmarkOptions options, IReadOnlyList<MatmulThroughput> matmul,
+        IProgress<string>? progress = null, CancellationToken cancellationToken = default)
+    {
+        if (options.Threads is int n) torch.set_num_threads(n);
+        var config = options.Config ?? UNetConfig.StableDiffusion15;
+        ResetPeakRss();
+
+        string label = $"{ComputeOptions.DTypeName(options.DType)}, checkpointing {(options.GradientCheckpointing ? "on" : "off")}";
+        progress?.Report($"building UNet ({label}, random weights) + LoRA rank {options.Rank}");
+        torch.manual_seed(0);
+        using var unet = new UNet2DConditionModel(config);
+        if (options.DType != ScalarType.Float32) unet.to(options.DType);
+        foreach (var p in unet.parameters()) p.requires_grad = false;
+        using var network = LoraNetwork.Create(unet, null, new LoraNetworkOptions
+        {
+            Rank = options.Rank, Alpha = options.Rank, TrainTextEncoder = false, UnetTargets = LoraUnetTargets.Attention,
+        });
+        network.Attach();
+        var parameters = network.Parameters().ToList();
+        using var optimizer = new AdamW([new ParamGroup("unet", parameters, 1e-4)]);
+        unet.GradientCheckpointing = options.GradientCheckpointing;
+        unet.train();
+
+        int size = options.LatentSize;
+        double gflop = UNetFlops.Forward(config, options.Batch, size, size, options.ContextTokens) / 1e9;
+        var schedule = NoiseSchedule.StableDiffusion1;
+        using var latents = torch.randn(options.Batch, config.InChannels, size, size);
+        using var noise = torch.randn(options.Batch, config.InChannels, size, size);
+        using var timesteps = torch.randint(0, 1000, [options.Batch], ScalarType.Int64);
+        using var context = torch.randn(options.Batch, options.ContextTokens, config.CrossAttentionDim);
+        var steps = new List<double>();
+        for (int i = 0; i < options.WarmupSteps + options.Steps; i++)
+        {
+            cancellationToken.ThrowIfCancellationRequested();
+            bool warmup = i < options.WarmupSteps;
+            progress?.Report(warmup ? $"{label}: warm-up step {i + 1}/{options.WarmupSteps}" : $"{label}: timed step {i - options.WarmupSteps + 1}/{options.Steps}");
+            using var scope = torch.NewDisposeScope();
+            var sw = Stopwatch.StartNew();
+            using (var loss = DiffusionLoss.Compute(unet, schedule, latents, noise, timesteps, context, null, new DiffusionLossOptions(), options.DType))
+                loss.Loss.backward();
+            GradientClipping.ClipGradNorm(parameters, 1.0);
+            optimizer.Step();
+            optimizer.ZeroGrad();
+            sw.Stop();
+            if (!warmup) steps.Add(sw.Elapsed.TotalSeconds);
+        }
+        return new TrainBenchmarkResult(options, torch.get_num_threads(), gflop, parameters.Sum(p => p.numel()), steps, matmul, UNetBenchmark.PeakRssBytes());
+    }
+
+    /// <summary>Resets this process's peak RSS (Linux: <c>clear_refs</c> 5) so each configuration reports its own peak.</summary>
+    private static void ResetPeakRss()
+    {
+        GC.Collect();
+        GC.WaitForPendingFinalizers();
+        try { File.WriteAllText("/proc/self/clear_refs", "5"); }
+        catch (IOException) { }
+        catch (UnauthorizedAccessException) { }
+    }
+}
