@@ -56,50 +56,16 @@ public static class LoadBenchmark
         var layout = Sd15LdmLayout();
         const string PositionIds = LdmKeyMap.TextEncoderPrefix + "text_model.embeddings.position_ids";
 
-        using var header = new MemoryStream();
-        long offset = 0;
-        using (var w = new Utf8JsonWriter(header))
-        {
-            w.WriteStartObject();
-            void Entry(string name, string dtype, long[] shape, long bytes)
-            {
-                w.WriteStartObject(name);
-                w.WriteString("dtype", dtype);
-                w.WriteStartArray("shape");
-                foreach (var d in shape) w.WriteNumberValue(d);
-                w.WriteEndArray();
-                w.WriteStartArray("data_offsets");
-                w.WriteNumberValue(offset);
-                w.WriteNumberValue(offset + bytes);
-                w.WriteEndArray();
-                w.WriteEndObject();
-                offset += bytes;
-            }
-            foreach (var (name, shape) in layout) Entry(name, "F16", shape, 2 * shape.Aggregate(1L, (a, b) => a * b));
-            Entry(PositionIds, "I64", [1, 77], 8 * 77);
-            w.WriteEndObject();
-        }
-        for (int i = (int)((8 - header.Length % 8) % 8); i > 0; i--) header.WriteByte((byte)' ');
-
+        var files = layout.Select(e => new TensorLayout(e.Name, ScalarType.Float16, e.Shape))
+            .Append(new TensorLayout(PositionIds, ScalarType.Int64, [1, 77])).ToList();
         // Streamed one tensor at a time: writing it never holds more than the largest tensor.
         torch.random.manual_seed(1234);
-        AtomicFile.Write(path, s =>
+        int done = 0;
+        SafetensorsStreamWriter.Write(path, files, t =>
         {
-            s.Write(BitConverter.GetBytes(header.Length));
-            header.Position = 0;
-            header.CopyTo(s);
-            int done = 0;
-            foreach (var (name, shape) in layout)
-            {
-                cancel.ThrowIfCancellationRequested();
-                using var scope = torch.NewDisposeScope();
-                var t = (torch.randn(shape) * 0.02f).to(ScalarType.Float16);
-                s.Write(t.bytes);
-                if (++done % 200 == 0) progress?.Report($"wrote {done}/{layout.Count} tensors");
-            }
-            using var ids = torch.arange(77, ScalarType.Int64);
-            s.Write(ids.bytes);
-        });
+            if (++done % 200 == 0) progress?.Report($"wrote {done}/{files.Count} tensors");
+            return t.Name == PositionIds ? torch.arange(77, ScalarType.Int64).reshape(1, 77) : (torch.randn(t.Shape) * 0.02f).to(ScalarType.Float16);
+        }, cancellation: cancel);
         return path;
     }
 

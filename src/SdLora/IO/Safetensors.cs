@@ -210,50 +210,10 @@ public static class Safetensors
         foreach (var (name, _) in list)
             if (!seen.Add(name) || name == "__metadata__") throw new ArgumentException($"duplicate or reserved tensor name '{name}'");
 
-        using var header = new MemoryStream();
-        using (var w = new Utf8JsonWriter(header))
-        {
-            w.WriteStartObject();
-            if (metadata is { Count: > 0 })
-            {
-                w.WriteStartObject("__metadata__");
-                foreach (var (k, v) in metadata) w.WriteString(k, v);
-                w.WriteEndObject();
-            }
-            long offset = 0;
-            foreach (var (name, t) in list)
-            {
-                long bytes = t.NumberOfElements * t.ElementSize;
-                w.WriteStartObject(name);
-                w.WriteString("dtype", ToCode(t.dtype));
-                w.WriteStartArray("shape");
-                foreach (var d in t.shape) w.WriteNumberValue(d);
-                w.WriteEndArray();
-                w.WriteStartArray("data_offsets");
-                w.WriteNumberValue(offset);
-                w.WriteNumberValue(offset + bytes);
-                w.WriteEndArray();
-                w.WriteEndObject();
-                offset += bytes;
-            }
-            w.WriteEndObject();
-        }
-        // Pad the header with spaces so the data section starts 8-byte aligned, as the reference writer does.
-        int pad = (int)((8 - header.Length % 8) % 8);
-        for (int i = 0; i < pad; i++) header.WriteByte((byte)' ');
-
-        AtomicFile.Write(path, s =>
-        {
-            s.Write(BitConverter.GetBytes(header.Length));
-            header.Position = 0;
-            header.CopyTo(s);
-            foreach (var (_, t) in list)
-            {
-                using var scope = torch.NewDisposeScope();
-                var c = t.device_type == DeviceType.CPU ? t.contiguous() : t.cpu().contiguous();
-                s.Write(c.bytes);
-            }
-        });
+        var byName = list.ToDictionary(kv => kv.Key, kv => kv.Value);
+        var layout = list.Select(kv => new TensorLayout(kv.Key, kv.Value.dtype, kv.Value.shape)).ToList();
+        // A fresh alias per tensor: the writer disposes what it is handed, the caller keeps its own tensor.
+        SafetensorsStreamWriter.Write(path, layout, t => byName[t.Name].alias(), metadata);
     }
 
     public static void Save(string path, IReadOnlyDictionary<string, Tensor> tensors, IReadOnlyDictionary<string, string>? metadata = null) =>
