@@ -49,6 +49,7 @@ public sealed class DreamBoothLoraTrainer
     {
         var clock = Stopwatch.StartNew();
         var c = Config;
+        if (c.Threads is { } threads) torch.set_num_threads(threads);
         void Info(string message) => progress?.Report(new TrainingProgress(TrainingPhase.Info, 0, 0, Message: message));
 
         // ---- output folder, resume position ----
