@@ -218,9 +218,8 @@ public sealed class DreamBoothLoraTrainer
             using (torch.no_grad())
             {
                 Directory.CreateDirectory(run.SamplesDir);
-                for (int i = 0; i < samplePrompts.Count; i++)
+                for (int i = 0; i < samplePrompts.Count && !ct.IsCancellationRequested; i++)
                 {
-                    ct.ThrowIfCancellationRequested();
                     progress?.Report(new TrainingProgress(TrainingPhase.Sampling, i, samplePrompts.Count, Message: label));
                     var p = samplePrompts[i];
                     var result = pipeline.Generate(new Txt2ImgOptions
