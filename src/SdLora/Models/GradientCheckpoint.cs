@@ -12,7 +12,13 @@ public static class GradientCheckpoint
 {
     // A leaf that requires grad, passed along so the autograd node is recorded even when no explicit
     // input requires grad (frozen-UNet LoRA training: the latents and the text context don't).
-    private static readonly ThreadLocal<Tensor> Anchor = new(() => torch.zeros(1, requires_grad: true));
+    // Detached from dispose scopes: it is created inside the first caller's scope but must live for the whole thread.
+    private static readonly ThreadLocal<Tensor> Anchor = new(() =>
+    {
+        var anchor = torch.zeros(1, requires_grad: true);
+        anchor.DetachFromDisposeScope();
+        return anchor;
+    });
 
     /// <summary>Computes <c>fn(inputs)</c>, storing only the inputs for backward.</summary>
     public static Tensor Run(Func<Tensor[], Tensor> fn, params Tensor[] inputs)

@@ -139,7 +139,7 @@ public sealed class DreamBoothLoraTrainer
 
         // ---- conditioning ----
         bool trainTe = teParams.Count > 0;
-        var embeddingCache = new Dictionary<string, Tensor>();
+        using var embeddingCache = new EmbeddingCache();
         Tensor Context(IReadOnlyList<BatchItem> items)
         {
             using var scope = torch.NewDisposeScope();
@@ -349,6 +349,16 @@ public sealed class DreamBoothLoraTrainer
         if (c.NoiseOffset > 0) noise = noise + c.NoiseOffset * torch.randn([shape[0], shape[1], 1, 1], ScalarType.Float32, CPU, generator: g);
         var timesteps = torch.randint(0, numTrainTimesteps, [shape[0]], ScalarType.Int64, CPU, generator: g);
         return (noise.MoveToOuterDisposeScope(), timesteps.MoveToOuterDisposeScope());
+    }
+
+    /// <summary>Caption -> text-encoder output, for runs that do not train the text encoder.</summary>
+    private sealed class EmbeddingCache : Dictionary<string, Tensor>, IDisposable
+    {
+        public void Dispose()
+        {
+            foreach (var t in Values) t.Dispose();
+            Clear();
+        }
     }
 
     private static int GenerateClassImages(Txt2ImgPipeline pipeline, TrainingConfig c, string classDir, IProgress<TrainingProgress>? progress, CancellationToken ct)
