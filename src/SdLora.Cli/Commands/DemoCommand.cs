@@ -31,7 +31,7 @@ public static class DemoCommand
                 "\n[bold]With a real SD1.5 checkpoint[/] (e.g. v1-5-pruned-emaonly.safetensors) the same training is:\n" +
                 Markup.Escape($"  sdlora train --model v1-5-pruned-emaonly.safetensors --data \"{config.Data}\" --instance-prompt \"a photo of sks dog\" " +
                               "--class-prompt \"a photo of a dog\" --num-class-images 100 --resolution 512 --max-train-steps 800 " +
-                              "--network-dim 32 --network-alpha 16 --gradient-checkpointing --mixed-precision bf16 " +
+                              "--network-dim 32 --network-alpha 16 " +
                               $"--sample-prompts \"{config.SamplePrompts}\" --save-every-n-epochs 1 --output sks-dog-lora");
             return TrainCommand.Run(config, hint);
         });

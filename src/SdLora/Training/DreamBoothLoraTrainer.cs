@@ -234,6 +234,7 @@ public sealed class DreamBoothLoraTrainer
                         samples.Add(path);
                     }
                 }
+                progress?.Report(new TrainingProgress(TrainingPhase.Sampling, samplePrompts.Count, samplePrompts.Count, Message: label));
             }
             SetTrainMode();
         }
