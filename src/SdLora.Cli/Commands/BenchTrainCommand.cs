@@ -40,7 +40,7 @@ public static class BenchTrainCommand
                         Math.Max(8, parse.GetValue(size) / 8), 1, parse.GetValue(rank), Threads: parse.GetValue(threads)), matmul, progress, CliCancellation.Token);
                     table.AddRow(ComputeOptions.DTypeName(t), ck ? "on" : "off", $"{r.SecondsPerStep:F1}", $"{r.TrainGFlop:F0}",
                         $"{r.GFlopsPerSecond:F1}", $"{r.EfficiencySameDType:P0}", $"{r.EfficiencyAny:P0}", $"{r.PeakRssBytes / 1048576.0:F0} MiB");
-                    progress.Report($"{ComputeOptions.DTypeName(t)} checkpointing {(ck ? "on" : "off")}: {r.SecondsPerStep:F1} s/step, peak RSS {r.PeakRssBytes / 1048576.0:F0} MiB, {r.LoraParameters:N0} LoRA parameters");
+                    progress.Report($"{ComputeOptions.DTypeName(t)} checkpointing {(ck ? "on" : "off")}: {r.SecondsPerStep:F1} s/step, peak RSS {r.PeakRssBytes / 1048576.0:F0} MiB (model {r.ModelRssBytes / 1048576.0:F0} MiB), {r.LoraParameters:N0} LoRA parameters");
                 }
             foreach (var m in matmul)
                 AnsiConsole.MarkupLineInterpolated($"[grey]{m.Kernel} {ComputeOptions.DTypeName(m.DType)} {m.Size}²: {m.GFlopsPerSecond:F1} GFLOP/s[/]");

@@ -24,9 +24,6 @@ public static class DemoCommand
         cmd.SetAction(r =>
         {
             var config = Config(r.GetValue(output)!, r.GetValue(steps));
-            // The tiny model's tensors are small: one thread is as fast as several on an idle machine and an order of
-            // magnitude faster on a busy one (threads then wait for each other at every operation).
-            TorchSharp.torch.set_num_threads(1);
             AnsiConsole.MarkupLine("[bold]sdlora demo[/]: DreamBooth LoRA on 5 bundled dog photos with the bundled tiny model.");
             AnsiConsole.MarkupLine("[grey]The tiny model has random weights, so every image it makes (class images, samples) is coloured noise: " +
                                    "the demo shows the flow and the files, not the pictures.[/]");
@@ -34,7 +31,7 @@ public static class DemoCommand
                 "\n[bold]With a real SD1.5 checkpoint[/] (e.g. v1-5-pruned-emaonly.safetensors) the same training is:\n" +
                 Markup.Escape($"  sdlora train --model v1-5-pruned-emaonly.safetensors --data \"{config.Data}\" --instance-prompt \"a photo of sks dog\" " +
                               "--class-prompt \"a photo of a dog\" --num-class-images 100 --resolution 512 --max-train-steps 800 " +
-                              "--network-dim 32 --network-alpha 16 --gradient-checkpointing --mixed-precision bf16 " +
+                              "--network-dim 32 --network-alpha 16 " +
                               $"--sample-prompts \"{config.SamplePrompts}\" --save-every-n-epochs 1 --output sks-dog-lora");
             return TrainCommand.Run(config, hint);
         });
@@ -63,6 +60,9 @@ public static class DemoCommand
             Resolution = Resolution.Square(128), MinBucketReso = 64, MaxBucketReso = 256, BucketResoSteps = 64,
             MaxTrainSteps = steps, SaveEveryNEpochs = 2, NetworkDim = 8, NetworkAlpha = 4, LearningRate = 1e-3, TextEncoderLr = 1e-4,
             SamplePrompts = prompts, Seed = 42,
+            // The tiny model's tensors are small: one thread is as fast as several on an idle machine and an order of
+            // magnitude faster on a busy one (threads then wait for each other at every operation).
+            Threads = 1,
         };
     }
 }

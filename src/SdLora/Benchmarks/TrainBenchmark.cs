@@ -29,7 +29,8 @@ public sealed record TrainBenchmarkResult(
     long LoraParameters,
     IReadOnlyList<double> StepSeconds,
     IReadOnlyList<MatmulThroughput> Matmul,
-    long PeakRssBytes)
+    long PeakRssBytes,
+    long ModelRssBytes)
 {
     /// <summary>
     /// With the base weights frozen, backward only propagates activations (no weight gradients for the base), about one
@@ -83,6 +84,8 @@ public static class TrainBenchmark
         using var optimizer = new AdamW([new ParamGroup("unet", parameters, 1e-4)]);
         unet.GradientCheckpointing = options.GradientCheckpointing;
         unet.train();
+        long modelRss = CurrentRssBytes();
+        progress?.Report($"{label}: model + LoRA built, RSS {modelRss / 1048576.0:F0} MiB");
 
         int size = options.LatentSize;
         double gflop = UNetFlops.Forward(config, options.Batch, size, size, options.ContextTokens) / 1e9;
@@ -107,7 +110,20 @@ public static class TrainBenchmark
             sw.Stop();
             if (!warmup) steps.Add(sw.Elapsed.TotalSeconds);
         }
-        return new TrainBenchmarkResult(options, torch.get_num_threads(), gflop, parameters.Sum(p => p.numel()), steps, matmul, UNetBenchmark.PeakRssBytes());
+        return new TrainBenchmarkResult(options, torch.get_num_threads(), gflop, parameters.Sum(p => p.numel()), steps, matmul, UNetBenchmark.PeakRssBytes(), modelRss);
+    }
+
+    /// <summary>Current resident set size (VmRSS), or 0 where /proc is unavailable.</summary>
+    public static long CurrentRssBytes()
+    {
+        try
+        {
+            foreach (var line in File.ReadLines("/proc/self/status"))
+                if (line.StartsWith("VmRSS:")) return long.Parse(line["VmRSS:".Length..].Trim().Split(' ')[0]) * 1024;
+        }
+        catch (IOException) { }
+        catch (UnauthorizedAccessException) { }
+        return 0;
     }
 
     /// <summary>Resets this process's peak RSS (Linux: <c>clear_refs</c> 5) so each configuration reports its own peak.</summary>

@@ -35,6 +35,8 @@ public static class GradientCheckpoint
             ctx.save_data("fn", fn);
             ctx.save_data("requires_grad", inputs.Select(t => t.requires_grad).ToArray());
             ctx.save_for_backward(inputs.ToList());
+            // No graph inside: keeping the block's activations is exactly what checkpointing avoids.
+            using var noGrad = torch.no_grad();
             return [fn(inputs)];
         }
 

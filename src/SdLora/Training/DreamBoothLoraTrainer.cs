@@ -49,6 +49,7 @@ public sealed class DreamBoothLoraTrainer
     {
         var clock = Stopwatch.StartNew();
         var c = Config;
+        if (c.Threads is { } threads) torch.set_num_threads(threads);
         void Info(string message) => progress?.Report(new TrainingProgress(TrainingPhase.Info, 0, 0, Message: message));
 
         // ---- output folder, resume position ----
@@ -138,7 +139,7 @@ public sealed class DreamBoothLoraTrainer
 
         // ---- conditioning ----
         bool trainTe = teParams.Count > 0;
-        var embeddingCache = new Dictionary<string, Tensor>();
+        using var embeddingCache = new EmbeddingCache();
         Tensor Context(IReadOnlyList<BatchItem> items)
         {
             using var scope = torch.NewDisposeScope();
@@ -217,9 +218,8 @@ public sealed class DreamBoothLoraTrainer
             using (torch.no_grad())
             {
                 Directory.CreateDirectory(run.SamplesDir);
-                for (int i = 0; i < samplePrompts.Count; i++)
+                for (int i = 0; i < samplePrompts.Count && !ct.IsCancellationRequested; i++)
                 {
-                    ct.ThrowIfCancellationRequested();
                     progress?.Report(new TrainingProgress(TrainingPhase.Sampling, i, samplePrompts.Count, Message: label));
                     var p = samplePrompts[i];
                     var result = pipeline.Generate(new Txt2ImgOptions
@@ -234,6 +234,7 @@ public sealed class DreamBoothLoraTrainer
                         samples.Add(path);
                     }
                 }
+                progress?.Report(new TrainingProgress(TrainingPhase.Sampling, samplePrompts.Count, samplePrompts.Count, Message: label));
             }
             SetTrainMode();
         }
@@ -349,6 +350,16 @@ public sealed class DreamBoothLoraTrainer
         if (c.NoiseOffset > 0) noise = noise + c.NoiseOffset * torch.randn([shape[0], shape[1], 1, 1], ScalarType.Float32, CPU, generator: g);
         var timesteps = torch.randint(0, numTrainTimesteps, [shape[0]], ScalarType.Int64, CPU, generator: g);
         return (noise.MoveToOuterDisposeScope(), timesteps.MoveToOuterDisposeScope());
+    }
+
+    /// <summary>Caption -> text-encoder output, for runs that do not train the text encoder.</summary>
+    private sealed class EmbeddingCache : Dictionary<string, Tensor>, IDisposable
+    {
+        public void Dispose()
+        {
+            foreach (var t in Values) t.Dispose();
+            Clear();
+        }
     }
 
     private static int GenerateClassImages(Txt2ImgPipeline pipeline, TrainingConfig c, string classDir, IProgress<TrainingProgress>? progress, CancellationToken ct)

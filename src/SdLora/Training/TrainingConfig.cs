@@ -101,6 +101,8 @@ public sealed partial record TrainingConfig
     public bool GradientCheckpointing { get; init; }
     public bool CacheLatents { get; init; } = true;
     public bool CacheLatentsToDisk { get; init; }
+    /// <summary>torch CPU threads; null leaves torch's choice (one per core). Small models on busy machines run faster with 1.</summary>
+    public int? Threads { get; init; }
 
     // ---- saving ----
     public int? SaveEveryNEpochs { get; init; }
@@ -195,6 +197,7 @@ public sealed partial record TrainingConfig
         ComputeOptions.ParseDType(Dtype);
         if (Device.Trim().ToLowerInvariant() is not ("cpu" or "cuda") && !Device.StartsWith("cuda:", StringComparison.OrdinalIgnoreCase))
             throw new SdLoraException($"--device '{Device}' is not known: use cpu, cuda or cuda:N");
+        if (Threads is { } th) AtLeast("threads", th, 1);
         if (SaveEveryNEpochs is { } se) AtLeast("save-every-n-epochs", se, 1);
         if (SampleEveryNEpochs is { } sa) AtLeast("sample-every-n-epochs", sa, 1);
         if (RandomCrop && CacheLatents)

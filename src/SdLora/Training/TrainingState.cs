@@ -85,7 +85,7 @@ public static class TrainingStateStore
     public static TrainingConfig ResumeRelevant(TrainingConfig c) => c with
     {
         Output = null, Resume = false, Overwrite = false, MaxTrainEpochs = 1, MaxTrainSteps = null, SaveEveryNEpochs = null,
-        SampleEveryNEpochs = null, SamplePrompts = null, Device = "cpu", ClassData = null,
+        SampleEveryNEpochs = null, SamplePrompts = null, Device = "cpu", ClassData = null, Threads = null,
     };
 
     public static string ConfigHash(TrainingConfig c) =>
