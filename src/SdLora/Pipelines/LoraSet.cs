@@ -24,6 +24,8 @@ public sealed class LoraSet : IDisposable
             {
                 if (!File.Exists(use.Path)) throw new SdLoraException($"LoRA {use.Path} not found; check the path (or put NAME.safetensors in --lora-dir)");
                 var net = LoraNetwork.FromFile(use.Path, model.UNet, model.TextEncoder, use.Weight);
+                if (use.UNetWeight is { } unetWeight)
+                    foreach (var m in net.UnetModules) m.Multiplier = unetWeight;
                 if (net.Match?.Warning is { } w) warnings.Add(w);
                 net.Attach();
                 set._networks.Add(net);

@@ -8,8 +8,11 @@ using static TorchSharp.torch;
 
 namespace SdLora.Pipelines;
 
-/// <summary>A LoRA to apply while generating: a file and its weight (A1111's <c>&lt;lora:name:weight&gt;</c>).</summary>
-public sealed record LoraUse(string Path, double Weight = 1.0);
+/// <summary>
+/// A LoRA to apply while generating: a file and its weight (A1111's <c>&lt;lora:name:weight&gt;</c>); an optional
+/// separate UNet weight (<c>&lt;lora:name:te:unet&gt;</c>), else the UNet uses <see cref="Weight"/> too.
+/// </summary>
+public sealed record LoraUse(string Path, double Weight = 1.0, double? UNetWeight = null);
 
 /// <summary>What to generate. Defaults follow AUTOMATIC1111's txt2img tab.</summary>
 public sealed record Txt2ImgOptions
@@ -74,7 +77,7 @@ public sealed class Txt2ImgPipeline(StableDiffusionModel model)
 
         var encoder = new PromptEncoder(model.Tokenizer, model.TextEncoder);
         var tags = PromptParser.Parse(o.Prompt).Loras;
-        var loraUses = o.Loras.Concat(tags.Select(t => new LoraUse(ResolveLoraTag(t.Name, o.LoraDir), t.Weight))).ToList();
+        var loraUses = o.Loras.Concat(tags.Select(t => new LoraUse(ResolveLoraTag(t.Name, o.LoraDir), t.TextEncoderWeight, t.UNetWeightOverride))).ToList();
 
         var images = new List<GeneratedImage>();
         var warnings = new List<string>();

@@ -71,6 +71,12 @@ public class LoraGoldenTests(TinyModels models) : IClassFixture<TinyModels>
         Assert.NotEqual(plain.Image.Pixels, withLora.Image.Pixels);
         Assert.Equal(plain.Image.Pixels, again.Image.Pixels);
         Assert.Single(withLora.Parameters.LoraHashes);
+        // <lora:NAME:te:unet>: a UNet weight of 0 with a text-encoder weight of 0 is the base model again.
+        var zero = pipeline.Generate(o with { Prompt = "a dog <lora:dog:0:0>" }).Images[0];
+        Assert.Equal(plain.Image.Pixels, zero.Image.Pixels);
+        var unetOnly = pipeline.Generate(o with { Prompt = "a dog <lora:dog:0:1>" }).Images[0];
+        Assert.NotEqual(plain.Image.Pixels, unetOnly.Image.Pixels);
+        Assert.NotEqual(withLora.Image.Pixels, unetOnly.Image.Pixels);
         Assert.Equal("dog", withLora.Parameters.LoraHashes[0].Key);
     }
 
