@@ -1,5 +1,6 @@
 using SdLora.Imaging;
 using SdLora.IO;
+using SdLora.IO.Pickle;
 using SdLora.Models;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -42,8 +43,6 @@ public sealed class BlipCaptioner : IDisposable
     /// <summary>Throws the one-line "no model here, this is how to get one" message when <paramref name="folder"/> is not a usable BLIP folder.</summary>
     public static void EnsureModelFolder(string folder)
     {
-        if (File.Exists(folder) && folder.EndsWith(".pth", StringComparison.OrdinalIgnoreCase))
-            throw new SdLoraException($"{folder}: original BLIP .pth checkpoints are not readable yet; use a Hugging Face model folder (config.json, model.safetensors, preprocessor_config.json, vocab.txt, tokenizer_config.json), e.g. Salesforce/blip-image-captioning-large");
         var missing = RequiredFiles.Where(f => !File.Exists(Path.Combine(folder, f))).ToList();
         if (missing.Count == 0) return;
         string what = Directory.Exists(folder) ? $"missing {string.Join(", ", missing)}" : "folder not found";
@@ -52,8 +51,9 @@ public sealed class BlipCaptioner : IDisposable
 
     public static BlipCaptioner Load(string folder, ComputeOptions? compute = null)
     {
-        EnsureModelFolder(folder);
         compute ??= ComputeOptions.CpuFloat32;
+        if (OriginalCheckpoint(folder) is { } pth) return LoadOriginal(pth, compute);
+        EnsureModelFolder(folder);
         var config = BlipConfig.FromJsonFile(Path.Combine(folder, "config.json"));
         var tokenizer = WordPieceTokenizer.FromFolder(folder);
         var processor = BlipProcessor.FromJsonFile(Path.Combine(folder, "preprocessor_config.json"), config.Vision.ImageSize);
@@ -63,6 +63,36 @@ public sealed class BlipCaptioner : IDisposable
         model.eval();
         model.to(compute.DType).to(compute.Device);
         return new BlipCaptioner(model, processor, tokenizer, compute);
+    }
+
+    /// <summary>An original BLIP checkpoint: a <c>.pth</c> path, or a folder holding one and no <c>model.safetensors</c>.</summary>
+    private static string? OriginalCheckpoint(string path)
+    {
+        if (File.Exists(path)) return Path.GetExtension(path).ToLowerInvariant() is ".pth" or ".pt" or ".ckpt" ? path : null;
+        if (!Directory.Exists(path) || File.Exists(Path.Combine(path, "model.safetensors"))) return null;
+        return Directory.GetFiles(path, "*.pth").Order(StringComparer.Ordinal).FirstOrDefault();
+    }
+
+    /// <summary>
+    /// kohya's make_captions.py checkpoint (<c>model_large_caption.pth</c>), read through the restricted unpickler and
+    /// renamed to Hugging Face names. The bert-base-uncased <c>vocab.txt</c> must lie beside it; a <c>config.json</c> /
+    /// <c>preprocessor_config.json</c> there is used when present, else the shapes give the config (vision LayerNorm eps 1e-6).
+    /// </summary>
+    private static BlipCaptioner LoadOriginal(string pth, ComputeOptions compute)
+    {
+        var dir = Path.GetDirectoryName(Path.GetFullPath(pth))!;
+        if (!File.Exists(Path.Combine(dir, "vocab.txt")))
+            throw new SdLoraException($"{pth}: an original BLIP checkpoint needs the bert-base-uncased vocab.txt beside it; copy vocab.txt from Salesforce/blip-image-captioning-large (or bert-base-uncased) into {dir}");
+        using var source = TorchCheckpoint.Open(pth);
+        var view = BlipCheckpointKeys.HuggingFaceView(source);
+        var configPath = Path.Combine(dir, "config.json");
+        var config = File.Exists(configPath) ? BlipConfig.FromJsonFile(configPath) : BlipCheckpointKeys.ConfigFromShapes(view, 1e-6);
+        var processor = BlipProcessor.FromJsonFile(Path.Combine(dir, "preprocessor_config.json"), config.Vision.ImageSize);
+        var model = new BlipForConditionalGeneration(config);
+        LoadWeights(model, view);
+        model.eval();
+        model.to(compute.DType).to(compute.Device);
+        return new BlipCaptioner(model, processor, WordPieceTokenizer.FromFolder(dir), compute);
     }
 
     /// <summary>

@@ -82,20 +82,7 @@ public sealed class BlipCheckpointKeysTests
         // Rebuild an original-BLIP-named state dict from the tiny model and load it back through the renaming view.
         using var scope = torch.NewDisposeScope();
         using var hf = SafetensorsFile.Open(Fixtures.Golden("blip/model/model.safetensors"));
-        var inverse = new Dictionary<string, string>
-        {
-            ["vision_model.embeddings.class_embedding"] = "visual_encoder.cls_token",
-            ["vision_model.embeddings.position_embedding"] = "visual_encoder.pos_embed",
-            ["vision_model.embeddings.patch_embedding."] = "visual_encoder.patch_embed.proj.",
-            ["vision_model.post_layernorm."] = "visual_encoder.norm.",
-        };
-        string ToOriginal(string k)
-        {
-            foreach (var (from, to) in inverse) if (k.StartsWith(from)) return to + k[from.Length..];
-            return k.Replace("vision_model.encoder.layers.", "visual_encoder.blocks.").Replace("self_attn.qkv", "attn.qkv")
-                .Replace("self_attn.projection", "attn.proj").Replace("layer_norm1", "norm1").Replace("layer_norm2", "norm2");
-        }
-        var original = hf.Keys.ToDictionary(ToOriginal, k => hf.Load(k));
+        var original = hf.Keys.ToDictionary(ToOriginalName, k => hf.Load(k));
         original["text_decoder.bert.embeddings.position_ids"] = torch.arange(64).unsqueeze(0);
         var view = BlipCheckpointKeys.HuggingFaceView(new DictionaryTensorSource(original, "model_large_caption.pth"));
         var config = BlipCheckpointKeys.ConfigFromShapes(view, 1e-5);
@@ -109,5 +96,44 @@ public sealed class BlipCheckpointKeysTests
         using var f = Fixtures.Open("blip/text_decoder");
         using var noGrad = torch.no_grad();
         Fixtures.AssertClose(f.Load("logits"), model.Logits(f.Load("pixel_values"), f.Load("input_ids"), f.Load("attention_mask")), 1e-4, "logits");
+    }
+
+    /// <summary>Hugging Face BLIP key -> the original BLIP (salesforce/kohya) key, the inverse of the loader's renaming.</summary>
+    internal static string ToOriginalName(string k)
+    {
+        var inverse = new Dictionary<string, string>
+        {
+            ["vision_model.embeddings.class_embedding"] = "visual_encoder.cls_token",
+            ["vision_model.embeddings.position_embedding"] = "visual_encoder.pos_embed",
+            ["vision_model.embeddings.patch_embedding."] = "visual_encoder.patch_embed.proj.",
+            ["vision_model.post_layernorm."] = "visual_encoder.norm.",
+        };
+        foreach (var (from, to) in inverse) if (k.StartsWith(from)) return to + k[from.Length..];
+        return k.Replace("vision_model.encoder.layers.", "visual_encoder.blocks.").Replace("self_attn.qkv", "attn.qkv")
+            .Replace("self_attn.projection", "attn.proj").Replace("layer_norm1", "norm1").Replace("layer_norm2", "norm2");
+    }
+
+    [Fact]
+    public void Original_pth_checkpoint_captions_like_the_hugging_face_folder()
+    {
+        using var tmp = Fixtures.TempDir();
+        foreach (var f in new[] { "config.json", "preprocessor_config.json", "vocab.txt", "tokenizer_config.json" })
+            File.Copy(Fixtures.Golden("blip/model/" + f), tmp.File(f));
+        using (var hf = SafetensorsFile.Open(Fixtures.Golden("blip/model/model.safetensors")))
+        {
+            var tensors = hf.Keys.Select(k => (ToOriginalName(k), hf.Load(k))).ToList();
+            SdLora.Tests.Checkpoints.TorchZipWriter.WriteStateDict(tmp.File("model_large_caption.pth"), tensors, wrap: true);
+            foreach (var (_, t) in tensors) t.Dispose();
+        }
+        var image = SdLora.Imaging.RgbImage.Load(Fixtures.Golden("blip/image_a.png"));
+        var options = new BlipCaptionOptions();
+        var expected = BlipCaptioner.Load(Fixtures.Golden("blip/model")).Caption([image], options);
+        var actual = BlipCaptioner.Load(tmp.Path).Caption([image], options);
+        Assert.Equal(expected, actual);
+        Assert.Equal(actual, BlipCaptioner.Load(tmp.File("model_large_caption.pth")).Caption([image], options));
+
+        File.Delete(tmp.File("vocab.txt"));
+        var ex = Assert.Throws<SdLoraException>(() => BlipCaptioner.Load(tmp.Path));
+        Assert.Contains("vocab.txt", ex.Message);
     }
 }
