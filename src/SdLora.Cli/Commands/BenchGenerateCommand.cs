@@ -19,17 +19,11 @@ public static class BenchGenerateCommand
             var o = new GenerateBenchmarkOptions(ComputeOptions.ParseDType(parse.GetValue(dtype)!), Math.Max(1, parse.GetValue(steps)),
                 parse.GetValue(size), parse.GetValue(sampler)!);
             var r = GenerateBenchmark.Run(o, new SyncProgress<string>(m => AnsiConsole.MarkupLineInterpolated($"[grey]{m}[/]")), CliCancellation.Token);
-            var table = new Table().AddColumns("measure", "value");
-            foreach (var m in r.Matmul)
-                table.AddRow($"{m.Kernel} {ComputeOptions.DTypeName(m.DType)} {m.Size}²", $"{m.GFlopsPerSecond:F1} GFLOP/s");
-            table.AddRow("threads", r.Threads.ToString());
+            var table = BenchTable.Create(r.Matmul, r.Threads);
             table.AddRow("model FLOPs per CFG step", $"{r.StepGFlop:F0} GFLOP ({o.Size}x{o.Size}, UNet batch 2)");
-            table.AddRow("seconds per step", $"{r.SecondsPerStep:F2} s ({string.Join(", ", r.StepSeconds.Select(s => s.ToString("F2")))})");
+            BenchTable.AddStepRows(table, r.StepSeconds, r.GFlopsPerSecond, r.EfficiencySameDType, r.EfficiencyAny);
             table.AddRow("bare UNet forward", $"{r.UNetForwardSeconds:F2} s (overhead per step {r.OverheadSeconds:F2} s)");
-            table.AddRow("achieved", $"{r.GFlopsPerSecond:F1} GFLOP/s");
-            table.AddRow("efficiency vs same-dtype matmul", $"{r.EfficiencySameDType:P0}");
-            table.AddRow("efficiency vs best matmul", $"{r.EfficiencyAny:P0}");
-            table.AddRow("peak RSS", $"{r.PeakRssBytes / 1048576.0:F0} MiB");
+            table.AddRow("peak RSS", BenchTable.MiB(r.PeakRssBytes));
             AnsiConsole.Write(table);
             return 0;
         });

@@ -23,18 +23,12 @@ public static class BenchUNetCommand
                 Threads: parse.GetValue(threads));
             var progress = new Progress<string>(m => AnsiConsole.MarkupLineInterpolated($"[grey]{m}[/]"));
             var r = UNetBenchmark.Run(options, progress);
-            var table = new Table().AddColumns("measure", "value");
-            foreach (var m in r.Matmul)
-                table.AddRow($"{m.Kernel} {ComputeOptions.DTypeName(m.DType)} {m.Size}²", $"{m.GFlopsPerSecond:F1} GFLOP/s");
-            table.AddRow("threads", r.Threads.ToString());
+            var table = BenchTable.Create(r.Matmul, r.Threads);
             table.AddRow("UNet forward", $"{r.ForwardGFlop:F0} GFLOP (batch {options.Batch}, {options.LatentSize}x{options.LatentSize} latents)");
-            table.AddRow("seconds per step", $"{r.SecondsPerStep:F2} s ({string.Join(", ", r.StepSeconds.Select(s => s.ToString("F2")))})");
-            table.AddRow("achieved", $"{r.GFlopsPerSecond:F1} GFLOP/s");
-            table.AddRow("efficiency vs same-dtype matmul", $"{r.EfficiencySameDType:P0}");
-            table.AddRow("efficiency vs best matmul", $"{r.EfficiencyAny:P0}");
-            table.AddRow("peak RSS (whole run)", $"{r.PeakRssBytes / 1048576.0:F0} MiB");
-            table.AddRow("RSS with model built", $"{r.ModelRssBytes / 1048576.0:F0} MiB");
-            table.AddRow("peak RSS during forwards", r.ForwardPeakRssBytes > 0 ? $"{r.ForwardPeakRssBytes / 1048576.0:F0} MiB" : "n/a");
+            BenchTable.AddStepRows(table, r.StepSeconds, r.GFlopsPerSecond, r.EfficiencySameDType, r.EfficiencyAny);
+            table.AddRow("peak RSS (whole run)", BenchTable.MiB(r.PeakRssBytes));
+            table.AddRow("RSS with model built", BenchTable.MiB(r.ModelRssBytes));
+            table.AddRow("peak RSS during forwards", r.ForwardPeakRssBytes > 0 ? BenchTable.MiB(r.ForwardPeakRssBytes) : "n/a");
             AnsiConsole.Write(table);
             return 0;
         });
