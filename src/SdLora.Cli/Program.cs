@@ -4,6 +4,8 @@ using SdLora.Cli.Commands;
 
 var root = new RootCommand("sdlora: personalize Stable Diffusion 1.x with LoRA and DreamBooth");
 foreach (var command in CommandCatalog.All()) root.Subcommands.Add(command);
+foreach (var help in root.Options.OfType<System.CommandLine.Help.HelpOption>())
+    if (help.Action is { } standard) help.Action = new TrainHelpAction(standard);
 
 // Ctrl-C: long jobs stop after their current step and keep what they made (see CliCancellation).
 CliCancellation.Install();

@@ -14,7 +14,7 @@ public static class TrainCommand
 {
     public static Command Create()
     {
-        var cmd = new Command("train", "train a DreamBooth LoRA (kohya-style flags; --config FILE.toml takes the same keys)\n\n" + FlagHelp())
+        var cmd = new Command("train", "train a DreamBooth LoRA (kohya-style flags; --config FILE.toml takes the same keys; `train --help` lists them)")
         {
             TreatUnmatchedTokensAsErrors = false,
         };
@@ -67,7 +67,8 @@ public static class TrainCommand
     }
 
     /// <summary>The flags with their defaults, for --help.</summary>
-    private static string FlagHelp()
+    /// <summary>Every training flag with its default; printed after <c>train --help</c> (see <see cref="TrainHelpAction"/>).</summary>
+    public static string FlagHelp()
     {
         var defaults = new TrainingConfig();
         var lines = typeof(TrainingConfig).GetProperties(BindingFlags.Public | BindingFlags.Instance).Where(p => p.CanWrite)
@@ -143,4 +144,20 @@ internal static class TrainView
         TrainingPhase.Saving => $"saving ({p.Message}) at step {p.Done}",
         _ => p.Message,
     };
+}
+
+/// <summary>
+/// The usual help, plus the list of training flags when the help is for <c>train</c> (its flags are parsed by the
+/// training config loader, not declared as options, so the standard help cannot list them).
+/// </summary>
+public sealed class TrainHelpAction(System.CommandLine.Invocation.CommandLineAction standard) : System.CommandLine.Invocation.SynchronousCommandLineAction
+{
+    public override bool ClearsParseErrors => true;
+
+    public override int Invoke(ParseResult parseResult)
+    {
+        int rc = standard is System.CommandLine.Invocation.SynchronousCommandLineAction sync ? sync.Invoke(parseResult) : 0;
+        if (parseResult.CommandResult.Command.Name == "train") Console.WriteLine("Training flags:\n" + TrainCommand.FlagHelp());
+        return rc;
+    }
 }
