@@ -144,11 +144,21 @@ public abstract class LoraModule : nn.Module, ILayerAdapter
         if (_reattachAfterUnmerge) Attach();
     }
 
-    /// <summary>kohya's initialisation: down Kaiming-uniform (a = sqrt 5, as torch Linear/Conv), up zeros.</summary>
-    public void ResetParameters()
+    /// <summary>
+    /// kohya's initialisation: down Kaiming-uniform (a = sqrt 5, as torch Linear/Conv: U(-1/sqrt(fan_in), 1/sqrt(fan_in))),
+    /// up zeros. With <paramref name="generator"/> the draw comes from it instead of torch's global generator, so a
+    /// seeded run does not depend on what else in the process draws random numbers.
+    /// </summary>
+    public void ResetParameters(Generator? generator = null)
     {
         using var noGrad = torch.no_grad();
-        nn.init.kaiming_uniform_(DownWeight, Math.Sqrt(5));
+        if (generator is null) nn.init.kaiming_uniform_(DownWeight, Math.Sqrt(5));
+        else
+        {
+            double bound = 1.0 / Math.Sqrt(DownWeight.shape.Skip(1).Aggregate(1L, (a, b) => a * b));
+            using var u = torch.rand(DownWeight.shape, ScalarType.Float32, generator: generator);
+            DownWeight.copy_(u * (2 * bound) - bound);
+        }
         UpWeight.zero_();
     }
 

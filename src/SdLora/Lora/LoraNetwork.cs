@@ -28,7 +28,7 @@ public sealed class LoraNetwork : IDisposable
     }
 
     /// <summary>Creates a trainable network (kohya init: up = 0, so the model's output is unchanged) on the layers selected by <paramref name="options"/>. Not attached yet.</summary>
-    public static LoraNetwork Create(nn.Module? unet, nn.Module? textEncoder, LoraNetworkOptions options)
+    public static LoraNetwork Create(nn.Module? unet, nn.Module? textEncoder, LoraNetworkOptions options, Generator? generator = null)
     {
         var index = LoraTargetIndex.FromModules(options.TrainUnet ? unet : null, options.TrainTextEncoder ? textEncoder : null);
         var modules = new List<LoraModule>();
@@ -42,6 +42,7 @@ public sealed class LoraNetwork : IDisposable
             double alpha = bigKernel ? options.ConvAlpha ?? options.Alpha : options.Alpha;
             var m = NewModule(t, rank, alpha);
             m.Dropout = options.Dropout;
+            if (generator is not null) m.ResetParameters(generator);
             modules.Add(m);
         }
         if (modules.Count == 0)

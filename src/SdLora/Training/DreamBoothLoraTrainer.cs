@@ -117,13 +117,14 @@ public sealed class DreamBoothLoraTrainer
         }
 
         // ---- the LoRA network and optimizer ----
-        torch.manual_seed(c.Seed); // kohya init draws lora_down from the global generator
+        // kohya's init, drawn from a generator of our own: the run stays reproducible whatever else draws random numbers.
+        using var initGenerator = new Generator((ulong)c.Seed, CPU);
         using var network = LoraNetwork.Create(unet, model.TextEncoder, new LoraNetworkOptions
         {
             Rank = c.NetworkDim, Alpha = c.NetworkAlpha, ConvRank = c.ConvDim, ConvAlpha = c.ConvAlpha,
             TrainUnet = c.TrainUnet, TrainTextEncoder = c.TrainTextEncoder, Dropout = c.NetworkDropout ?? 0,
             UnetTargets = c.ConvDim is null ? LoraUnetTargets.KohyaDefault : LoraUnetTargets.KohyaDefault | LoraUnetTargets.Convs,
-        });
+        }, initGenerator);
         network.Attach();
         var groups = new List<ParamGroup>();
         var unetParams = network.UnetModules.SelectMany(m => m.parameters()).ToList();

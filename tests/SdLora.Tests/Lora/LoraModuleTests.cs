@@ -121,4 +121,23 @@ public class LoraModuleTests
         a.Detach(); b.Detach();
         Assert.True(torch.equal(baseOut, layer.forward(x)).all().item<bool>());
     }
+
+    [Fact]
+    public void Seeded_generator_gives_the_same_kohya_init_whatever_the_global_generator_does()
+    {
+        var (unet, te) = FakeModels.Small();
+        var options = new LoraNetworkOptions { Rank = 2, Alpha = 1 };
+        using var g1 = new Generator(7UL, CPU);
+        using var a = LoraNetwork.Create(unet, te, options, g1);
+        torch.randn(1000).Dispose(); // another user of the global generator in between
+        using var g2 = new Generator(7UL, CPU);
+        using var b = LoraNetwork.Create(unet, te, options, g2);
+        foreach (var (x, y) in a.Modules.Zip(b.Modules))
+        {
+            Assert.True(x.DownWeight.equal(y.DownWeight).all().item<bool>(), x.LoraName);
+            double bound = 1.0 / Math.Sqrt(x.DownWeight.shape.Skip(1).Aggregate(1L, (p, q) => p * q));
+            Assert.True(x.DownWeight.abs().max().item<float>() <= bound, "kaiming-uniform bound");
+            Assert.Equal(0f, x.UpWeight.abs().max().item<float>());
+        }
+    }
 }

@@ -8,6 +8,7 @@ using static TorchSharp.torch;
 
 namespace SdLora.Tests.Training;
 
+[Collection(SerialTrainingCollection.Name)]
 public class CheckpointingTests
 {
     [Fact]

@@ -5,6 +5,7 @@ using Xunit;
 
 namespace SdLora.Tests.Training;
 
+[Collection(SerialTrainingCollection.Name)]
 public class DemoTests
 {
     [Fact]

@@ -10,6 +10,7 @@ using static TorchSharp.torch;
 
 namespace SdLora.Tests.Training;
 
+[Collection(SerialTrainingCollection.Name)]
 public class TrainerTests
 {
     /// <summary>A 64 px run of the tiny model on <paramref name="images"/> bundled dog photos (1 repeat each).</summary>
