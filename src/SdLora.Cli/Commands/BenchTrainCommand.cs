@@ -31,7 +31,7 @@ public static class BenchTrainCommand
             var progress = new SyncProgress<string>(m => AnsiConsole.MarkupLineInterpolated($"[grey]{m}[/]"));
             progress.Report("measuring dense matmul throughput");
             var types = dtypes.Select(ComputeOptions.ParseDType).ToList();
-            var matmul = TrainBenchmark.MeasureMatmul(types);
+            var matmul = UNetBenchmark.MeasureCeiling(types, CliCancellation.Token);
             var table = new Table().AddColumns("dtype", "checkpointing", "s/step", "train GFLOP", "GFLOP/s", "vs same-dtype matmul", "vs best matmul", "peak RSS");
             foreach (var t in types)
                 foreach (var ck in ckpts)

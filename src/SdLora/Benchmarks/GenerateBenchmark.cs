@@ -39,7 +39,7 @@ public static class GenerateBenchmark
     public static GenerateBenchmarkResult Run(GenerateBenchmarkOptions o, IProgress<string>? progress = null, CancellationToken ct = default)
     {
         progress?.Report("measuring dense matmul throughput");
-        var matmul = MeasureCeiling(o.DType);
+        var matmul = UNetBenchmark.MeasureCeiling([o.DType], ct);
 
         progress?.Report($"building a full-size SD1.5 model with random weights ({ComputeOptions.DTypeName(o.DType)})");
         var compute = new ComputeOptions(CPU, o.DType);
@@ -89,21 +89,8 @@ public static class GenerateBenchmark
         // Measure the ceiling again after the run and keep the better figure of each kernel: on a shared machine a
         // single measurement can land in a busy moment and flatter the efficiency.
         progress?.Report("measuring dense matmul throughput again");
-        var best = matmul.Concat(MeasureCeiling(o.DType)).GroupBy(m => (m.Kernel, m.DType))
+        var best = matmul.Concat(UNetBenchmark.MeasureCeiling([o.DType], ct)).GroupBy(m => (m.Kernel, m.DType))
             .Select(g => g.MaxBy(m => m.GFlopsPerSecond)!).ToList();
         return new GenerateBenchmarkResult(o, torch.get_num_threads(), gflop, stepTimes, unetSeconds, best, peak);
-    }
-
-    /// <summary>Dense matmul throughput in fp32 and the benchmark dtype (torch.mm and nn.functional.linear).</summary>
-    public static List<MatmulThroughput> MeasureCeiling(ScalarType dtype)
-    {
-        var list = new List<MatmulThroughput> { UNetBenchmark.MeasureMatmul("linear", ScalarType.Float32, 2048), UNetBenchmark.MeasureMatmul("mm", ScalarType.Float32, 2048) };
-        if (dtype != ScalarType.Float32)
-        {
-            list.Add(UNetBenchmark.MeasureMatmul("linear", dtype, 2048));
-            // bf16 mm is pathologically slow on CPUs without native bf16: time it on a smaller size.
-            list.Add(UNetBenchmark.MeasureMatmul("mm", dtype, 512));
-        }
-        return list;
     }
 }

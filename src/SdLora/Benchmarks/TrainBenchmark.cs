@@ -47,21 +47,10 @@ public sealed record TrainBenchmarkResult(
 
 /// <summary>
 /// Times forward + backward + AdamW step of a LoRA on the SD1.5 UNet (the training loop's <see cref="DiffusionLoss"/>),
-/// and reads it as an efficiency against this process's dense matmul rate (<see cref="UNetBenchmark.MeasureMatmul"/>).
+/// and reads it as an efficiency against this process's dense matmul rate (<see cref="UNetBenchmark.MeasureCeiling"/>).
 /// </summary>
 public static class TrainBenchmark
 {
-    public static IReadOnlyList<MatmulThroughput> MeasureMatmul(IEnumerable<ScalarType> dtypes)
-    {
-        var list = new List<MatmulThroughput>();
-        foreach (var dtype in dtypes.Prepend(ScalarType.Float32).Distinct())
-        {
-            list.Add(UNetBenchmark.MeasureMatmul("linear", dtype, 2048));
-            list.Add(UNetBenchmark.MeasureMatmul("mm", dtype, dtype == ScalarType.Float32 ? 2048 : 512));
-        }
-        return list;
-    }
-
     public static TrainBenchmarkResult Run(TrainBenchmarkOptions options, IReadOnlyList<MatmulThroughput> matmul,
         IProgress<string>? progress = null, CancellationToken cancellationToken = default)
     {

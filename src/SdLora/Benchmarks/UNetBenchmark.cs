@@ -51,15 +51,7 @@ public static class UNetBenchmark
         var config = options.Config ?? UNetConfig.StableDiffusion15;
 
         progress?.Report("measuring dense matmul throughput");
-        var matmul = new List<MatmulThroughput>();
-        foreach (var dtype in new[] { ScalarType.Float32, options.DType }.Distinct())
-        {
-            matmul.Add(MeasureMatmul("linear", dtype, 2048));
-            cancellationToken.ThrowIfCancellationRequested();
-            // bf16/fp16 mm is pathologically slow on CPUs without native support: time it on a smaller size.
-            matmul.Add(MeasureMatmul("mm", dtype, dtype == ScalarType.Float32 ? 2048 : 512));
-            cancellationToken.ThrowIfCancellationRequested();
-        }
+        var matmul = MeasureCeiling([options.DType], cancellationToken);
 
         progress?.Report($"building UNet ({ComputeOptions.DTypeName(options.DType)}, random weights)");
         using var unet = new UNet2DConditionModel(config);
@@ -93,6 +85,24 @@ public static class UNetBenchmark
         }
         long forwardPeak = peakReset ? PeakRssBytes() : 0;
         return new UNetBenchmarkResult(options, torch.get_num_threads(), gflop, steps, matmul, PeakRssBytes(), modelRss, forwardPeak);
+    }
+
+    /// <summary>
+    /// The dense-matmul ceiling the benchmarks compare with: <c>linear</c> and <c>mm</c> for fp32 (always) and each of
+    /// <paramref name="dtypes"/>, 2048² except bf16/fp16 <c>mm</c>, which is pathologically slow on CPUs without native
+    /// support and is timed at 512².
+    /// </summary>
+    public static List<MatmulThroughput> MeasureCeiling(IEnumerable<ScalarType> dtypes, CancellationToken cancellationToken = default)
+    {
+        var list = new List<MatmulThroughput>();
+        foreach (var dtype in dtypes.Prepend(ScalarType.Float32).Distinct())
+        {
+            list.Add(MeasureMatmul("linear", dtype, 2048));
+            cancellationToken.ThrowIfCancellationRequested();
+            list.Add(MeasureMatmul("mm", dtype, dtype == ScalarType.Float32 ? 2048 : 512));
+            cancellationToken.ThrowIfCancellationRequested();
+        }
+        return list;
     }
 
     /// <summary>GFLOP/s of a square <paramref name="size"/>² matmul through <c>torch.mm</c> ("mm") or <c>nn.functional.linear</c> ("linear").</summary>
