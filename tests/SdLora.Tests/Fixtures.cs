@@ -36,6 +36,17 @@ public static class Fixtures
     /// <summary>Parses <c>golden/NAME.json</c>.</summary>
     public static JsonDocument Json(string name) => JsonDocument.Parse(File.ReadAllText(Golden(name + ".json")));
 
+    /// <summary>A part of the tiny reference model (<c>tiny-sd15/PART</c>) built from its diffusers config.json and weights, in eval mode.</summary>
+    public static T LoadTinyPart<T>(string part, string weightsFile, Func<string, T> createFromConfigJson) where T : nn.Module
+    {
+        var dir = Golden("tiny-sd15/" + part);
+        var module = createFromConfigJson(File.ReadAllText(Path.Combine(dir, "config.json")));
+        using var weights = SafetensorsFile.Open(Path.Combine(dir, weightsFile));
+        SdLora.Models.ModuleWeights.Load(module, weights);
+        module.eval();
+        return module;
+    }
+
     /// <summary>A fresh temporary folder, removed when disposed.</summary>
     public static TempDir TempDir() => new();
 

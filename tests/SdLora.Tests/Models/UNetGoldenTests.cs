@@ -8,15 +8,8 @@ namespace SdLora.Tests.Models;
 
 public class UNetGoldenTests
 {
-    internal static UNet2DConditionModel LoadTinyUNet()
-    {
-        var config = UNetConfig.FromDiffusersJson(File.ReadAllText(Fixtures.Golden("tiny-sd15/unet/config.json")));
-        var unet = new UNet2DConditionModel(config);
-        using var weights = SafetensorsFile.Open(Fixtures.Golden("tiny-sd15/unet/diffusion_pytorch_model.safetensors"));
-        ModuleWeights.Load(unet, weights);
-        unet.eval();
-        return unet;
-    }
+    internal static UNet2DConditionModel LoadTinyUNet() =>
+        Fixtures.LoadTinyPart("unet", "diffusion_pytorch_model.safetensors", json => new UNet2DConditionModel(UNetConfig.FromDiffusersJson(json)));
 
     [Fact]
     public void UNet_parameter_names_equal_the_diffusers_checkpoint_keys()

@@ -8,15 +8,8 @@ namespace SdLora.Tests.Models;
 
 public class VaeGoldenTests
 {
-    internal static AutoencoderKL LoadTinyVae()
-    {
-        var config = AutoencoderKLConfig.FromDiffusersJson(File.ReadAllText(Fixtures.Golden("tiny-sd15/vae/config.json")));
-        var vae = new AutoencoderKL(config);
-        using var weights = SafetensorsFile.Open(Fixtures.Golden("tiny-sd15/vae/diffusion_pytorch_model.safetensors"));
-        ModuleWeights.Load(vae, weights);
-        vae.eval();
-        return vae;
-    }
+    internal static AutoencoderKL LoadTinyVae() =>
+        Fixtures.LoadTinyPart("vae", "diffusion_pytorch_model.safetensors", json => new AutoencoderKL(AutoencoderKLConfig.FromDiffusersJson(json)));
 
     [Fact]
     public void Vae_parameter_names_equal_the_diffusers_checkpoint_keys()

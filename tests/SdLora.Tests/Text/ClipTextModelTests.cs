@@ -14,15 +14,8 @@ public sealed class TinyClipText
 
 public class ClipTextModelTests(TinyClipText tiny) : IClassFixture<TinyClipText>
 {
-    internal static ClipTextModel LoadTiny()
-    {
-        var dir = Fixtures.Golden("tiny-sd15/text_encoder");
-        var model = new ClipTextModel(ClipTextConfig.FromDiffusersJson(File.ReadAllText(Path.Combine(dir, "config.json"))));
-        using var weights = SafetensorsFile.Open(Path.Combine(dir, "model.safetensors"));
-        ModuleWeights.Load(model, weights);
-        model.eval();
-        return model;
-    }
+    internal static ClipTextModel LoadTiny() =>
+        Fixtures.LoadTinyPart("text_encoder", "model.safetensors", json => new ClipTextModel(ClipTextConfig.FromDiffusersJson(json)));
 
     private ClipTextModel Tiny => tiny.Model;
 
