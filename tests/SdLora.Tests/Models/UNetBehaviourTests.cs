@@ -42,11 +42,12 @@ public class UNetBehaviourTests
             unet.GradientCheckpointing = true;
             var checkpointed = Gradients(unet, sample, t, context, trainable, inputRequiresGrad);
             Assert.Equal(plain.Keys, checkpointed.Keys);
+            double largest = plain.Values.Max(g => g.abs().max().item<float>());
             foreach (var (name, g) in plain)
             {
                 Assert.True(g.abs().max().item<float>() > 0, $"{name}: zero gradient");
-                // Recomputation is deterministic; only the order in which skip-path gradients are summed may differ.
-                Fixtures.AssertClose(g, checkpointed[name], 1e-5, $"grad {name} (input requires grad: {inputRequiresGrad})");
+                // The recomputed forward and the order in which skip-path gradients are summed may round differently.
+                Fixtures.AssertClose(g, checkpointed[name], Tolerance.Gradient(largest), $"grad {name} (input requires grad: {inputRequiresGrad})");
             }
         }
     }
@@ -62,7 +63,7 @@ public class UNetBehaviourTests
         unet.to(ScalarType.BFloat16);
         var output = unet.forward(sample.to(ScalarType.BFloat16), t, context.to(ScalarType.BFloat16));
         Assert.Equal(ScalarType.BFloat16, output.dtype);
-        Fixtures.AssertClose(reference, output.to(ScalarType.Float32), 5e-2, "bf16 noise prediction");
+        Fixtures.AssertClose(reference, output.to(ScalarType.Float32), Tolerance.Bf16VsFp32, "bf16 noise prediction");
     }
 
     [Fact]

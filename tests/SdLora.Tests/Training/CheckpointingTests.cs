@@ -40,6 +40,12 @@ public class CheckpointingTests
         }
         var plain = Grads(false);
         var checkpointed = Grads(true);
-        for (int i = 0; i < plain.Count; i++) Fixtures.AssertClose(plain[i], checkpointed[i], 1e-5, $"grad {i}");
+        // Checkpointing recomputes each block's forward in backward, with the graph on, where the first forward ran
+        // without it; the kernels may differ in rounding, and the gradients then differ as two fp32 evaluations of the
+        // same step do.
+        double largest = plain.Max(g => g.abs().max().item<float>());
+        Assert.True(largest > 0, "no gradient reached the LoRA");
+        for (int i = 0; i < plain.Count; i++)
+            Fixtures.AssertClose(plain[i], checkpointed[i], Tolerance.Gradient(largest), $"grad {i}");
     }
 }

@@ -51,7 +51,7 @@ public class TrainStepGoldenTests
 
         double expected = g.Load($"{variant}.loss").item<float>();
         double actual = 2 * result.Loss.item<float>();
-        Assert.True(Math.Abs(actual - expected) <= 1e-5 * Math.Abs(expected), $"{variant} loss: {actual} vs {expected}");
+        Fixtures.AssertClose(expected, actual, Tolerance.RelativeToMax(1e-5), $"{variant} loss");
         var expectedPerExample = g.Load($"{variant}.mse_per_example");
         if (variant == "eps_minsnr5") expectedPerExample = expectedPerExample * g.Load("min_snr_weights");
         Fixtures.AssertClose(expectedPerExample, result.PerExample, 1e-5, $"{variant} per-example loss");
@@ -62,11 +62,9 @@ public class TrainStepGoldenTests
             foreach (var (suffix, weight) in new[] { ("lora_down.weight", m.DownWeight), ("lora_up.weight", m.UpWeight) })
             {
                 var name = $"{m.LoraName}.{suffix}";
-                var want = g.Load($"{variant}.grad.{name}").to(ScalarType.Float64);
-                var got = (weight.grad ?? throw new Xunit.Sdk.XunitException($"{name}: no gradient")).to(ScalarType.Float64) * 2;
-                double scale = want.abs().max().item<double>();
-                double err = (got - want).abs().max().item<double>();
-                Assert.True(err <= 1e-4 * scale, $"{variant} grad {name}: max abs error {err:G4} > 1e-4 x {scale:G4}");
+                var want = g.Load($"{variant}.grad.{name}");
+                var got = (weight.grad ?? throw new Xunit.Sdk.XunitException($"{name}: no gradient")) * 2;
+                Fixtures.AssertClose(want, got, Tolerance.RelativeToMax(1e-4), $"{variant} grad {name}");
                 checkedTensors++;
             }
         Assert.Equal(256, checkedTensors);
