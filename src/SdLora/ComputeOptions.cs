@@ -52,6 +52,14 @@ public sealed record ComputeOptions(Device Device, ScalarType DType, CpuLowPreci
         _ => throw new SdLoraException($"unknown dtype '{name}': use fp32, bf16 or fp16"),
     };
 
+    /// <summary>Parses the user-facing names of <see cref="SdLora.CpuLowPrecision"/>: <c>upcast</c>, <c>native</c>.</summary>
+    public static CpuLowPrecision ParseCpuLowPrecision(string name) => name.Trim().ToLowerInvariant() switch
+    {
+        "upcast" => CpuLowPrecision.Upcast,
+        "native" => CpuLowPrecision.Native,
+        _ => throw new SdLoraException($"unknown CPU low-precision policy '{name}': use upcast or native"),
+    };
+
     public static string DTypeName(ScalarType t) => t switch
     {
         ScalarType.Float32 => "fp32",

@@ -14,14 +14,18 @@ public static class BenchTrainCommand
         var steps = new Option<int>("--steps") { Description = "timed steps (after one warm-up)", DefaultValueFactory = _ => 1 };
         var size = new Option<int>("--size") { Description = "image size in pixels (latents are size/8)", DefaultValueFactory = _ => 512 };
         var rank = new Option<int>("--rank") { Description = "LoRA rank on the attention projections", DefaultValueFactory = _ => 16 };
-        var threads = new Option<int?>("--threads") { Description = "torch intra-op threads (default: torch's choice)" };
-        var command = new Command(name, "time LoRA training steps (forward + backward + AdamW) of a full-size SD1.5 UNet with random weights, batch 1")
+        var threads = BenchHost.ThreadsOption();
+        var lowPrecision = BenchHost.CpuLowPrecisionOption();
+        // Its own help option: the root's help action appends the training flags for a command named "train".
+        var command = BenchHost.WithOwnHelp(new Command(name, "time LoRA training steps (forward + backward + AdamW) of a full-size SD1.5 UNet with random weights, batch 1")
         {
-            dtype, checkpointing, steps, size, rank, threads,
-        };
+            dtype, checkpointing, steps, size, rank, threads, lowPrecision,
+        });
         command.SetAction(parse =>
         {
             CliCancellation.Install();
+            BenchHost.Start(parse.GetValue(threads));
+            var policy = ComputeOptions.ParseCpuLowPrecision(parse.GetValue(lowPrecision)!);
             var dtypes = parse.GetValue(dtype) == "both" ? ["fp32", "bf16"] : new[] { parse.GetValue(dtype)! };
             var ckpts = parse.GetValue(checkpointing) switch
             {
@@ -37,7 +41,7 @@ public static class BenchTrainCommand
                 foreach (var ck in ckpts)
                 {
                     var r = TrainBenchmark.Run(new TrainBenchmarkOptions(t, ck, Math.Max(1, parse.GetValue(steps)), 1,
-                        Math.Max(8, parse.GetValue(size) / 8), 1, parse.GetValue(rank), Threads: parse.GetValue(threads)), matmul, progress, CliCancellation.Token);
+                        Math.Max(8, parse.GetValue(size) / 8), 1, parse.GetValue(rank), CpuLowPrecision: policy), matmul, progress, CliCancellation.Token);
                     table.AddRow(ComputeOptions.DTypeName(t), ck ? "on" : "off", $"{r.SecondsPerStep:F1}", $"{r.TrainGFlop:F0}",
                         $"{r.GFlopsPerSecond:F1}", $"{r.EfficiencySameDType:P0}", $"{r.EfficiencyAny:P0}", $"{r.PeakRssBytes / 1048576.0:F0} MiB");
                     progress.Report($"{ComputeOptions.DTypeName(t)} checkpointing {(ck ? "on" : "off")}: {r.SecondsPerStep:F1} s/step, peak RSS {r.PeakRssBytes / 1048576.0:F0} MiB (model {r.ModelRssBytes / 1048576.0:F0} MiB), {r.LoraParameters:N0} LoRA parameters");

@@ -1,0 +1,55 @@
+using System.CommandLine;
+using System.CommandLine.Help;
+using SdLora.Cli.Commands;
+using Xunit;
+
+namespace SdLora.Tests.Benchmarks;
+
+public class BenchCommandTests
+{
+    /// <summary>The root command as Program.cs builds it, with the help action that appends the training flags for <c>train</c>.</summary>
+    private static RootCommand Root()
+    {
+        var root = new RootCommand("sdlora");
+        foreach (var command in CommandCatalog.All()) root.Subcommands.Add(command);
+        foreach (var help in root.Options.OfType<HelpOption>())
+            if (help.Action is { } standard) help.Action = new TrainHelpAction(standard);
+        return root;
+    }
+
+    [Fact]
+    public void Bench_train_help_lists_only_its_own_options()
+    {
+        var parse = Root().Parse(["bench", "train", "--help"]);
+        Assert.IsNotType<TrainHelpAction>(parse.Action);
+        var output = new StringWriter();
+        Assert.Equal(0, parse.Invoke(new InvocationConfiguration { Output = output }));
+        var help = output.ToString();
+        foreach (var option in new[] { "--dtype", "--checkpointing", "--steps", "--size", "--rank", "--threads", "--cpu-low-precision" })
+            Assert.Contains(option, help);
+        Assert.DoesNotContain("Training flags", help);
+        Assert.DoesNotContain("--instance-prompt", help);
+    }
+
+    [Fact]
+    public void Every_bench_command_takes_threads_except_load()
+    {
+        var bench = Root().Subcommands.Single(c => c.Name == "bench");
+        Assert.Equal(["unet", "load", "generate", "train", "caption"], bench.Subcommands.Select(c => c.Name));
+        foreach (var command in bench.Subcommands.Where(c => c.Name != "load"))
+            Assert.Contains(command.Options, o => o.Name == "--threads");
+    }
+
+    [Theory]
+    [InlineData("upcast", CpuLowPrecision.Upcast)]
+    [InlineData(" Native ", CpuLowPrecision.Native)]
+    public void Cpu_low_precision_names_parse(string name, CpuLowPrecision expected) =>
+        Assert.Equal(expected, ComputeOptions.ParseCpuLowPrecision(name));
+
+    [Fact]
+    public void Unknown_cpu_low_precision_name_says_what_to_use()
+    {
+        var e = Assert.Throws<SdLoraException>(() => ComputeOptions.ParseCpuLowPrecision("fast"));
+        Assert.Contains("use upcast or native", e.Message);
+    }
+}
