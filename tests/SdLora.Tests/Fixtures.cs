@@ -7,11 +7,15 @@ using static TorchSharp.torch;
 namespace SdLora.Tests;
 
 /// <summary>
-/// The one way tests reach their data: the golden fixtures copied from the reference Python
-/// implementations into tests/SdLora.Tests/data/golden (see its README for tolerances).
+/// The one way tests reach their data. Golden tests read the reference set in <see cref="GoldenDir"/>:
+/// <c>SDLORA_GOLDEN_DIR</c> when set, else the set copied into tests/SdLora.Tests/data/golden (see its README for the
+/// tolerances and for how to check another set). Other tests that use the tiny model or a fixture as plain test data
+/// read the copied set (<see cref="CopiedSet"/>), whatever the variable says.
 /// </summary>
 public static class Fixtures
 {
+    public const string GoldenDirVariable = "SDLORA_GOLDEN_DIR";
+
     private static readonly Lazy<string> _dataDir = new(() =>
     {
         for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir != null; dir = dir.Parent)
@@ -22,10 +26,43 @@ public static class Fixtures
         throw new DirectoryNotFoundException("tests/SdLora.Tests/data not found above " + AppContext.BaseDirectory);
     });
 
+    private static readonly Lazy<string?> _goldenDirFromEnvironment = new(() =>
+    {
+        var value = Environment.GetEnvironmentVariable(GoldenDirVariable);
+        if (string.IsNullOrWhiteSpace(value)) return null;
+        var full = Path.GetFullPath(value);
+        if (!Directory.Exists(full))
+            throw new DirectoryNotFoundException($"{GoldenDirVariable}={value}: no such folder; point it at a golden reference set or unset it");
+        return full;
+    });
+
+    private static readonly AsyncLocal<string?> _goldenDirOverride = new();
+
     /// <summary>tests/SdLora.Tests/data</summary>
     public static string DataDir => _dataDir.Value;
-    public static string GoldenDir => Path.Combine(DataDir, "golden");
     public static string RepoRoot => Path.GetFullPath(Path.Combine(DataDir, "..", "..", ".."));
+
+    /// <summary>The reference set golden tests read: <c>SDLORA_GOLDEN_DIR</c>, else the copied set.</summary>
+    public static string GoldenDir => _goldenDirOverride.Value ?? _goldenDirFromEnvironment.Value ?? Path.Combine(DataDir, "golden");
+
+    /// <summary>True when <see cref="GoldenDir"/> was named from outside: then a file absent from it skips the tests that need it.</summary>
+    public static bool GoldenDirIsChosen => _goldenDirOverride.Value is not null || _goldenDirFromEnvironment.Value is not null;
+
+    /// <summary>
+    /// Points the golden tests run from the calling flow at <paramref name="dir"/> until disposed, as
+    /// <c>SDLORA_GOLDEN_DIR</c> would (for tests of this machinery).
+    /// </summary>
+    public static IDisposable UseGoldenDir(string dir)
+    {
+        var previous = _goldenDirOverride.Value;
+        _goldenDirOverride.Value = Path.GetFullPath(dir);
+        return new Restore(() => _goldenDirOverride.Value = previous);
+    }
+
+    private sealed class Restore(Action restore) : IDisposable
+    {
+        public void Dispose() => restore();
+    }
 
     /// <summary>
     /// Path of a file of the golden set copied into this repository, whatever <c>SDLORA_GOLDEN_DIR</c> says: for tests
@@ -33,19 +70,82 @@ public static class Fixtures
     /// </summary>
     public static string CopiedSet(string relative) => Path.Combine(DataDir, "golden", relative);
 
-    /// <summary>Path of a file under the golden folder, e.g. <c>Golden("tiny-sd15/unet/config.json")</c>.</summary>
-    public static string Golden(string relative) => Path.Combine(GoldenDir, relative);
+    /// <summary>The tiny model's diffusers folder of the copied set (test data for behaviour tests).</summary>
+    public static string CopiedTinyModel => CopiedSet("tiny-sd15");
 
-    /// <summary>Opens <c>golden/NAME.safetensors</c>.</summary>
+    /// <summary>
+    /// Path of a file or folder of the golden set, e.g. <c>Golden("tiny-sd15/unet/config.json")</c>. When the set was
+    /// chosen through <c>SDLORA_GOLDEN_DIR</c> and lacks it, the calling test is skipped ("FILE not in FOLDER"); golden
+    /// tests are <c>[SkippableFact]</c>/<c>[SkippableTheory]</c> for that.
+    /// </summary>
+    public static string Golden(string relative)
+    {
+        var path = Path.Combine(GoldenDir, relative);
+        if (GoldenDirIsChosen && !File.Exists(path) && !Directory.Exists(path))
+            throw new SkipException($"{relative} not in {GoldenDir}");
+        return path;
+    }
+
+    /// <summary>
+    /// Loads something for a class fixture, which runs outside every test's dispose scope (so its tensors live as long
+    /// as the fixture): a golden file the set lacks is remembered and skips each test that then asks for it.
+    /// </summary>
+    public static Func<T> LoadOrRememberSkip<T>(Func<T> load)
+    {
+        try
+        {
+            var value = load();
+            return () => value;
+        }
+        catch (SkipException skip)
+        {
+            return () => throw new SkipException(skip.Message);
+        }
+    }
+
+    /// <summary>Opens <c>NAME.safetensors</c> of the golden set.</summary>
     public static SafetensorsFile Open(string name) => SafetensorsFile.Open(Golden(name + ".safetensors"));
 
-    /// <summary>Parses <c>golden/NAME.json</c>.</summary>
-    public static JsonDocument Json(string name) => JsonDocument.Parse(File.ReadAllText(Golden(name + ".json")));
+    /// <summary>Parses <c>NAME.json</c> of the golden set.</summary>
+    public static JsonDocument Json(string name) => JsonDocument.Parse(ReadJsonText(Golden(name + ".json")));
 
-    /// <summary>A part of the tiny reference model (<c>tiny-sd15/PART</c>) built from its diffusers config.json and weights, in eval mode.</summary>
-    public static T LoadTinyPart<T>(string part, string weightsFile, Func<string, T> createFromConfigJson) where T : nn.Module
+    // Python's json writes bare -Infinity/Infinity/NaN values, which System.Text.Json rejects: read them as null.
+    private static string ReadJsonText(string path) =>
+        System.Text.RegularExpressions.Regex.Replace(File.ReadAllText(path), @"(?<=[\[:,]\s*)(-?Infinity|NaN)(?=\s*[,\]}])", "null");
+
+    /// <summary>
+    /// The tolerance for <paramref name="tensor"/> of fixture <paramref name="name"/>: the fixture JSON's
+    /// <c>"tolerances"</c> entry for that tensor (exact name, else the longest matching <c>"prefix*"</c>) when it has one,
+    /// else <paramref name="readmeDefault"/>, the golden README's value. An entry is a number (the README rule
+    /// <c>tol * max(1, max|expected|)</c>) or <c>{"relative": r, "absolute": a}</c>.
+    /// </summary>
+    public static Tolerance GoldenTolerance(string name, string tensor, Tolerance readmeDefault)
     {
-        var dir = Golden("tiny-sd15/" + part);
+        using var json = Json(name);
+        if (!json.RootElement.TryGetProperty("tolerances", out var table)) return readmeDefault;
+        JsonElement? entry = null;
+        int matched = -1;
+        foreach (var p in table.EnumerateObject())
+        {
+            bool exact = p.Name == tensor;
+            bool prefix = p.Name.EndsWith('*') && tensor.StartsWith(p.Name[..^1], StringComparison.Ordinal);
+            int strength = exact ? int.MaxValue : prefix ? p.Name.Length : -1;
+            if (strength > matched) { matched = strength; entry = p.Value; }
+        }
+        if (entry is not { } e) return readmeDefault;
+        return e.ValueKind == JsonValueKind.Number
+            ? Tolerance.Golden(e.GetDouble())
+            : new Tolerance(e.GetProperty("relative").GetDouble(), e.GetProperty("absolute").GetDouble());
+    }
+
+    /// <inheritdoc cref="GoldenTolerance(string, string, Tolerance)"/>
+    public static Tolerance GoldenTolerance(string name, string tensor, double readmeDefault) =>
+        GoldenTolerance(name, tensor, Tolerance.Golden(readmeDefault));
+
+    /// <summary>A part of a tiny model folder (<c>MODELDIR/PART</c>) built from its diffusers config.json and weights, in eval mode.</summary>
+    public static T LoadTinyPart<T>(string modelDir, string part, string weightsFile, Func<string, T> createFromConfigJson) where T : nn.Module
+    {
+        var dir = Path.Combine(modelDir, part);
         var module = createFromConfigJson(File.ReadAllText(Path.Combine(dir, "config.json")));
         using var weights = SafetensorsFile.Open(Path.Combine(dir, weightsFile));
         SdLora.Models.ModuleWeights.Load(module, weights);

@@ -9,7 +9,7 @@ public class UNetBehaviourTests
 {
     private static (Tensor sample, Tensor t, Tensor context) Inputs()
     {
-        using var g = Fixtures.Open("unet");
+        using var g = SdLora.IO.SafetensorsFile.Open(Fixtures.CopiedSet("unet.safetensors"));
         return (g.Load("sample"), g.Load("timesteps_int"), g.Load("encoder_hidden_states"));
     }
 
@@ -30,7 +30,7 @@ public class UNetBehaviourTests
     [Fact]
     public void Gradient_checkpointing_gives_the_same_gradients()
     {
-        using var unet = UNetGoldenTests.LoadTinyUNet();
+        using var unet = UNetGoldenTests.LoadTinyUNet(Fixtures.CopiedTinyModel);
         unet.train();
         using var scope = torch.NewDisposeScope();
         var (sample, t, context) = Inputs();
@@ -55,7 +55,7 @@ public class UNetBehaviourTests
     [Fact]
     public void UNet_runs_in_bf16_close_to_fp32()
     {
-        using var unet = UNetGoldenTests.LoadTinyUNet();
+        using var unet = UNetGoldenTests.LoadTinyUNet(Fixtures.CopiedTinyModel);
         using var scope = torch.NewDisposeScope();
         using var noGrad = torch.no_grad();
         var (sample, t, context) = Inputs();
@@ -69,7 +69,7 @@ public class UNetBehaviourTests
     [Fact]
     public void Repeated_forwards_in_dispose_scopes_keep_live_tensor_count_flat()
     {
-        using var unet = UNetGoldenTests.LoadTinyUNet();
+        using var unet = UNetGoldenTests.LoadTinyUNet(Fixtures.CopiedTinyModel);
         var (sample, t, context) = Inputs();
         var counts = new List<long>();
         for (int i = 0; i < 4; i++)

@@ -14,7 +14,7 @@ public class CheckpointingTests
     [Fact]
     public void Gradient_checkpointing_gives_the_same_lora_gradients_step_after_step()
     {
-        using var unet = UNetGoldenTests.LoadTinyUNet();
+        using var unet = UNetGoldenTests.LoadTinyUNet(Fixtures.CopiedTinyModel);
         foreach (var p in unet.parameters()) p.requires_grad = false;
         torch.manual_seed(3);
         using var network = LoraNetwork.Create(unet, null, new LoraNetworkOptions { Rank = 4, Alpha = 4, TrainTextEncoder = false });
