@@ -15,7 +15,7 @@ public static class BenchCaptionCommand
         var tokens = new Option<int>("--tokens") { Description = "generated tokens per caption (greedy, fixed length)", DefaultValueFactory = _ => 20 };
         var size = new Option<int>("--size") { Description = "input image size", DefaultValueFactory = _ => 384 };
         var device = new Option<string>("--device") { Description = "cpu, cuda or cuda:N", DefaultValueFactory = _ => "cpu" };
-        var dtype = new Option<string>("--dtype") { Description = "fp32, bf16 or fp16", DefaultValueFactory = _ => "fp32" };
+        var dtype = BenchHost.DTypeOption();
         var threads = BenchHost.ThreadsOption();
         var command = new Command(name, "measure BLIP-large captioning speed (random weights)");
         foreach (var o in new Option[] { batchSizes, images, tokens, size, device, dtype, threads }) command.Options.Add(o);
@@ -26,7 +26,7 @@ public static class BenchCaptionCommand
                 .Select(s => int.TryParse(s, out var b) && b > 0 ? b : throw new SdLoraException($"--batch-sizes: '{s}' is not a positive number")).ToArray();
             int imageSize = parse.GetValue(size);
             var config = BlipConfig.Large with { Vision = BlipConfig.Large.Vision with { ImageSize = imageSize } };
-            var compute = ComputeOptions.Parse(parse.GetValue(device)!, parse.GetValue(dtype)!);
+            var compute = CliCompute.Resolve(parse.GetValue(device)!, parse.GetValue(dtype)!);
             var results = BlipBenchmark.Run(config, sizes, parse.GetValue(images), parse.GetValue(tokens), compute, new SyncProgress<string>(AnsiConsole.WriteLine), cancellationToken);
             foreach (var r in results)
                 AnsiConsole.WriteLine($"BLIP-large {imageSize}², batch {r.BatchSize}, greedy {r.GeneratedTokens} tokens, {ComputeOptions.DTypeName(compute.DType)} on {compute.Device.type}: {r.ImagesPerSecond:F3} images/s ({r.Seconds / r.Images:F2} s/image, {r.Images} images)");

@@ -30,9 +30,21 @@ public static class BenchHost
 
     public static Option<string> CpuLowPrecisionOption() => new("--cpu-low-precision")
     {
-        Description = "how bf16/fp16 layers compute on the CPU: upcast (fp32 arithmetic, the default) or native (bf16 arithmetic: fast on CPUs with AVX512-BF16/AMX)",
-        DefaultValueFactory = _ => "upcast",
+        Description = "how bf16/fp16 layers compute on the CPU: auto (the probe decides, as generate does), upcast (fp32 arithmetic) or native (bf16 arithmetic: fast on CPUs with AVX512-BF16/AMX)",
+        DefaultValueFactory = _ => "auto",
     };
+
+    public static Option<string> DTypeOption(string description = CliCompute.DTypeDescription) => new("--dtype") { Description = description, DefaultValueFactory = _ => "auto" };
+
+    /// <summary>
+    /// The benchmark's precision: <paramref name="dtype"/> resolved as generate resolves it (auto: the CPU probe), then
+    /// <paramref name="cpuLowPrecision"/> (auto, upcast, native) overriding the kernel policy when not auto.
+    /// </summary>
+    public static ComputeOptions Compute(string dtype, string cpuLowPrecision, Action<string>? note = null)
+    {
+        var compute = CliCompute.Resolve("cpu", dtype, note);
+        return ComputeOptions.IsAuto(cpuLowPrecision) ? compute : compute with { CpuLowPrecision = ComputeOptions.ParseCpuLowPrecision(cpuLowPrecision) };
+    }
 
     /// <summary>Sets the thread count asked for and seeds torch's generator.</summary>
     public static void Start(int? threads)

@@ -9,7 +9,7 @@ public static class BenchGenerateCommand
 {
     public static Command Create(string name = "generate")
     {
-        var dtype = new Option<string>("--dtype") { Description = "fp32 or bf16", DefaultValueFactory = _ => "fp32" };
+        var dtype = BenchHost.DTypeOption();
         var steps = new Option<int>("--steps") { Description = "timed sampling steps (after one warm-up step)", DefaultValueFactory = _ => 2 };
         var size = new Option<int>("--size") { Description = "image size in pixels", DefaultValueFactory = _ => 512 };
         var sampler = new Option<string>("--sampler") { Description = "sampler", DefaultValueFactory = _ => "Euler" };
@@ -22,8 +22,8 @@ public static class BenchGenerateCommand
         command.SetAction(parse =>
         {
             BenchHost.Start(parse.GetValue(threads));
-            var o = new GenerateBenchmarkOptions(ComputeOptions.ParseDType(parse.GetValue(dtype)!), Math.Max(1, parse.GetValue(steps)),
-                parse.GetValue(size), parse.GetValue(sampler)!, ComputeOptions.ParseCpuLowPrecision(parse.GetValue(lowPrecision)!));
+            var compute = BenchHost.Compute(parse.GetValue(dtype)!, parse.GetValue(lowPrecision)!);
+            var o = new GenerateBenchmarkOptions(compute.DType, Math.Max(1, parse.GetValue(steps)), parse.GetValue(size), parse.GetValue(sampler)!, compute.CpuLowPrecision);
             var r = GenerateBenchmark.Run(o, new SyncProgress<string>(m => AnsiConsole.MarkupLineInterpolated($"[grey]{m}[/]")), CliCancellation.Token);
             var table = BenchTable.Create(r.Matmul, r.Threads);
             table.AddRow("model FLOPs per CFG step", $"{r.StepGFlop:F0} GFLOP ({o.Size}x{o.Size}, UNet batch 2)");

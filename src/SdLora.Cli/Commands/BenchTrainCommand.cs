@@ -9,7 +9,7 @@ public static class BenchTrainCommand
 {
     public static Command Create(string name = "train")
     {
-        var dtype = new Option<string>("--dtype") { Description = "fp32, bf16 or both", DefaultValueFactory = _ => "both" };
+        var dtype = BenchHost.DTypeOption("auto (the CPU probe decides; default), fp32, bf16 or both (fp32 then bf16)");
         var checkpointing = new Option<string>("--checkpointing") { Description = "off, on or both", DefaultValueFactory = _ => "both" };
         var steps = new Option<int>("--steps") { Description = "timed steps (after one warm-up)", DefaultValueFactory = _ => 1 };
         var size = new Option<int>("--size") { Description = "image size in pixels (latents are size/8)", DefaultValueFactory = _ => 512 };
@@ -25,8 +25,8 @@ public static class BenchTrainCommand
         {
             CliCancellation.Install();
             BenchHost.Start(parse.GetValue(threads));
-            var policy = ComputeOptions.ParseCpuLowPrecision(parse.GetValue(lowPrecision)!);
             var dtypes = parse.GetValue(dtype) == "both" ? ["fp32", "bf16"] : new[] { parse.GetValue(dtype)! };
+            var computes = dtypes.Select(d => BenchHost.Compute(d, parse.GetValue(lowPrecision)!)).ToList();
             var ckpts = parse.GetValue(checkpointing) switch
             {
                 "both" => new[] { false, true }, "on" => [true], "off" => [false],
@@ -34,14 +34,14 @@ public static class BenchTrainCommand
             };
             var progress = new SyncProgress<string>(m => AnsiConsole.MarkupLineInterpolated($"[grey]{m}[/]"));
             progress.Report("measuring dense matmul throughput");
-            var types = dtypes.Select(ComputeOptions.ParseDType).ToList();
-            var matmul = UNetBenchmark.MeasureCeiling(types, CliCancellation.Token);
+            var matmul = UNetBenchmark.MeasureCeiling(computes.Select(c => c.DType), CliCancellation.Token);
             var table = new Table().AddColumns("dtype", "checkpointing", "s/step", "train GFLOP", "GFLOP/s", "vs same-dtype matmul", "vs best matmul", "peak RSS");
-            foreach (var t in types)
+            foreach (var compute in computes)
                 foreach (var ck in ckpts)
                 {
+                    var t = compute.DType;
                     var r = TrainBenchmark.Run(new TrainBenchmarkOptions(t, ck, Math.Max(1, parse.GetValue(steps)), 1,
-                        Math.Max(8, parse.GetValue(size) / 8), 1, parse.GetValue(rank), CpuLowPrecision: policy), matmul, progress, CliCancellation.Token);
+                        Math.Max(8, parse.GetValue(size) / 8), 1, parse.GetValue(rank), CpuLowPrecision: compute.CpuLowPrecision), matmul, progress, CliCancellation.Token);
                     table.AddRow(ComputeOptions.DTypeName(t), ck ? "on" : "off", $"{r.SecondsPerStep:F1}", $"{r.TrainGFlop:F0}",
                         $"{r.GFlopsPerSecond:F1}", $"{r.EfficiencySameDType:P0}", $"{r.EfficiencyAny:P0}", $"{r.PeakRssBytes / 1048576.0:F0} MiB");
                     progress.Report($"{ComputeOptions.DTypeName(t)} checkpointing {(ck ? "on" : "off")}: {r.SecondsPerStep:F1} s/step, peak RSS {r.PeakRssBytes / 1048576.0:F0} MiB (model {r.ModelRssBytes / 1048576.0:F0} MiB), {r.LoraParameters:N0} LoRA parameters");

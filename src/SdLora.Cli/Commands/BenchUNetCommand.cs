@@ -9,7 +9,7 @@ public static class BenchUNetCommand
 {
     public static Command Create(string name = "unet")
     {
-        var dtype = new Option<string>("--dtype") { Description = "fp32 or bf16", DefaultValueFactory = _ => "fp32" };
+        var dtype = BenchHost.DTypeOption();
         var steps = new Option<int>("--steps") { Description = "timed forwards (after one warm-up)", DefaultValueFactory = _ => 1 };
         var size = new Option<int>("--size") { Description = "image size in pixels (latents are size/8)", DefaultValueFactory = _ => 512 };
         var threads = BenchHost.ThreadsOption();
@@ -18,11 +18,12 @@ public static class BenchUNetCommand
         command.SetAction(parse =>
         {
             BenchHost.Start(parse.GetValue(threads));
+            var compute = BenchHost.Compute(parse.GetValue(dtype)!, parse.GetValue(lowPrecision)!);
             var options = new UNetBenchmarkOptions(
-                DType: ComputeOptions.ParseDType(parse.GetValue(dtype)!),
+                DType: compute.DType,
                 Steps: Math.Max(1, parse.GetValue(steps)),
                 LatentSize: Math.Max(8, parse.GetValue(size) / 8),
-                CpuLowPrecision: ComputeOptions.ParseCpuLowPrecision(parse.GetValue(lowPrecision)!));
+                CpuLowPrecision: compute.CpuLowPrecision);
             var progress = new Progress<string>(m => AnsiConsole.MarkupLineInterpolated($"[grey]{m}[/]"));
             var r = UNetBenchmark.Run(options, progress);
             var table = BenchTable.Create(r.Matmul, r.Threads);

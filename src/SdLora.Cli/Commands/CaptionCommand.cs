@@ -27,7 +27,7 @@ public static class CaptionCommand
         var prompt = new Option<string>("--prompt") { Description = "conditional prompt, stripped from the written caption (\"\" = unconditional)", DefaultValueFactory = _ => "a picture of " };
         var legacyBeams = new Option<bool>("--legacy-beam-length") { Description = "beam search length rule of transformers <= 4.35 (whole sequence) instead of generated tokens" };
         var device = new Option<string>("--device") { Description = "cpu, cuda or cuda:N", DefaultValueFactory = _ => "cpu" };
-        var dtype = new Option<string>("--dtype") { Description = "fp32, bf16 or fp16", DefaultValueFactory = _ => "fp32" };
+        var dtype = new Option<string>("--dtype") { Description = CliCompute.DTypeDescription, DefaultValueFactory = _ => "auto" };
 
         var command = new Command("caption", "write a BLIP caption file next to every image of a training folder");
         command.Arguments.Add(dir);
@@ -61,7 +61,7 @@ public static class CaptionCommand
             var modelDir = parse.GetValue(model) ?? BlipCaptioner.DefaultModelFolder();
             var images = DatasetCaptioner.FindImages(folder);
             BlipCaptioner.EnsureModelFolder(modelDir);
-            var compute = ComputeOptions.Parse(parse.GetValue(device)!, parse.GetValue(dtype)!);
+            var compute = CliCompute.Resolve(parse.GetValue(device)!, parse.GetValue(dtype)!, m => ui.MarkupLine($"[grey]{Markup.Escape(m)}[/]"));
 
             ui.MarkupLine($"loading BLIP from [blue]{Markup.Escape(modelDir)}[/]; {images.Count} images in {Markup.Escape(folder)}");
             using var blip = BlipCaptioner.Load(modelDir, compute);

@@ -19,7 +19,7 @@ public static class CliOptions
 
     public static Option<string> Device() => new("--device") { Description = "cpu, cuda or cuda:N", DefaultValueFactory = _ => "cpu" };
 
-    public static Option<string> DType() => new("--dtype") { Description = "compute precision: fp32 or bf16 (fp16 on CUDA)", DefaultValueFactory = _ => "fp32" };
+    public static Option<string> DType() => new("--dtype") { Description = CliCompute.DTypeDescription, DefaultValueFactory = _ => "auto" };
 
     /// <summary>The bundled tiny SD1.5-shaped model with random weights (tests, demos, trying the commands out).</summary>
     public static string BundledTinyModel => Path.Combine(AppContext.BaseDirectory, "assets", "tiny-sd15");

@@ -15,5 +15,6 @@ public static class CommandCatalog
         yield return TrainCommand.Create();
         yield return DemoCommand.Create();
         yield return BenchCommands.Create();
+        yield return DoctorCommand.Create();
     }
 }

@@ -37,7 +37,7 @@ public static class GenerateCommand
         };
         cmd.SetAction(r =>
         {
-            var compute = ComputeOptions.Parse(r.GetValue(device)!, r.GetValue(dtype)!);
+            var compute = CliCompute.Resolve(r.GetValue(device)!, r.GetValue(dtype)!);
             var options = new Txt2ImgOptions
             {
                 Prompt = r.GetValue(prompt)!, NegativePrompt = r.GetValue(negative)!, Width = r.GetValue(width), Height = r.GetValue(height),

@@ -39,7 +39,7 @@ public static class TrainCommand
     {
         CliCancellation.Install();
         TrainingResult result;
-        try { result = TrainView.Run(new DreamBoothLoraTrainer(config), CliCancellation.Token); }
+        try { result = TrainView.Run(new DreamBoothLoraTrainer(config, () => CliCompute.Probe().Result), CliCancellation.Token); }
         catch (OperationCanceledException)
         {
             AnsiConsole.MarkupLine("[yellow]stopped before training began[/]: nothing to save");

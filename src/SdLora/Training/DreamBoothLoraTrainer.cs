@@ -42,8 +42,18 @@ public sealed record TrainingResult(string OutputDir, string? LoraPath, IReadOnl
 public sealed class DreamBoothLoraTrainer
 {
     public TrainingConfig Config { get; }
+    private readonly Func<CpuKernelProbeResult>? _cpuProbe;
 
-    public DreamBoothLoraTrainer(TrainingConfig config) => Config = config.Validate();
+    /// <param name="config">The run's settings; checked at once.</param>
+    /// <param name="cpuProbe">
+    /// How <c>dtype auto</c> (and CPU bf16) learn this CPU's bf16 speed, e.g. a cached probe
+    /// (<see cref="CpuKernelProbeCache"/>); null measures afresh with <see cref="CpuKernelProbe.Measure"/> when needed.
+    /// </param>
+    public DreamBoothLoraTrainer(TrainingConfig config, Func<CpuKernelProbeResult>? cpuProbe = null)
+    {
+        Config = config.Validate();
+        _cpuProbe = cpuProbe;
+    }
 
     public TrainingResult Train(IProgress<TrainingProgress>? progress = null, CancellationToken ct = default)
     {
@@ -71,8 +81,8 @@ public sealed class DreamBoothLoraTrainer
 
         // ---- dataset and model ----
         var dataset = DreamBoothDataset.Load(c);
-        var compute = ComputeOptions.Parse(c.Device, c.MixedPrecision is "bf16" or "fp16" ? c.MixedPrecision : c.Dtype);
-        Info($"loading {c.Model} ({ComputeOptions.DTypeName(compute.DType)} on {compute.Device})");
+        var compute = c.ResolveCompute(_cpuProbe ?? (() => CpuKernelProbe.Measure(null, ct)));
+        Info($"loading {c.Model} ({compute.Describe()} on {compute.Device}{(ComputeOptions.IsAuto(c.Dtype) && c.MixedPrecision == "no" ? ", chosen by dtype auto" : "")})");
         using var model = StableDiffusionModel.Load(c.Model!, null, compute);
         var pipeline = new Txt2ImgPipeline(model);
 

@@ -93,8 +93,11 @@ public sealed partial record TrainingConfig
 
     // ---- compute and memory ----
     public string Device { get; init; } = "cpu";
-    /// <summary>Dtype the frozen base model is held in.</summary>
-    public string Dtype { get; init; } = "fp32";
+    /// <summary>
+    /// Dtype the frozen base model is held and computed in: auto (bf16 where this CPU computes it faster than fp32,
+    /// else fp32; see <see cref="ComputeOptions.Resolve"/>), fp32, bf16 or fp16. <see cref="MixedPrecision"/> bf16/fp16 wins.
+    /// </summary>
+    public string Dtype { get; init; } = "auto";
     /// <summary>no, fp16 or bf16.</summary>
     public string MixedPrecision { get; init; } = "no";
     public string SavePrecision { get; init; } = "fp16";
@@ -135,6 +138,13 @@ public sealed partial record TrainingConfig
         }
         return d;
     }
+
+    /// <summary>
+    /// Where and in which precision the model computes: <see cref="MixedPrecision"/> bf16/fp16 when set, else
+    /// <see cref="Dtype"/>; <c>auto</c> and CPU bf16 are decided by <paramref name="cpuProbe"/> (see <see cref="ComputeOptions.Resolve"/>).
+    /// </summary>
+    public ComputeOptions ResolveCompute(Func<CpuKernelProbeResult>? cpuProbe) =>
+        ComputeOptions.Resolve(Device, MixedPrecision is "bf16" or "fp16" ? MixedPrecision : Dtype, cpuProbe);
 
     /// <summary>Checks every value and throws <see cref="SdLoraException"/> naming the first bad option.</summary>
     public TrainingConfig Validate(bool requirePaths = true)
@@ -194,7 +204,7 @@ public sealed partial record TrainingConfig
         ParsedOptimizerArgs();
         if (MixedPrecision is not ("no" or "fp16" or "bf16")) throw new SdLoraException($"--mixed-precision '{MixedPrecision}' is not supported: use no, fp16 or bf16");
         if (SavePrecision is not ("fp32" or "fp16" or "bf16" or "float")) throw new SdLoraException($"--save-precision '{SavePrecision}' is not supported: use fp32, fp16 or bf16");
-        ComputeOptions.ParseDType(Dtype);
+        if (!ComputeOptions.IsAuto(Dtype)) ComputeOptions.ParseDType(Dtype);
         if (Device.Trim().ToLowerInvariant() is not ("cpu" or "cuda") && !Device.StartsWith("cuda:", StringComparison.OrdinalIgnoreCase))
             throw new SdLoraException($"--device '{Device}' is not known: use cpu, cuda or cuda:N");
         if (Threads is { } th) AtLeast("threads", th, 1);

@@ -52,4 +52,21 @@ public class BenchCommandTests
         var e = Assert.Throws<SdLoraException>(() => ComputeOptions.ParseCpuLowPrecision("fast"));
         Assert.Contains("use upcast or native", e.Message);
     }
+
+    [Fact]
+    public void Doctor_json_reports_cpu_flags_probe_choice_and_cache_path()
+    {
+        var output = new StringWriter();
+        Assert.Equal(0, Root().Parse(["doctor", "--json"]).Invoke(new InvocationConfiguration { Output = output }));
+        using var doc = System.Text.Json.JsonDocument.Parse(output.ToString());
+        var r = doc.RootElement;
+        Assert.False(string.IsNullOrEmpty(r.GetProperty("cpu").GetProperty("model").GetString()));
+        Assert.Equal(System.Text.Json.JsonValueKind.Array, r.GetProperty("cpu").GetProperty("flags").ValueKind);
+        Assert.True(r.GetProperty("probe").GetProperty("fp32_gflops").GetDouble() > 0);
+        Assert.Contains(r.GetProperty("dtype_auto").GetString(), new[] { "fp32", "bf16" });
+        Assert.Equal(CpuKernelProbeCache.DefaultPath, r.GetProperty("cache").GetString());
+        // What doctor reports is what generate would pick: both come from the same cached probe.
+        var auto = SdLora.Cli.Commands.CliCompute.Resolve("cpu", "auto", _ => { });
+        Assert.Equal(r.GetProperty("dtype_auto").GetString(), ComputeOptions.DTypeName(auto.DType));
+    }
 }

@@ -29,7 +29,7 @@ public sealed class DatasetCaptionerTests(TinyBlip blip) : IClassFixture<TinyBli
         var output = new StringWriter();
         var console = AnsiConsole.Create(new AnsiConsoleSettings { Out = new AnsiConsoleOutput(output), Ansi = AnsiSupport.No, Interactive = InteractionSupport.No });
         var root = new RootCommand { CaptionCommand.Create(console) };
-        int rc = root.Parse(["caption", dir.Path, "--model", TinyBlip.ModelDir, "--prefix", "sks dog, ", "--max-length", "20"]).Invoke();
+        int rc = root.Parse(["caption", dir.Path, "--model", TinyBlip.ModelDir, "--prefix", "sks dog, ", "--max-length", "20", "--dtype", "fp32"]).Invoke();
 
         Assert.Equal(0, rc);
         Assert.Equal(["broken.jpg", "new.png", "new.txt", "old.png", "old.txt"], Listing(dir.Path));

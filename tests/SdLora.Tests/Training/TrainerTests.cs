@@ -24,6 +24,7 @@ public class TrainerTests
             InstancePrompt = "a photo of sks dog", NumRepeats = 1, Resolution = Resolution.Square(64),
             MinBucketReso = 64, MaxBucketReso = 128, BucketResoSteps = 64, MaxTrainSteps = steps,
             NetworkDim = 4, NetworkAlpha = 4, LearningRate = 1e-3, TextEncoderLr = 1e-4, SavePrecision = "fp32", Seed = 7,
+            Dtype = "fp32", // exact numbers on every CPU (auto would pick bf16 where it is faster)
         };
     }
 

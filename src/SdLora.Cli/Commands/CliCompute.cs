@@ -1,0 +1,50 @@
+using Spectre.Console;
+
+namespace SdLora.Cli.Commands;
+
+/// <summary>
+/// Turns <c>--device</c>/<c>--dtype</c> into <see cref="ComputeOptions"/> for this machine: <c>--dtype auto</c> (the
+/// default) and <c>bf16</c> on the CPU consult the CPU kernel probe, cached per machine in the user's cache folder
+/// (<see cref="CpuKernelProbeCache.DefaultPath"/>), so only the first run on a machine pays its fraction of a second.
+/// </summary>
+public static class CliCompute
+{
+    public const string DTypeDescription =
+        "compute precision: auto (default: bf16 where this CPU computes it faster than fp32, else fp32; see `sdlora doctor`), fp32, bf16 or fp16";
+
+    /// <summary>Resolves the names; <paramref name="note"/> (default: a grey line on the console) hears what auto chose and why.</summary>
+    public static ComputeOptions Resolve(string device, string dtype, Action<string>? note = null)
+    {
+        note ??= m => AnsiConsole.MarkupLineInterpolated($"[grey]{m}[/]");
+        CpuKernelProbeResult? measured = null;
+        bool fromCache = false;
+        var cache = new CpuKernelProbeCache(CpuKernelProbeCache.DefaultPath);
+        var compute = ComputeOptions.Resolve(device, dtype, () =>
+        {
+            (measured, fromCache) = cache.GetOrMeasure(CliCancellation.Token);
+            return measured;
+        });
+        if (ComputeOptions.IsAuto(dtype) && measured is { } p)
+            note($"--dtype auto: {compute.Describe()} (bf16 ran at {p.Bf16Speedup:F2}x the fp32 speed in this CPU's probe{(fromCache ? ", cached" : "")}; --dtype fp32|bf16 forces a choice)");
+        else if (measured is { } q && compute.CpuLowPrecision == CpuLowPrecision.Upcast)
+            note($"--dtype bf16: this CPU computes bf16 at {q.Bf16Speedup:F2}x the fp32 speed, so layers compute in fp32 and keep bf16 weights (half the memory, no speed gain)");
+        return compute;
+    }
+
+    /// <summary>The probe result for this machine (cached), for commands that report it.</summary>
+    public static (CpuKernelProbeResult Result, bool FromCache, CpuProbeKey Key) Probe(bool remeasure = false)
+    {
+        var key = CpuKernelProbeCache.CurrentKey();
+        var cache = new CpuKernelProbeCache(CpuKernelProbeCache.DefaultPath);
+        if (remeasure)
+        {
+            var fresh = CpuKernelProbe.Measure(null, CliCancellation.Token);
+            try { cache.Write(key, fresh); }
+            catch (IOException) { }
+            catch (UnauthorizedAccessException) { }
+            return (fresh, false, key);
+        }
+        var (result, fromCache) = cache.GetOrMeasure(key, () => CpuKernelProbe.Measure(null, CliCancellation.Token));
+        return (result, fromCache, key);
+    }
+}
