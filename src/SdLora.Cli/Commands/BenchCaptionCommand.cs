@@ -17,19 +17,50 @@ public static class BenchCaptionCommand
         var device = new Option<string>("--device") { Description = "cpu, cuda or cuda:N", DefaultValueFactory = _ => "cpu" };
         var dtype = BenchHost.DTypeOption();
         var threads = BenchHost.ThreadsOption();
+        var json = BenchJson.Option();
         var command = new Command(name, "measure BLIP-large captioning speed (random weights)");
-        foreach (var o in new Option[] { batchSizes, images, tokens, size, device, dtype, threads }) command.Options.Add(o);
+        foreach (var o in new Option[] { batchSizes, images, tokens, size, device, dtype, threads, json }) command.Options.Add(o);
         command.SetAction((parse, cancellationToken) =>
         {
             BenchHost.Start(parse.GetValue(threads));
+            bool asJson = parse.GetValue(json);
             var sizes = parse.GetValue(batchSizes)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
                 .Select(s => int.TryParse(s, out var b) && b > 0 ? b : throw new SdLoraException($"--batch-sizes: '{s}' is not a positive number")).ToArray();
             int imageSize = parse.GetValue(size);
             var config = BlipConfig.Large with { Vision = BlipConfig.Large.Vision with { ImageSize = imageSize } };
-            var compute = CliCompute.Resolve(parse.GetValue(device)!, parse.GetValue(dtype)!);
-            var results = BlipBenchmark.Run(config, sizes, parse.GetValue(images), parse.GetValue(tokens), compute, new SyncProgress<string>(AnsiConsole.WriteLine), cancellationToken);
+            var compute = CliCompute.Resolve(parse.GetValue(device)!, parse.GetValue(dtype)!, BenchJson.Note(asJson));
+            var progress = BenchJson.Progress(asJson);
+            progress.Report("measuring dense matmul throughput");
+            var matmul = UNetBenchmark.MeasureCeiling([compute.DType], cancellationToken);
+            var results = BlipBenchmark.Run(config, sizes, parse.GetValue(images), parse.GetValue(tokens), compute, progress, cancellationToken);
+            double gflop = BlipFlops.Caption(config, 4 + parse.GetValue(tokens)) / 1e9;
+            double ceiling = matmul.Where(m => m.DType == compute.DType).Max(m => m.GFlopsPerSecond);
+            if (asJson)
+            {
+                var runs = results.Select(r => new Dictionary<string, object?>
+                {
+                    ["batch_size"] = r.BatchSize, ["images"] = r.Images, ["seconds"] = r.Seconds, ["seconds_per_image"] = r.Seconds / r.Images,
+                    ["images_per_second"] = r.ImagesPerSecond, ["gflops"] = gflop * r.ImagesPerSecond, ["efficiency"] = gflop * r.ImagesPerSecond / ceiling,
+                }).ToList();
+                var best = results.MaxBy(r => r.ImagesPerSecond)!;
+                BenchJson.Write(parse, new()
+                {
+                    ["benchmark"] = "caption",
+                    ["what"] = $"BLIP-large captioning (random weights), {imageSize}x{imageSize}, greedy, {parse.GetValue(tokens)} generated tokens after a 4-token prompt; best batch size first",
+                    ["size"] = imageSize,
+                    ["seconds_per_image"] = best.Seconds / best.Images,
+                    ["images_per_second"] = best.ImagesPerSecond,
+                    ["batch_size"] = best.BatchSize,
+                    ["gflop"] = gflop,
+                    ["gflops"] = gflop * best.ImagesPerSecond,
+                    ["efficiency"] = gflop * best.ImagesPerSecond / ceiling,
+                    ["peak_rss_bytes"] = UNetBenchmark.PeakRssBytes(),
+                    ["runs"] = runs,
+                }, BenchJson.Precision(compute, parse.GetValue(dtype)!), BenchJson.Ceiling(matmul, compute.DType));
+                return Task.FromResult(0);
+            }
             foreach (var r in results)
-                AnsiConsole.WriteLine($"BLIP-large {imageSize}², batch {r.BatchSize}, greedy {r.GeneratedTokens} tokens, {ComputeOptions.DTypeName(compute.DType)} on {compute.Device.type}: {r.ImagesPerSecond:F3} images/s ({r.Seconds / r.Images:F2} s/image, {r.Images} images)");
+                AnsiConsole.WriteLine($"BLIP-large {imageSize}², batch {r.BatchSize}, greedy {r.GeneratedTokens} tokens, {compute.Describe()} on {compute.Device.type}: {r.ImagesPerSecond:F3} images/s ({r.Seconds / r.Images:F2} s/image, {r.Images} images), {gflop * r.ImagesPerSecond / ceiling:P0} of the {ComputeOptions.DTypeName(compute.DType)} matmul ceiling ({gflop:F0} GFLOP/image)");
             return Task.FromResult(0);
         });
         return command;

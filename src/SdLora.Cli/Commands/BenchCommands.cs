@@ -15,6 +15,8 @@ public static class BenchCommands
         bench.Subcommands.Add(BenchGenerateCommand.Create("generate"));
         bench.Subcommands.Add(BenchTrainCommand.Create("train"));
         bench.Subcommands.Add(BenchCaptionCommand.Create("caption"));
+        bench.Subcommands.Add(BenchVaeCommand.Create("vae"));
+        bench.Subcommands.Add(BenchWorkflowCommand.Create("workflow"));
         return bench;
     }
 }

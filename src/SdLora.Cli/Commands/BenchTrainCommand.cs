@@ -16,36 +16,69 @@ public static class BenchTrainCommand
         var rank = new Option<int>("--rank") { Description = "LoRA rank on the attention projections", DefaultValueFactory = _ => 16 };
         var threads = BenchHost.ThreadsOption();
         var lowPrecision = BenchHost.CpuLowPrecisionOption();
+        var json = BenchJson.Option();
         // Its own help option: the root's help action appends the training flags for a command named "train".
         var command = BenchHost.WithOwnHelp(new Command(name, "time LoRA training steps (forward + backward + AdamW) of a full-size SD1.5 UNet with random weights, batch 1")
         {
-            dtype, checkpointing, steps, size, rank, threads, lowPrecision,
+            dtype, checkpointing, steps, size, rank, threads, lowPrecision, json,
         });
         command.SetAction(parse =>
         {
             CliCancellation.Install();
             BenchHost.Start(parse.GetValue(threads));
+            bool asJson = parse.GetValue(json);
             var dtypes = parse.GetValue(dtype) == "both" ? ["fp32", "bf16"] : new[] { parse.GetValue(dtype)! };
-            var computes = dtypes.Select(d => BenchHost.Compute(d, parse.GetValue(lowPrecision)!)).ToList();
+            var computes = dtypes.Select(d => BenchHost.Compute(d, parse.GetValue(lowPrecision)!, BenchJson.Note(asJson))).ToList();
             var ckpts = parse.GetValue(checkpointing) switch
             {
                 "both" => new[] { false, true }, "on" => [true], "off" => [false],
                 var v => throw new SdLoraException($"--checkpointing '{v}' is not one of off, on, both"),
             };
-            var progress = new SyncProgress<string>(m => AnsiConsole.MarkupLineInterpolated($"[grey]{m}[/]"));
+            var progress = BenchJson.Progress(asJson);
             progress.Report("measuring dense matmul throughput");
             var matmul = UNetBenchmark.MeasureCeiling(computes.Select(c => c.DType), CliCancellation.Token);
             var table = new Table().AddColumns("dtype", "checkpointing", "s/step", "train GFLOP", "GFLOP/s", "vs same-dtype matmul", "vs best matmul", "peak RSS");
-            foreach (var compute in computes)
+            var runs = new List<Dictionary<string, object?>>();
+            for (int i = 0; i < computes.Count; i++)
                 foreach (var ck in ckpts)
                 {
+                    var compute = computes[i];
                     var t = compute.DType;
                     var r = TrainBenchmark.Run(new TrainBenchmarkOptions(t, ck, Math.Max(1, parse.GetValue(steps)), 1,
                         Math.Max(8, parse.GetValue(size) / 8), 1, parse.GetValue(rank), CpuLowPrecision: compute.CpuLowPrecision), matmul, progress, CliCancellation.Token);
-                    table.AddRow(ComputeOptions.DTypeName(t), ck ? "on" : "off", $"{r.SecondsPerStep:F1}", $"{r.TrainGFlop:F0}",
+                    table.AddRow(compute.Describe(), ck ? "on" : "off", $"{r.SecondsPerStep:F1}", $"{r.TrainGFlop:F0}",
                         $"{r.GFlopsPerSecond:F1}", $"{r.EfficiencySameDType:P0}", $"{r.EfficiencyAny:P0}", $"{r.PeakRssBytes / 1048576.0:F0} MiB");
-                    progress.Report($"{ComputeOptions.DTypeName(t)} checkpointing {(ck ? "on" : "off")}: {r.SecondsPerStep:F1} s/step, peak RSS {r.PeakRssBytes / 1048576.0:F0} MiB (model {r.ModelRssBytes / 1048576.0:F0} MiB), {r.LoraParameters:N0} LoRA parameters");
+                    progress.Report($"{compute.Describe()} checkpointing {(ck ? "on" : "off")}: {r.SecondsPerStep:F1} s/step, peak RSS {r.PeakRssBytes / 1048576.0:F0} MiB (model {r.ModelRssBytes / 1048576.0:F0} MiB), {r.LoraParameters:N0} LoRA parameters");
+                    var run = BenchJson.Precision(compute, dtypes[i]);
+                    foreach (var (k, v) in new Dictionary<string, object?>
+                    {
+                        ["gradient_checkpointing"] = ck,
+                        ["seconds_per_step"] = r.SecondsPerStep,
+                        ["step_seconds"] = r.StepSeconds,
+                        ["gflop"] = r.TrainGFlop,
+                        ["gflops"] = r.GFlopsPerSecond,
+                        ["ceiling_gflops"] = r.PeakSameDTypeGFlops,
+                        ["efficiency"] = r.EfficiencySameDType,
+                        ["efficiency_vs_best_dtype"] = r.EfficiencyAny,
+                        ["peak_rss_bytes"] = r.PeakRssBytes,
+                        ["model_rss_bytes"] = r.ModelRssBytes,
+                        ["lora_parameters"] = r.LoraParameters,
+                    }) run[k] = v;
+                    runs.Add(run);
                 }
+            if (asJson)
+            {
+                // The first run's figures at the top level (the one a script usually wants), every run under "runs".
+                var top = new Dictionary<string, object?>(runs[0])
+                {
+                    ["benchmark"] = "train",
+                    ["what"] = $"LoRA training step (forward + backward + AdamW) of the SD1.5 UNet (random weights), batch 1, {parse.GetValue(size)}x{parse.GetValue(size)}, rank {parse.GetValue(rank)} on attention; train FLOPs = forward x 2 (x 3 with checkpointing)",
+                    ["size"] = parse.GetValue(size),
+                    ["runs"] = runs,
+                };
+                BenchJson.Write(parse, top, BenchJson.Ceiling(matmul, computes[0].DType));
+                return 0;
+            }
             foreach (var m in matmul)
                 AnsiConsole.MarkupLineInterpolated($"[grey]{m.Kernel} {ComputeOptions.DTypeName(m.DType)} {m.Size}²: {m.GFlopsPerSecond:F1} GFLOP/s[/]");
             AnsiConsole.Write(table);

@@ -14,19 +14,40 @@ public static class BenchUNetCommand
         var size = new Option<int>("--size") { Description = "image size in pixels (latents are size/8)", DefaultValueFactory = _ => 512 };
         var threads = BenchHost.ThreadsOption();
         var lowPrecision = BenchHost.CpuLowPrecisionOption();
-        var command = new Command(name, "time a full-size SD1.5 UNet CFG step (batch 2, 77x768 context) with random weights") { dtype, steps, size, threads, lowPrecision };
+        var json = BenchJson.Option();
+        var command = new Command(name, "time a full-size SD1.5 UNet CFG step (batch 2, 77x768 context) with random weights") { dtype, steps, size, threads, lowPrecision, json };
         command.SetAction(parse =>
         {
             BenchHost.Start(parse.GetValue(threads));
-            var compute = BenchHost.Compute(parse.GetValue(dtype)!, parse.GetValue(lowPrecision)!);
+            bool asJson = parse.GetValue(json);
+            var compute = BenchHost.Compute(parse.GetValue(dtype)!, parse.GetValue(lowPrecision)!, BenchJson.Note(asJson));
             var options = new UNetBenchmarkOptions(
                 DType: compute.DType,
                 Steps: Math.Max(1, parse.GetValue(steps)),
                 LatentSize: Math.Max(8, parse.GetValue(size) / 8),
                 CpuLowPrecision: compute.CpuLowPrecision);
-            var progress = new Progress<string>(m => AnsiConsole.MarkupLineInterpolated($"[grey]{m}[/]"));
-            var r = UNetBenchmark.Run(options, progress);
+            var r = UNetBenchmark.Run(options, BenchJson.Progress(asJson), CliCancellation.Token);
+            if (asJson)
+            {
+                BenchJson.Write(parse, new()
+                {
+                    ["benchmark"] = "unet",
+                    ["what"] = $"SD1.5 UNet forward (random weights), batch {options.Batch} (a CFG step), {options.LatentSize}x{options.LatentSize} latents, {options.ContextTokens}-token context",
+                    ["size"] = options.LatentSize * 8,
+                    ["seconds_per_step"] = r.SecondsPerStep,
+                    ["step_seconds"] = r.StepSeconds,
+                    ["gflop"] = r.ForwardGFlop,
+                    ["gflops"] = r.GFlopsPerSecond,
+                    ["efficiency"] = r.EfficiencySameDType,
+                    ["efficiency_vs_best_dtype"] = r.EfficiencyAny,
+                    ["peak_rss_bytes"] = r.PeakRssBytes,
+                    ["model_rss_bytes"] = r.ModelRssBytes,
+                    ["forward_peak_rss_bytes"] = r.ForwardPeakRssBytes,
+                }, BenchJson.Precision(compute, parse.GetValue(dtype)!), BenchJson.Ceiling(r.Matmul, compute.DType));
+                return 0;
+            }
             var table = BenchTable.Create(r.Matmul, r.Threads);
+            table.AddRow("precision", compute.Describe());
             table.AddRow("UNet forward", $"{r.ForwardGFlop:F0} GFLOP (batch {options.Batch}, {options.LatentSize}x{options.LatentSize} latents)");
             BenchTable.AddStepRows(table, r.StepSeconds, r.GFlopsPerSecond, r.EfficiencySameDType, r.EfficiencyAny);
             table.AddRow("peak RSS (whole run)", BenchTable.MiB(r.PeakRssBytes));

@@ -30,10 +30,13 @@ public static class GenerateCommand
         var outDir = new Option<string>("--out") { Description = "output folder", DefaultValueFactory = _ => Path.Combine("outputs", "txt2img") };
         var device = CliOptions.Device();
         var dtype = CliOptions.DType();
+        var vaeTiling = new Option<string>("--vae-tiling") { Description = "VAE decode in 512 px tiles: auto (above 768x768), on, off", DefaultValueFactory = _ => "auto" };
+        var verbose = new Option<bool>("--verbose", "-v") { Description = "print the time of each phase (load, text encoding, sampling, VAE decode, PNG) and the peak memory" };
 
         var cmd = new Command("generate", "text to image (txt2img) with CFG, samplers and LoRAs; writes PNGs with A1111 parameters")
         {
             prompt, negative, model, config, width, height, steps, sampler, cfg, seed, batchSize, batchCount, clipSkip, lora, loraDir, initLatents, outDir, device, dtype,
+            vaeTiling, verbose,
         };
         cmd.SetAction(r =>
         {
@@ -44,10 +47,17 @@ public static class GenerateCommand
                 Steps = r.GetValue(steps), Sampler = r.GetValue(sampler)!, CfgScale = r.GetValue(cfg), Seed = r.GetValue(seed),
                 BatchSize = r.GetValue(batchSize), BatchCount = r.GetValue(batchCount), ClipSkip = r.GetValue(clipSkip),
                 Loras = r.GetValue(lora)!.Select(ParseLora).ToList(), LoraDir = r.GetValue(loraDir)!, OutputDir = r.GetValue(outDir),
+                VaeTiling = r.GetValue(vaeTiling)!.Trim().ToLowerInvariant() switch
+                {
+                    "auto" => VaeTilingMode.Auto, "on" => VaeTilingMode.On, "off" => VaeTilingMode.Off,
+                    var v => throw new SdLoraException($"--vae-tiling '{v}': use auto, on or off"),
+                },
             };
             options.Validate();
             var modelPath = CliOptions.ResolveModel(r.GetValue(model));
+            var loadClock = System.Diagnostics.Stopwatch.StartNew();
             using var sd = CliProgress.Status($"loading {modelPath}", () => StableDiffusionModel.Load(modelPath, r.GetValue(config), compute));
+            double loadSeconds = loadClock.Elapsed.TotalSeconds;
             string? latentsPath = r.GetValue(initLatents);
             TorchSharp.torch.Tensor? latents = null;
             if (latentsPath is not null)
@@ -64,6 +74,7 @@ public static class GenerateCommand
             foreach (var w in result.Warnings) AnsiConsole.MarkupLineInterpolated($"[yellow]warning:[/] {w}");
             foreach (var img in result.Images) AnsiConsole.MarkupLineInterpolated($"seed {img.Seed}: {img.Path}");
             if (result.Cancelled) AnsiConsole.MarkupLineInterpolated($"[yellow]stopped[/]: {result.Images.Count} finished image(s) kept");
+            if (r.GetValue(verbose)) PhaseReport.Print([new PhaseTime("model load", loadSeconds), .. result.Phases ?? []], compute, options.Steps * options.BatchCount);
             latents?.Dispose();
             return result.Cancelled ? 130 : 0;
         });

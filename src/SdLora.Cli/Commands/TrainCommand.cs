@@ -20,13 +20,16 @@ public static class TrainCommand
         };
         cmd.SetAction(r =>
         {
-            var (configPath, flags) = TrainingConfigLoader.ParseCommandLine(r.UnmatchedTokens);
+            // --verbose belongs to the command, not to the training settings.
+            var tokens = r.UnmatchedTokens.ToList();
+            bool verbose = tokens.RemoveAll(t => t is "--verbose" or "-v") > 0;
+            var (configPath, flags) = TrainingConfigLoader.ParseCommandLine(tokens);
             var notes = new List<string>();
             if (!flags.ContainsKey("model") && (configPath is null || !TomlSetsModel(configPath)))
                 flags["model"] = CliOptions.ResolveModel(null);
             var config = TrainingConfigLoader.Load(configPath, flags, notes: notes);
             foreach (var n in notes) AnsiConsole.MarkupLineInterpolated($"[grey]{n}[/]");
-            return Run(config);
+            return Run(config, verbose: verbose);
         });
         return cmd;
     }
@@ -35,7 +38,7 @@ public static class TrainCommand
         TrainingConfigLoader.Load(path, validate: false).Model is not null;
 
     /// <summary>Runs a training with progress display and prints the summary; exit code 0, or 130 when stopped with Ctrl-C.</summary>
-    internal static int Run(TrainingConfig config, string? realModelHint = null)
+    internal static int Run(TrainingConfig config, string? realModelHint = null, bool verbose = false)
     {
         CliCancellation.Install();
         TrainingResult result;
@@ -46,6 +49,8 @@ public static class TrainCommand
             return 130;
         }
         PrintSummary(result);
+        if (verbose && result.Phases is { } phases)
+            PhaseReport.Print(phases, config.ResolveCompute(() => CliCompute.Probe().Result));
         if (realModelHint is not null) AnsiConsole.MarkupLine(realModelHint);
         return result.Cancelled ? 130 : 0;
     }
@@ -64,7 +69,18 @@ public static class TrainCommand
         if (r.Samples.Count > 0) AnsiConsole.MarkupLineInterpolated($"  samples:   {Rel(Path.GetDirectoryName(r.Samples[0])!)} ({r.Samples.Count} images)");
         if (r.ClassImagesGenerated > 0) AnsiConsole.MarkupLineInterpolated($"  class images generated: {r.ClassImagesGenerated}");
         AnsiConsole.MarkupLineInterpolated($"  state:     {Rel(Path.Combine(r.OutputDir, "state"))} (for --resume)");
+        if (r.Phases is { Count: > 0 } phases)
+            AnsiConsole.MarkupLineInterpolated($"  time:      {string.Join(", ", phases.Select(p => $"{p.Phase} {FormatDuration(p.Seconds)}"))}");
     }
+
+    /// <summary>"0.4 s", "42 s", "3 min 05 s", "1 h 02 min".</summary>
+    internal static string FormatDuration(double seconds) => seconds switch
+    {
+        < 10 => $"{seconds:F1} s",
+        < 60 => $"{seconds:F0} s",
+        < 3600 => $"{(int)(seconds / 60)} min {(int)(seconds % 60):D2} s",
+        _ => $"{(int)(seconds / 3600)} h {(int)(seconds % 3600 / 60):D2} min",
+    };
 
     /// <summary>The flags with their defaults, for --help.</summary>
     /// <summary>Every training flag with its default; printed after <c>train --help</c> (see <see cref="TrainHelpAction"/>).</summary>
@@ -85,7 +101,7 @@ public static class TrainCommand
                 };
                 return $"  --{TrainingConfigLoader.FlagName(p.Name)}{(shown.Length > 0 ? $" (default {shown})" : "")}";
             });
-        return "Options (--flag value, --flag=value; bare boolean flags mean true):\n  --config FILE.toml\n" + string.Join("\n", lines);
+        return "Options (--flag value, --flag=value; bare boolean flags mean true):\n  --config FILE.toml\n  --verbose (print each phase's time and the peak memory at the end)\n" + string.Join("\n", lines);
     }
 }
 
@@ -138,7 +154,8 @@ internal static class TrainView
             $"epoch {p.Epoch}/{p.TotalEpochs} step {p.Done}/{p.Total} " +
             (p.StepsPerSecond >= 1 ? $"{p.StepsPerSecond:F2} it/s" : $"{1 / Math.Max(1e-9, p.StepsPerSecond):F2} s/it") +
             $" ETA {p.Eta:hh\\:mm\\:ss} loss {p.SmoothedLoss:F4} lr {p.LearningRate:G3}",
-        TrainingPhase.ClassImages => $"class images {p.Done}/{p.Total}",
+        TrainingPhase.ClassImages => $"class images {p.Done}/{p.Total}" + (p.Message.Length > 0 ? $" ({p.Message})" : "") +
+            (p.Eta > TimeSpan.Zero ? $" ETA {p.Eta:hh\\:mm\\:ss}" : ""),
         TrainingPhase.CachingLatents => $"caching latents {p.Done}/{p.Total}",
         TrainingPhase.Sampling => $"sample images ({p.Message}) {p.Done}/{p.Total}",
         TrainingPhase.Saving => $"saving ({p.Message}) at step {p.Done}",

@@ -20,9 +20,10 @@ public sealed record TrainingProgress(TrainingPhase Phase, int Done, int Total, 
     double LearningRate = 0, string Message = "");
 
 /// <summary>What a run produced.</summary>
+/// <param name="Phases">Wall time of each phase of this session: model load, class images, latent caching, training, sampling, saving.</param>
 public sealed record TrainingResult(string OutputDir, string? LoraPath, IReadOnlyList<string> SavedLoras, string LossCsv, string? LossPng,
     IReadOnlyList<string> Samples, int Steps, int TotalSteps, int Epochs, bool Cancelled, double? SmoothedLoss, TimeSpan Elapsed,
-    string BucketSummary, int ClassImagesGenerated);
+    string BucketSummary, int ClassImagesGenerated, IReadOnlyList<PhaseTime>? Phases = null);
 
 /// <summary>
 /// DreamBooth-LoRA training of a frozen Stable Diffusion 1.x model, kohya-style:
@@ -58,6 +59,7 @@ public sealed class DreamBoothLoraTrainer
     public TrainingResult Train(IProgress<TrainingProgress>? progress = null, CancellationToken ct = default)
     {
         var clock = Stopwatch.StartNew();
+        var timer = new PhaseTimer();
         var c = Config;
         if (c.Threads is { } threads) torch.set_num_threads(threads);
         void Info(string message) => progress?.Report(new TrainingProgress(TrainingPhase.Info, 0, 0, Message: message));
@@ -83,14 +85,17 @@ public sealed class DreamBoothLoraTrainer
         var dataset = DreamBoothDataset.Load(c);
         var compute = c.ResolveCompute(_cpuProbe ?? (() => CpuKernelProbe.Measure(null, ct)));
         Info($"loading {c.Model} ({compute.Describe()} on {compute.Device}{(ComputeOptions.IsAuto(c.Dtype) && c.MixedPrecision == "no" ? ", chosen by dtype auto" : "")})");
-        using var model = StableDiffusionModel.Load(c.Model!, null, compute);
+        using var model = timer.Time("model load", () => StableDiffusionModel.Load(c.Model!, null, compute));
         var pipeline = new Txt2ImgPipeline(model);
 
         int generated = 0;
-        if (c.ClassPrompt is not null && c.RegData is null && c.NumClassImages > 0)
+        if (c.ClassPrompt is not null && c.RegData is null && c.EffectiveNumClassImages > 0)
         {
             var classDir = c.ClassData ?? run.ClassImagesDir;
-            generated = GenerateClassImages(pipeline, c, classDir, progress, ct);
+            var classImages = new ClassImageJob(pipeline, c, classDir);
+            int missing = timer.Time("class images", () => classImages.Prepare(Info));
+            if (missing > 0 && resumed is null) timer.Time("estimate", () => PrintEstimate(model, c, dataset, missing, samplePromptCount: c.SamplePrompts is null ? 0 : SamplePrompts.Read(c.SamplePrompts, c.Resolution.Width, c.Resolution.Height, c.Seed).Count, Info, ct));
+            generated = timer.Time("class images", () => classImages.Generate(missing, progress, ct));
             c = c with { ClassData = classDir };
             dataset = DreamBoothDataset.Load(c);
         }
@@ -115,7 +120,7 @@ public sealed class DreamBoothLoraTrainer
             // The posterior mean (not a sample): cached latents are then a pure function of the image.
             return (model.Vae.Encode(x).Mean.to(ScalarType.Float32) * model.Vae.ScalingFactor).MoveToOuterDisposeScope();
         }
-        if (latentCache is not null)
+        if (latentCache is not null) timer.Time("latent caching", () =>
         {
             var todo = planner.DistinctImages.SelectMany(d => c.FlipAug ? new[] { (d.Image, d.Placement, false), (d.Image, d.Placement, true) } : [(d.Image, d.Placement, false)]).ToList();
             for (int i = 0; i < todo.Count; i++)
@@ -124,7 +129,7 @@ public sealed class DreamBoothLoraTrainer
                 latentCache.GetOrEncode(todo[i].Image, todo[i].Placement, todo[i].Item3, Encode);
                 progress?.Report(new TrainingProgress(TrainingPhase.CachingLatents, i + 1, todo.Count));
             }
-        }
+        });
 
         // ---- the LoRA network and optimizer ----
         // kohya's init, drawn from a generator of our own: the run stays reproducible whatever else draws random numbers.
@@ -198,7 +203,7 @@ public sealed class DreamBoothLoraTrainer
         double elapsedBefore = resumed?.ElapsedSeconds ?? 0;
         double Elapsed() => elapsedBefore + clock.Elapsed.TotalSeconds;
 
-        string SaveLora(string path, int step, int epoch)
+        string SaveLora(string path, int step, int epoch) => timer.Time("saving", () =>
         {
             if (network.Parameters().Any(p => !p.isfinite().all().item<bool>()))
                 throw new SdLoraException($"training stopped: the LoRA weights became NaN or infinite by step {step} (epoch {epoch}); " +
@@ -215,16 +220,17 @@ public sealed class DreamBoothLoraTrainer
             saved.Add(path);
             lastLora = path;
             return path;
-        }
-        void SaveState(int step, int epoch, int batchInEpoch)
+        });
+        void SaveState(int step, int epoch, int batchInEpoch) => timer.Time("saving", () =>
         {
             TrainingStateStore.Save(run, new TrainingState(step, epoch, batchInEpoch, Elapsed(), TrainingStateStore.ConfigHash(Config),
                 sessionId, startedAt.ToUnixTimeMilliseconds() / 1000.0, lastLora), network, optimizer);
             if (lossLog.Rows.Count > 0) lossLog.RenderPlot(run.LossPng);
-        }
+        });
         void Sample(string label)
         {
             if (samplePrompts is null) return;
+            var sampleClock = Stopwatch.StartNew();
             unet.eval(); model.TextEncoder.eval(); network.Train(false);
             using (torch.no_grad())
             {
@@ -248,6 +254,7 @@ public sealed class DreamBoothLoraTrainer
                 progress?.Report(new TrainingProgress(TrainingPhase.Sampling, samplePrompts.Count, samplePrompts.Count, Message: label));
             }
             SetTrainMode();
+            timer.Add("sampling", sampleClock.Elapsed.TotalSeconds);
         }
         void SetTrainMode()
         {
@@ -278,6 +285,7 @@ public sealed class DreamBoothLoraTrainer
             {
                 int micro = Math.Min(accumulation, batches.Count - b);
                 double lossSum = 0;
+                var stepClock = Stopwatch.StartNew();
                 for (int m = 0; m < micro; m++, b++)
                 {
                     using var scope = torch.NewDisposeScope();
@@ -301,6 +309,7 @@ public sealed class DreamBoothLoraTrainer
                 optimizer.ZeroGrad();
                 step++; stepsThisSession++;
                 posEpoch = epoch; posBatch = b;
+                timer.Add("training", stepClock.Elapsed.TotalSeconds);
 
                 double lr = optimizer.LastLearningRates[0];
                 lastRow = lossLog.Append(step, epoch + 1, lossSum / micro, lr, Elapsed());
@@ -345,7 +354,7 @@ public sealed class DreamBoothLoraTrainer
         else finalLora = lastLora;
 
         return new TrainingResult(run.Path, finalLora, saved, run.LossCsv, File.Exists(run.LossPng) ? run.LossPng : null, samples, step, totalSteps,
-            totalEpochs, cancelled, lastRow?.SmoothedLoss, TimeSpan.FromSeconds(Elapsed()), bucketSummary, generated);
+            totalEpochs, cancelled, lastRow?.SmoothedLoss, TimeSpan.FromSeconds(Elapsed()), bucketSummary, generated, timer.Phases);
     }
 
     /// <summary>
@@ -373,26 +382,19 @@ public sealed class DreamBoothLoraTrainer
         }
     }
 
-    private static int GenerateClassImages(Txt2ImgPipeline pipeline, TrainingConfig c, string classDir, IProgress<TrainingProgress>? progress, CancellationToken ct)
+    /// <summary>Measures one step of each kind and prints what every phase should take (a CPU run is minutes to hours).</summary>
+    private static void PrintEstimate(StableDiffusionModel model, TrainingConfig c, DreamBoothDataset dataset, int classImages, int samplePromptCount,
+        Action<string> info, CancellationToken ct)
     {
-        int existing = ClassImageFolder.CountExisting(classDir);
-        int missing = ClassImageFolder.Missing(classDir, c.NumClassImages);
-        progress?.Report(new TrainingProgress(TrainingPhase.Info, 0, 0, Message:
-            missing == 0 ? $"class images: reusing {existing} in {classDir}" : $"class images: {existing} in {classDir}, generating {missing} for '{c.ClassPrompt}'"));
-        for (int i = 0; i < missing; i++)
-        {
-            ct.ThrowIfCancellationRequested();
-            progress?.Report(new TrainingProgress(TrainingPhase.ClassImages, i, missing));
-            using var noGrad = torch.no_grad();
-            var result = pipeline.Generate(new Txt2ImgOptions
-            {
-                Prompt = c.ClassPrompt!, Width = c.Resolution.Width, Height = c.Resolution.Height, Seed = c.Seed + existing + i,
-                ClipSkip = c.ClipSkip, Steps = 20, Sampler = "DDIM", CfgScale = 7,
-            }, null, ct);
-            if (result.Cancelled) throw new OperationCanceledException(ct);
-            ClassImageFolder.Save(classDir, result.Images[0].Image, c.ClassPrompt!);
-        }
-        progress?.Report(new TrainingProgress(TrainingPhase.ClassImages, missing, missing));
-        return missing;
+        var t = WorkflowEstimate.Measure(model, c.Resolution.Width, c.Resolution.Height, ct);
+        // Before the class images exist, kohya's balancing will double the draws per epoch once they do.
+        var planner = new BatchPlanner(dataset, BucketManager.FromConfig(c), c.TrainBatchSize, c.Seed, CaptionProcessor.FromConfig(c), c.RandomCrop, c.FlipAug);
+        int steps = c.MaxTrainSteps ?? 2 * planner.TotalSteps(c);
+        int latentImages = c.CacheLatents ? (planner.DistinctImages.Count() + c.EffectiveNumClassImages) * (c.FlipAug ? 2 : 1) : 0;
+        var phases = WorkflowEstimate.Estimate(t, classImages, c.EffectiveClassImageSteps, latentImages, steps, c.GradientCheckpointing,
+            samplePromptCount, 20);
+        info($"estimate from one measured step at {t.Width}x{t.Height} (CFG step {t.CfgStepSeconds:F1} s, VAE decode {t.DecodeSeconds:F1} s, encode {t.EncodeSeconds:F1} s):");
+        foreach (var p in phases) info($"  {p.Phase,-15} ~ {WorkflowEstimate.Format(p.Seconds),-14} {p.Detail}");
+        info($"  {"total",-15} ~ {WorkflowEstimate.Format(phases.Sum(p => p.Seconds))}");
     }
 }

@@ -35,7 +35,7 @@ public class BenchCommandTests
     public void Every_bench_command_takes_threads_except_load()
     {
         var bench = Root().Subcommands.Single(c => c.Name == "bench");
-        Assert.Equal(["unet", "load", "generate", "train", "caption"], bench.Subcommands.Select(c => c.Name));
+        Assert.Equal(["unet", "load", "generate", "train", "caption", "vae", "workflow"], bench.Subcommands.Select(c => c.Name));
         foreach (var command in bench.Subcommands.Where(c => c.Name != "load"))
             Assert.Contains(command.Options, o => o.Name == "--threads");
     }
@@ -68,5 +68,31 @@ public class BenchCommandTests
         // What doctor reports is what generate would pick: both come from the same cached probe.
         var auto = SdLora.Cli.Commands.CliCompute.Resolve("cpu", "auto", _ => { });
         Assert.Equal(r.GetProperty("dtype_auto").GetString(), ComputeOptions.DTypeName(auto.DType));
+    }
+
+    [Fact]
+    public void Every_bench_command_offers_json()
+    {
+        var bench = Root().Subcommands.Single(c => c.Name == "bench");
+        foreach (var command in bench.Subcommands)
+            Assert.Contains(command.Options, o => o.Name == "--json");
+    }
+
+    [Fact]
+    public void Bench_vae_json_is_one_object_with_what_ran_dtype_time_work_ceiling_efficiency_memory_and_cpu()
+    {
+        var output = new StringWriter();
+        int rc = Root().Parse(["bench", "vae", "--size", "64", "--no-encode", "--dtype", "fp32", "--json"]).Invoke(new InvocationConfiguration { Output = output });
+        Assert.Equal(0, rc);
+        using var doc = System.Text.Json.JsonDocument.Parse(output.ToString());
+        var r = doc.RootElement;
+        Assert.Equal("vae", r.GetProperty("benchmark").GetString());
+        Assert.Contains("64x64", r.GetProperty("what").GetString());
+        Assert.Equal("fp32", r.GetProperty("dtype").GetString());
+        foreach (var key in new[] { "seconds_per_image", "gflop", "ceiling_gflops", "efficiency", "peak_rss_bytes" })
+            Assert.True(r.GetProperty(key).GetDouble() > 0, key);
+        Assert.Equal(SdLora.Benchmarks.VaeFlops.Decode(SdLora.Models.AutoencoderKLConfig.StableDiffusion15, 1, 8, 8) / 1e9, r.GetProperty("gflop").GetDouble(), 6);
+        Assert.Equal(System.Text.Json.JsonValueKind.Array, r.GetProperty("cpu").GetProperty("flags").ValueKind);
+        Assert.Equal(TorchSharp.torch.get_num_threads(), r.GetProperty("threads").GetInt32());
     }
 }

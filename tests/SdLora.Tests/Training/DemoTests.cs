@@ -14,7 +14,8 @@ public class DemoTests
     {
         using var dir = Fixtures.TempDir();
         var output = dir.File("sdlora-demo");
-        var config = DemoCommand.Config(output, steps: 4, assetsDir: Path.Combine(Fixtures.RepoRoot, "assets"));
+        // A class-image cache of this test's own: the user's cache may already hold the tiny model's class images.
+        var config = DemoCommand.Config(output, steps: 4, assetsDir: Path.Combine(Fixtures.RepoRoot, "assets")) with { ClassImageCache = dir.File("cache") };
         var r = new DreamBoothLoraTrainer(config).Train();
         Assert.Equal(4, r.ClassImagesGenerated);
         Assert.Equal(4, ClassImageFolder.CountExisting(Path.Combine(output, "class_images")));
@@ -30,7 +31,7 @@ public class DemoTests
         }
 
         // A second demo replaces the first (and reuses its class images).
-        var again = DemoCommand.Config(output, steps: 2, assetsDir: Path.Combine(Fixtures.RepoRoot, "assets"));
+        var again = DemoCommand.Config(output, steps: 2, assetsDir: Path.Combine(Fixtures.RepoRoot, "assets")) with { ClassImageCache = dir.File("cache") };
         Assert.True(again.Overwrite);
         var r2 = new DreamBoothLoraTrainer(again).Train();
         Assert.Equal(0, r2.ClassImagesGenerated);
