@@ -15,7 +15,8 @@ public static class BenchUNetCommand
         var threads = BenchHost.ThreadsOption();
         var lowPrecision = BenchHost.CpuLowPrecisionOption();
         var json = BenchJson.Option();
-        var command = new Command(name, "time a full-size SD1.5 UNet CFG step (batch 2, 77x768 context) with random weights") { dtype, steps, size, threads, lowPrecision, json };
+        var profile = new Option<bool>("--profile") { Description = "one more forward with per-module timers: time, share and GFLOP/s of convs, linears, attention, norms, ..." };
+        var command = new Command(name, "time a full-size SD1.5 UNet CFG step (batch 2, 77x768 context) with random weights") { dtype, steps, size, threads, lowPrecision, json, profile };
         command.SetAction(parse =>
         {
             BenchHost.Start(parse.GetValue(threads));
@@ -25,7 +26,8 @@ public static class BenchUNetCommand
                 DType: compute.DType,
                 Steps: Math.Max(1, parse.GetValue(steps)),
                 LatentSize: Math.Max(8, parse.GetValue(size) / 8),
-                CpuLowPrecision: compute.CpuLowPrecision);
+                CpuLowPrecision: compute.CpuLowPrecision,
+                Profile: parse.GetValue(profile));
             var r = UNetBenchmark.Run(options, BenchJson.Progress(asJson), CliCancellation.Token);
             if (asJson)
             {
@@ -43,6 +45,11 @@ public static class BenchUNetCommand
                     ["peak_rss_bytes"] = r.PeakRssBytes,
                     ["model_rss_bytes"] = r.ModelRssBytes,
                     ["forward_peak_rss_bytes"] = r.ForwardPeakRssBytes,
+                    ["profile_seconds"] = r.Profile is null ? null : r.ProfiledSeconds,
+                    ["profile"] = r.Profile?.Select(t => new Dictionary<string, object?>
+                    {
+                        ["kind"] = t.Kind, ["seconds"] = t.Seconds, ["calls"] = t.Calls, ["gflop"] = t.GFlop, ["gflops"] = t.GFlopsPerSecond,
+                    }).ToList(),
                 }, BenchJson.Precision(compute, parse.GetValue(dtype)!), BenchJson.Ceiling(r.Matmul, compute.DType));
                 return 0;
             }
@@ -54,6 +61,15 @@ public static class BenchUNetCommand
             table.AddRow("RSS with model built", BenchTable.MiB(r.ModelRssBytes));
             table.AddRow("peak RSS during forwards", r.ForwardPeakRssBytes > 0 ? BenchTable.MiB(r.ForwardPeakRssBytes) : "n/a");
             AnsiConsole.Write(table);
+            if (r.Profile is { } times)
+            {
+                var p = new Table().AddColumns("module kind (exclusive time)", "seconds", "share", "calls", "GFLOP", "GFLOP/s");
+                double total = times.Sum(t => t.Seconds);
+                foreach (var t in times.Where(t => t.Seconds > 0.0005 * total))
+                    p.AddRow(t.Kind, $"{t.Seconds:F3}", $"{t.Seconds / total:P1}", t.Calls.ToString(), t.GFlop > 0 ? $"{t.GFlop:F0}" : "", t.GFlop > 0 ? $"{t.GFlopsPerSecond:F1}" : "");
+                p.AddRow("profiled forward (with hooks)", $"{r.ProfiledSeconds:F2}", "", "", "", "");
+                AnsiConsole.Write(p);
+            }
             return 0;
         });
         return command;

@@ -58,6 +58,7 @@ public static class GenerateCommand
             var loadClock = System.Diagnostics.Stopwatch.StartNew();
             using var sd = CliProgress.Status($"loading {modelPath}", () => StableDiffusionModel.Load(modelPath, r.GetValue(config), compute));
             double loadSeconds = loadClock.Elapsed.TotalSeconds;
+            long loadRss = ProcessMemoryInfo.ResidentBytes(), loadPeak = ProcessMemoryInfo.PeakResidentBytes();
             string? latentsPath = r.GetValue(initLatents);
             TorchSharp.torch.Tensor? latents = null;
             if (latentsPath is not null)
@@ -74,7 +75,7 @@ public static class GenerateCommand
             foreach (var w in result.Warnings) AnsiConsole.MarkupLineInterpolated($"[yellow]warning:[/] {w}");
             foreach (var img in result.Images) AnsiConsole.MarkupLineInterpolated($"seed {img.Seed}: {img.Path}");
             if (result.Cancelled) AnsiConsole.MarkupLineInterpolated($"[yellow]stopped[/]: {result.Images.Count} finished image(s) kept");
-            if (r.GetValue(verbose)) PhaseReport.Print([new PhaseTime("model load", loadSeconds), .. result.Phases ?? []], compute, options.Steps * options.BatchCount);
+            if (r.GetValue(verbose)) PhaseReport.Print([new PhaseTime("model load", loadSeconds, 1, loadRss, loadPeak), .. result.Phases ?? []], compute, options.Steps * options.BatchCount);
             latents?.Dispose();
             return result.Cancelled ? 130 : 0;
         });

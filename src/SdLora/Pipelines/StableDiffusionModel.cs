@@ -65,10 +65,17 @@ public sealed class StableDiffusionModel : IDisposable
         return new StableDiffusionModel(tokenizer, te, unet, vae, schedule, compute, name, path, ckpt.Layout);
     }
 
+    /// <summary>
+    /// Builds a module without random initial weights, gives it the compute dtype, then loads the weights into it: each
+    /// tensor is converted once, from the file's dtype straight to the one it is kept in (no fp32 copy of a bf16 model).
+    /// </summary>
     private static T Build<T>(Func<T> create, SdLora.IO.ITensorSource weights, ComputeOptions compute) where T : nn.Module
     {
-        T module;
-        using (torch.no_grad()) module = create();
+        T module = ModuleInitialization.WithoutRandomInit(() =>
+        {
+            using (torch.no_grad()) return create();
+        });
+        if (compute.DType != ScalarType.Float32) module.to(compute.DType);
         ModuleWeights.Load(module, weights);
         return To(module, compute);
     }

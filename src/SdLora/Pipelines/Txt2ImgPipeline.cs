@@ -119,6 +119,7 @@ public sealed class Txt2ImgPipeline(StableDiffusionModel model)
                 var prog = progress is null ? null : new SyncProgress<SamplingProgress>(p => progress.Report(new GenerationProgress(batch + 1, o.BatchCount, p.Step, p.Total)));
                 using var ancestral = new SeededNoise(seeds[0]);
                 var latents = timer.Time("sampling", () => Sample(sampler, noise, cond, uncond, o.CfgScale, o.Steps, ancestral, prog, ct));
+                HeapTrim.ReleaseFreedMemory();
                 var decoded = timer.Time("VAE decode", () => Decode(latents, o.VaeTiling));
                 timer.Time(o.OutputDir is null ? "image conversion" : "PNG writing", () =>
                 {
@@ -165,11 +166,17 @@ public sealed class Txt2ImgPipeline(StableDiffusionModel model)
         var context = torch.cat([uncond.expand(n, -1, -1), cond.expand(n, -1, -1)], 0).to(dtype).to(dev);
         Tensor Denoise(Tensor x, Tensor t)
         {
-            using var s = torch.NewDisposeScope();
-            var input = torch.cat([x, x], 0).to(dtype);
-            var output = model.UNet.forward(input, t, context).to(ScalarType.Float32);
-            var chunks = output.chunk(2, 0);
-            return (chunks[0] + cfg * (chunks[1] - chunks[0])).MoveToOuterDisposeScope();
+            Tensor guided;
+            using (var s = torch.NewDisposeScope())
+            {
+                var input = torch.cat([x, x], 0).to(dtype);
+                var output = model.UNet.forward(input, t, context).to(ScalarType.Float32);
+                var chunks = output.chunk(2, 0);
+                guided = (chunks[0] + cfg * (chunks[1] - chunks[0])).MoveToOuterDisposeScope();
+            }
+            // The step's activations are free now; give their pages back before the next step allocates anew.
+            HeapTrim.ReleaseFreedMemory();
+            return guided;
         }
         var latents = sampler.Sample(Denoise, initialNoise.to(ScalarType.Float32).to(dev), model.Schedule, steps, noise, progress, ct, onStep);
         return latents.MoveToOuterDisposeScope();

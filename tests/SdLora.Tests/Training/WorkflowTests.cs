@@ -17,7 +17,9 @@ public class WorkflowTests
         Assert.Equal(7, timer.Time("save", () => 7));
         Assert.Throws<InvalidOperationException>(() => timer.Time("fail", () => throw new InvalidOperationException()));
         Assert.Equal(["load", "step", "save", "fail"], timer.Phases.Select(p => p.Phase));
-        Assert.Equal(new PhaseTime("step", 2.0, 2), timer.Phases[1]);
+        Assert.Equal(("step", 2.0, 2), (timer.Phases[1].Phase, timer.Phases[1].Seconds, timer.Phases[1].Count));
+        if (OperatingSystem.IsLinux())
+            Assert.All(timer.Phases, p => Assert.True(p.ResidentBytesAfter > 0 && p.PeakResidentBytes >= p.ResidentBytesAfter, p.Phase));
         Assert.True(timer.TotalSeconds >= 4);
     }
 
