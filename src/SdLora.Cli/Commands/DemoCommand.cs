@@ -13,7 +13,7 @@ public static class DemoCommand
 {
     public const string DemoOutputName = "sks-dog-demo";
 
-    public static Command Create()
+    public static Command Create(CliContext cli)
     {
         var output = new Option<string>("--output", "-o") { Description = "folder for the LoRA, loss.png and samples", DefaultValueFactory = _ => "sdlora-demo" };
         var steps = new Option<int>("--steps") { Description = "training steps", DefaultValueFactory = _ => 40 };
@@ -24,8 +24,8 @@ public static class DemoCommand
         cmd.SetAction(r =>
         {
             var config = Config(r.GetValue(output)!, r.GetValue(steps));
-            AnsiConsole.MarkupLine("[bold]sdlora demo[/]: DreamBooth LoRA on 5 bundled dog photos with the bundled tiny model.");
-            AnsiConsole.MarkupLine("[grey]The tiny model has random weights, so every image it makes (class images, samples) is coloured noise: " +
+            cli.Console.MarkupLine("[bold]sdlora demo[/]: DreamBooth LoRA on 5 bundled dog photos with the bundled tiny model.");
+            cli.Console.MarkupLine("[grey]The tiny model has random weights, so every image it makes (class images, samples) is coloured noise: " +
                                    "the demo shows the flow and the files, not the pictures.[/]");
             string hint =
                 "\n[bold]With a real SD1.5 checkpoint[/] (e.g. v1-5-pruned-emaonly.safetensors) the same training is:\n" +
@@ -33,7 +33,7 @@ public static class DemoCommand
                               "--class-prompt \"a photo of a dog\" --num-class-images 100 --resolution 512 --max-train-steps 800 " +
                               "--network-dim 32 --network-alpha 16 " +
                               $"--sample-prompts \"{config.SamplePrompts}\" --save-every-n-epochs 1 --output sks-dog-lora");
-            return TrainCommand.Run(config, hint);
+            return TrainCommand.Run(cli, config, hint);
         });
         return cmd;
     }

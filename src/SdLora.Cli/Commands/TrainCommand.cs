@@ -12,7 +12,7 @@ namespace SdLora.Cli.Commands;
 /// </summary>
 public static class TrainCommand
 {
-    public static Command Create()
+    public static Command Create(CliContext cli)
     {
         var cmd = new Command("train", "train a DreamBooth LoRA (kohya-style flags; --config FILE.toml takes the same keys; `train --help` lists them)")
         {
@@ -23,10 +23,10 @@ public static class TrainCommand
             var (configPath, flags) = TrainingConfigLoader.ParseCommandLine(r.UnmatchedTokens);
             var notes = new List<string>();
             if (!flags.ContainsKey("model") && (configPath is null || !TomlSetsModel(configPath)))
-                flags["model"] = CliOptions.ResolveModel(null);
+                flags["model"] = CliOptions.ResolveModel(null, cli);
             var config = TrainingConfigLoader.Load(configPath, flags, notes: notes);
-            foreach (var n in notes) AnsiConsole.MarkupLineInterpolated($"[grey]{n}[/]");
-            return Run(config);
+            foreach (var n in notes) cli.Note(n);
+            return Run(cli, config);
         });
         return cmd;
     }
@@ -35,35 +35,34 @@ public static class TrainCommand
         TrainingConfigLoader.Load(path, validate: false).Model is not null;
 
     /// <summary>Runs a training with progress display and prints the summary; exit code 0, or 130 when stopped with Ctrl-C.</summary>
-    internal static int Run(TrainingConfig config, string? realModelHint = null)
+    internal static int Run(CliContext cli, TrainingConfig config, string? realModelHint = null)
     {
-        CliCancellation.Install();
         TrainingResult result;
-        try { result = TrainView.Run(new DreamBoothLoraTrainer(config), CliCancellation.Token); }
+        try { result = TrainView.Run(cli, new DreamBoothLoraTrainer(config)); }
         catch (OperationCanceledException)
         {
-            AnsiConsole.MarkupLine("[yellow]stopped before training began[/]: nothing to save");
-            return 130;
+            cli.Console.MarkupLine("[yellow]stopped before training began[/]: nothing to save");
+            return ExitCodes.Stopped;
         }
-        PrintSummary(result);
-        if (realModelHint is not null) AnsiConsole.MarkupLine(realModelHint);
-        return result.Cancelled ? 130 : 0;
+        PrintSummary(cli, result);
+        if (realModelHint is not null) cli.Console.MarkupLine(realModelHint);
+        return result.Cancelled ? ExitCodes.Stopped : ExitCodes.Ok;
     }
 
-    internal static void PrintSummary(TrainingResult r)
+    internal static void PrintSummary(CliContext cli, TrainingResult r)
     {
         string Rel(string p) => Path.GetRelativePath(Environment.CurrentDirectory, p);
-        AnsiConsole.WriteLine();
+        cli.Console.WriteLine();
         if (r.Cancelled)
-            AnsiConsole.MarkupLineInterpolated($"[yellow]stopped at step {r.Steps}/{r.TotalSteps}[/]: LoRA and state saved; continue with the same command plus --resume");
+            cli.Console.MarkupLineInterpolated($"[yellow]stopped at step {r.Steps}/{r.TotalSteps}[/]: LoRA and state saved; continue with the same command plus --resume");
         else
-            AnsiConsole.MarkupLineInterpolated($"[green]done[/]: {r.Steps} steps in {r.Elapsed:hh\\:mm\\:ss}{(r.SmoothedLoss is { } l ? $", loss {l:F4}" : "")}");
-        if (r.LoraPath is not null) AnsiConsole.MarkupLineInterpolated($"  LoRA:      {Rel(r.LoraPath)}");
-        foreach (var s in r.SavedLoras.Where(s => s != r.LoraPath).Distinct()) AnsiConsole.MarkupLineInterpolated($"  epoch:     {Rel(s)}");
-        if (r.LossPng is not null) AnsiConsole.MarkupLineInterpolated($"  loss plot: {Rel(r.LossPng)} (values in {Path.GetFileName(r.LossCsv)})");
-        if (r.Samples.Count > 0) AnsiConsole.MarkupLineInterpolated($"  samples:   {Rel(Path.GetDirectoryName(r.Samples[0])!)} ({r.Samples.Count} images)");
-        if (r.ClassImagesGenerated > 0) AnsiConsole.MarkupLineInterpolated($"  class images generated: {r.ClassImagesGenerated}");
-        AnsiConsole.MarkupLineInterpolated($"  state:     {Rel(Path.Combine(r.OutputDir, "state"))} (for --resume)");
+            cli.Console.MarkupLineInterpolated($"[green]done[/]: {r.Steps} steps in {r.Elapsed:hh\\:mm\\:ss}{(r.SmoothedLoss is { } l ? $", loss {l:F4}" : "")}");
+        if (r.LoraPath is not null) cli.Console.MarkupLineInterpolated($"  LoRA:      {Rel(r.LoraPath)}");
+        foreach (var s in r.SavedLoras.Where(s => s != r.LoraPath).Distinct()) cli.Console.MarkupLineInterpolated($"  epoch:     {Rel(s)}");
+        if (r.LossPng is not null) cli.Console.MarkupLineInterpolated($"  loss plot: {Rel(r.LossPng)} (values in {Path.GetFileName(r.LossCsv)})");
+        if (r.Samples.Count > 0) cli.Console.MarkupLineInterpolated($"  samples:   {Rel(Path.GetDirectoryName(r.Samples[0])!)} ({r.Samples.Count} images)");
+        if (r.ClassImagesGenerated > 0) cli.Console.MarkupLineInterpolated($"  class images generated: {r.ClassImagesGenerated}");
+        cli.Console.MarkupLineInterpolated($"  state:     {Rel(Path.Combine(r.OutputDir, "state"))} (for --resume)");
     }
 
     /// <summary>The flags with their defaults, for --help.</summary>
@@ -92,23 +91,23 @@ public static class TrainCommand
 /// <summary>Renders <see cref="TrainingProgress"/>: a Spectre progress bar per phase, or plain lines when output is not a terminal.</summary>
 internal static class TrainView
 {
-    public static TrainingResult Run(DreamBoothLoraTrainer trainer, CancellationToken ct)
+    public static TrainingResult Run(CliContext cli, DreamBoothLoraTrainer trainer)
     {
-        if (!AnsiConsole.Profile.Capabilities.Interactive)
+        if (!cli.IsTerminal)
         {
             var last = DateTime.MinValue;
             return trainer.Train(new SyncProgress<TrainingProgress>(p =>
             {
-                if (p.Phase == TrainingPhase.Info) { Console.WriteLine(p.Message); return; }
+                if (p.Phase == TrainingPhase.Info) { cli.Console.WriteLine(p.Message); return; }
                 if (p.Done == p.Total || DateTime.UtcNow - last > TimeSpan.FromSeconds(5))
                 {
                     last = DateTime.UtcNow;
-                    Console.WriteLine(Describe(p));
+                    cli.Console.WriteLine(Describe(p));
                 }
-            }), ct);
+            }), cli.Cancellation);
         }
         TrainingResult result = null!;
-        AnsiConsole.Progress()
+        cli.Console.Progress()
             .Columns(new TaskDescriptionColumn { Alignment = Justify.Left }, new ProgressBarColumn(), new PercentageColumn(), new ElapsedTimeColumn())
             .Start(ctx =>
             {
@@ -116,7 +115,7 @@ internal static class TrainView
                 TrainingPhase? phase = null;
                 result = trainer.Train(new SyncProgress<TrainingProgress>(p =>
                 {
-                    if (p.Phase == TrainingPhase.Info) { AnsiConsole.WriteLine(p.Message); return; }
+                    if (p.Phase == TrainingPhase.Info) { cli.Console.WriteLine(p.Message); return; }
                     if (task is null || phase != p.Phase)
                     {
                         task?.StopTask();
@@ -126,7 +125,7 @@ internal static class TrainView
                     task.MaxValue = Math.Max(1, p.Total);
                     task.Value = p.Done;
                     task.Description = Describe(p).EscapeMarkup();
-                }), ct);
+                }), cli.Cancellation);
                 task?.StopTask();
             });
         return result;
@@ -157,7 +156,7 @@ public sealed class TrainHelpAction(System.CommandLine.Invocation.CommandLineAct
     public override int Invoke(ParseResult parseResult)
     {
         int rc = standard is System.CommandLine.Invocation.SynchronousCommandLineAction sync ? sync.Invoke(parseResult) : 0;
-        if (parseResult.CommandResult.Command.Name == "train") Console.WriteLine("Training flags:\n" + TrainCommand.FlagHelp());
+        if (parseResult.CommandResult.Command.Name == "train") parseResult.InvocationConfiguration.Output.WriteLine("Training flags:\n" + TrainCommand.FlagHelp());
         return rc;
     }
 }
