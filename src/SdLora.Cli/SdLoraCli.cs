@@ -44,8 +44,6 @@ public static class SdLoraCli
         });
         root.Options.Add(new Option<bool>(DebugOption) { Description = "print the stack trace with an error (for bug reports)", Recursive = true });
         foreach (var command in CommandCatalog.All(cli)) root.Subcommands.Add(command);
-        foreach (var help in root.Options.OfType<System.CommandLine.Help.HelpOption>())
-            if (help.Action is { } standard) help.Action = new TrainHelpAction(standard);
         return root;
     }
 
