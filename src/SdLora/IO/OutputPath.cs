@@ -35,7 +35,7 @@ public static class OutputPath
     public static string CheckFolder(string path, IEnumerable<string?>? inputs = null, string what = "output folder")
     {
         if (string.IsNullOrWhiteSpace(path)) throw new SdLoraException($"no {what} given; name the folder to write to");
-        var full = Path.GetFullPath(path);
+        var full = Path.TrimEndingDirectorySeparator(Path.GetFullPath(path));
         if (File.Exists(full)) throw new SdLoraException($"{path}: is a file, but the {what} must be a folder; choose a folder name");
         RefuseInputs(path, full, inputs, what, replacesFolder: false);
         EnsureWritableFolder(full, what);
@@ -50,7 +50,7 @@ public static class OutputPath
     public static string CheckReplacedFolder(string path, bool overwrite, IEnumerable<string?>? inputs = null, string what = "output folder")
     {
         if (string.IsNullOrWhiteSpace(path)) throw new SdLoraException($"no {what} given; name the folder to write");
-        var full = Path.GetFullPath(path);
+        var full = Path.TrimEndingDirectorySeparator(Path.GetFullPath(path));
         if (File.Exists(full)) throw new SdLoraException($"{path}: is a file, but the {what} is a folder; choose a new folder name");
         RefuseInputs(path, full, inputs, what, replacesFolder: true);
         if (Directory.Exists(full) && Directory.EnumerateFileSystemEntries(full).Any() && !overwrite)
