@@ -50,7 +50,7 @@ public sealed class WordPieceTokenizerTests
 
     // Rules of transformers' BasicTokenizer (the BLIP reference) that Microsoft.ML.Tokenizers' BertTokenizer does
     // not follow (see docs/libraries.md): every ASCII symbol is punctuation, a piece missing from the vocab is
-    // [UNK] (never dropped), Unicode space separators split words, format characters (Cf) are removed.
+    // [UNK] (never dropped), tabs and Unicode space separators split words, format characters (Cf) are removed.
     [Fact]
     public void Symbols_emoji_and_numerals_missing_from_the_vocab_become_unk_not_nothing()
     {
@@ -60,9 +60,10 @@ public sealed class WordPieceTokenizerTests
     }
 
     [Fact]
-    public void No_break_space_separates_words_and_zero_width_space_is_removed()
+    public void Tab_and_no_break_space_separate_words_and_zero_width_space_is_removed()
     {
-        Assert.Equal(Tokenizer.Tokenize("dog cat"), Tokenizer.Tokenize("dog\u00A0cat"));
+        Assert.Equal(["dog", "cat"], Tokenizer.Tokenize("dog\tcat"));
+        Assert.Equal(["dog", "cat"], Tokenizer.Tokenize("dog\u00A0cat"));
         Assert.Equal(Tokenizer.Tokenize("dogcat"), Tokenizer.Tokenize("dog\u200Bcat"));
         Assert.Equal(Tokenizer.Tokenize("dog cat"), Tokenizer.Tokenize("dog \u0000\uFFFD cat"));
     }
