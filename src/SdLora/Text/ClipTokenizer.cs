@@ -1,3 +1,4 @@
+// Why we keep this (not Microsoft.ML.Tokenizers' BpeTokenizer): same ids, but twice as slow on everyday prompts and 0.25 s slower to load; CLIP's cleaning and word pattern have no library at all (docs/libraries.md).
 using System.Collections.Concurrent;
 using System.IO.Compression;
 using System.Reflection;
