@@ -14,12 +14,15 @@ public static class BenchTrainCommand
         var steps = new Option<int>("--steps") { Description = "timed steps (after one warm-up)", DefaultValueFactory = _ => 1 };
         var size = new Option<int>("--size") { Description = "image size in pixels (latents are size/8)", DefaultValueFactory = _ => 512 };
         var rank = new Option<int>("--rank") { Description = "LoRA rank on the attention projections", DefaultValueFactory = _ => 16 };
+        var lowPrecision = BenchHost.CpuLowPrecisionOption();
         var command = new Command(name, "time LoRA training steps (forward + backward + AdamW) of a full-size SD1.5 UNet with random weights, batch 1")
         {
-            dtype, checkpointing, steps, size, rank,
+            dtype, checkpointing, steps, size, rank, lowPrecision,
         };
         command.SetAction(parse =>
         {
+            BenchHost.Start();
+            var policy = ComputeOptions.ParseCpuLowPrecision(parse.GetValue(lowPrecision)!);
             var dtypes = parse.GetValue(dtype) == "both" ? ["fp32", "bf16"] : new[] { parse.GetValue(dtype)! };
             var ckpts = parse.GetValue(checkpointing) switch
             {
@@ -35,7 +38,7 @@ public static class BenchTrainCommand
                 foreach (var ck in ckpts)
                 {
                     var r = TrainBenchmark.Run(new TrainBenchmarkOptions(t, ck, Math.Max(1, parse.GetValue(steps)), 1,
-                        Math.Max(8, parse.GetValue(size) / 8), 1, parse.GetValue(rank), Threads: null), matmul, progress, cli.Cancellation);
+                        Math.Max(8, parse.GetValue(size) / 8), 1, parse.GetValue(rank), CpuLowPrecision: policy), matmul, progress, cli.Cancellation);
                     table.AddRow(ComputeOptions.DTypeName(t), ck ? "on" : "off", $"{r.SecondsPerStep:F1}", $"{r.TrainGFlop:F0}",
                         $"{r.GFlopsPerSecond:F1}", $"{r.EfficiencySameDType:P0}", $"{r.EfficiencyAny:P0}", $"{r.PeakRssBytes / 1048576.0:F0} MiB");
                     progress.Report($"{ComputeOptions.DTypeName(t)} checkpointing {(ck ? "on" : "off")}: {r.SecondsPerStep:F1} s/step, peak RSS {r.PeakRssBytes / 1048576.0:F0} MiB (model {r.ModelRssBytes / 1048576.0:F0} MiB), {r.LoraParameters:N0} LoRA parameters");

@@ -73,11 +73,12 @@ public sealed class StableDiffusionModel : IDisposable
         return To(module, compute);
     }
 
-    /// <summary>Moves a module to the compute device and dtype (parameters converted one at a time).</summary>
+    /// <summary>Moves a module to the compute device and dtype (parameters converted one at a time) and gives its layers the CPU low-precision policy.</summary>
     public static T To<T>(T module, ComputeOptions compute) where T : nn.Module
     {
         if (compute.DType != ScalarType.Float32) module.to(compute.DType);
         if (compute.Device.type != DeviceType.CPU) module.to(compute.Device);
+        CpuPrecision.Apply(module, compute.CpuLowPrecision);
         return module;
     }
 

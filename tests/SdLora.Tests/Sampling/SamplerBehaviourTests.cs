@@ -86,7 +86,7 @@ public sealed class SamplerBehaviourTests
     {
         // DDIM paper eq. 16: with sigma_t = the DDPM posterior std the generative process is DDPM's.
         using var scope = torch.NewDisposeScope();
-        using var file = Fixtures.Open("schedulers");
+        using var file = SdLora.IO.SafetensorsFile.Open(Fixtures.CopiedSet("schedulers.safetensors"));
         var schedule = Schedule(PredictionType.Epsilon, setAlphaToOne: true); // DDPM ends at alpha 1 too
         var initial = file.Load("initial_noise");
         var noise = file.Load("ddpm.noise");
