@@ -15,7 +15,7 @@ public static class DemoCommand
 
     public static Command Create(CliContext cli)
     {
-        var output = new Option<string>("--output", "-o") { Description = "folder for the LoRA, loss.png and samples", DefaultValueFactory = _ => "sdlora-demo" };
+        var output = CliOptions.Out("folder for the LoRA, loss.png and samples", "sdlora-demo");
         var steps = new Option<int>("--steps") { Description = "training steps", DefaultValueFactory = _ => 40 };
         var cmd = new Command("demo", "train a small DreamBooth LoRA on the bundled dog photos with the bundled tiny model (no downloads, about a minute)")
         {

@@ -23,6 +23,7 @@ public static class TrainingConfigLoader
         ["train-data-dir"] = "data",
         ["instance-data-dir"] = "data",
         ["output-dir"] = "output",
+        ["out"] = "output", // --out is the output flag of every sdlora command
         ["reg-data-dir"] = "reg-data",
         ["class-data-dir"] = "class-data",
         ["caption-dropout-rate"] = "caption-dropout",
