@@ -229,6 +229,15 @@ public class OutputSafetyTests
     }
 
     [Fact]
+    public void An_image_passed_as_a_model_is_reported_as_an_image()
+    {
+        var photo = Path.Combine(Fixtures.RepoRoot, "assets", "dreambooth", "dog", "00.jpg");
+        var run = CliRunner.Run("model", "inspect", photo);
+        AssertUserError(run, "is a JPEG image");
+        Assert.DoesNotContain("safetensors file", run.Err);
+    }
+
+    [Fact]
     public void Caption_on_a_folder_without_images_fails_before_loading_the_model()
     {
         using var dir = Fixtures.TempDir();
