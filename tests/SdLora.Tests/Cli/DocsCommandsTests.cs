@@ -25,8 +25,10 @@ public class DocsCommandsTests
             "SD1.5-size training (512 px, 800 steps) needs a real SD1.5 checkpoint, which cannot be downloaded here, and hours of CPU; the README runs the same flags at 128 px",
         ["sdlora generate --model v1-5-pruned-emaonly.safetensors -p \"a photo of sks dog on a street <lora:dog:0.8>\" --lora-dir runs/dog --sampler \"DPM++ 2M Karras\" --steps 25 --seed 1 --out outputs"] =
             "needs a real SD1.5 checkpoint and the LoRA trained from it at 512 px (the line above); the README's 128 px generate runs",
-        ["sdlora train --model v1-5-pruned-emaonly.safetensors --data photos/ --instance-prompt \"a photo of sks dog\" --class-prompt \"a photo of a dog\" --resolution 512 --max-train-steps 800 --network-dim 32 --network-alpha 16 --learning-rate 1e-4 --text-encoder-lr 5e-5 --sample-prompts prompts.txt --sample-every-n-epochs 1 --save-every-n-epochs 1 --output sks-dog-lora"] =
+        ["sdlora train --model v1-5-pruned-emaonly.safetensors --data assets/dreambooth/dog --instance-prompt \"a photo of sks dog\" --class-prompt \"a photo of a dog\" --resolution 512 --max-train-steps 800 --network-dim 32 --network-alpha 16 --learning-rate 1e-4 --text-encoder-lr 5e-5 --sample-prompts examples/prompts.txt --sample-every-n-epochs 1 --save-every-n-epochs 1 --out runs/sks-dog"] =
             "SD1.5-size training (512 px, 800 steps, samples every epoch) needs a real SD1.5 checkpoint, which cannot be downloaded here, and hours of CPU",
+        ["sdlora train --config examples/train.toml --model v1-5-pruned-emaonly.safetensors --max-train-steps 400"] =
+            "examples/train.toml is an SD1.5 recipe (512 px, prior preservation): it needs a real SD1.5 checkpoint and hours of CPU; TrainingSettingsTests loads and validates the file itself",
         ["sdlora demo"] = "the same program run as the README's `dotnet run --project src/SdLora.Cli -c Release -- demo`, which this test runs",
     };
 
