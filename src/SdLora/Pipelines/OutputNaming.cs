@@ -3,10 +3,16 @@ using System.Text.RegularExpressions;
 
 namespace SdLora.Pipelines;
 
-/// <summary>A1111-style output names, <c>00012-&lt;seed&gt;.png</c>: numbered after the highest existing number, never overwriting.</summary>
+/// <summary>
+/// A1111-style output names, <c>00012-&lt;seed&gt;.png</c>: numbered after the highest existing number, never overwriting.
+/// Numbers are unique even when several writers (threads, jobs, processes) save into one folder at once: the next
+/// number is taken while holding an exclusive lock file in the folder, and claimed by creating the file.
+/// </summary>
 public static class OutputNaming
 {
     private static readonly Regex Numbered = new(@"^(\d{5,})-", RegexOptions.Compiled);
+    /// <summary>Hidden lock file that serialises numbering in one folder.</summary>
+    public const string LockFileName = ".sdlora-numbering.lock";
 
     public static int NextNumber(string directory)
     {
@@ -20,14 +26,47 @@ public static class OutputNaming
         return max + 1;
     }
 
-    /// <summary>The path for the next image; skips numbers whose file already exists.</summary>
-    public static string NextPath(string directory, long seed, string extension = ".png")
+    /// <summary>
+    /// Claims the next number: creates an empty <c>NNNNN-seed.ext</c> (the caller then writes over it, e.g. with an
+    /// atomic rename) and returns its path. Two calls never get the same number, in one process or several.
+    /// </summary>
+    public static string Reserve(string directory, long seed, string extension = ".png", CancellationToken ct = default)
     {
         Directory.CreateDirectory(directory);
+        using var numberingLock = AcquireLock(directory, ct);
         for (int n = NextNumber(directory); ; n++)
         {
             var path = Path.Combine(directory, $"{n:D5}-{seed}{extension}");
-            if (!File.Exists(path)) return path;
+            try
+            {
+                using (new FileStream(path, FileMode.CreateNew, FileAccess.Write)) { }
+                return path;
+            }
+            catch (IOException) when (File.Exists(path)) { /* taken meanwhile by a writer that ignores the lock: try the next */ }
+        }
+    }
+
+    // FileShare.None is an exclusive advisory lock (flock on Unix, a share mode on Windows): it excludes other
+    // handles in this process and in other processes alike.
+    private static FileStream AcquireLock(string directory, CancellationToken ct)
+    {
+        var lockPath = Path.Combine(directory, LockFileName);
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(30);
+        for (int attempt = 0; ; attempt++)
+        {
+            ct.ThrowIfCancellationRequested();
+            try
+            {
+                return new FileStream(lockPath, FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.None);
+            }
+            catch (IOException) when (DateTime.UtcNow < deadline)
+            {
+                Thread.Sleep(Math.Min(50, 1 + attempt));
+            }
+            catch (IOException e)
+            {
+                throw new SdLoraException($"{lockPath}: could not take the numbering lock within 30 s ({e.Message}); is another program holding it?");
+            }
         }
     }
 }
