@@ -14,6 +14,7 @@ public static class CommandCatalog
         yield return CaptionCommand.Create();
         yield return TrainCommand.Create();
         yield return DemoCommand.Create();
+        yield return ServeCommand.Create();
         yield return BenchCommands.Create();
     }
 }
