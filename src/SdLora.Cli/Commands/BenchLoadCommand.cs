@@ -9,9 +9,7 @@ namespace SdLora.Cli.Commands;
 /// <summary><c>load</c>: peak memory and time of loading a full-size SD1.5 checkpoint into fp32 (measured in a child process).</summary>
 public static class BenchLoadCommand
 {
-    public static Command Create() => Create("load");
-
-    public static Command Create(string name)
+        public static Command Create(CliContext cli, string name)
     {
         var dir = new Option<string?>("--dir") { Description = "folder for the synthetic 2 GB SD1.5 checkpoint (default: ~/.cache/sdlora/bench)" };
         var measure = new Option<string?>("--measure") { Description = "internal: load this file in this process and print the result as JSON", Hidden = true };
@@ -25,7 +23,7 @@ public static class BenchLoadCommand
             }
             var folder = parse.GetValue(dir) ?? Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".cache", "sdlora", "bench");
             string path = "";
-            AnsiConsole.Status().Start("writing the synthetic SD1.5 checkpoint (once)...", ctx =>
+            cli.Console.Status().Start("writing the synthetic SD1.5 checkpoint (once)...", ctx =>
                 path = LoadBenchmark.EnsureSd15Checkpoint(folder, new Progress<string>(s => ctx.Status(s))));
             var result = RunChild(path, name);
             var t = new Table().Border(TableBorder.Rounded).AddColumn("load benchmark").AddColumn(new TableColumn("").RightAligned());
@@ -37,7 +35,7 @@ public static class BenchLoadCommand
             t.AddRow("peak RSS (VmHWM)", $"{result.PeakRssBytes / 1e9:F3} GB");
             t.AddRow("peak / fp32 bytes", $"{result.PeakOverFp32:F3} (target < 1.3)");
             t.AddRow("seconds", $"{result.Seconds:F1}");
-            AnsiConsole.Write(t);
+            cli.Console.Write(t);
             return 0;
         });
         return cmd;

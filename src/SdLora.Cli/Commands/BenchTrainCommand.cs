@@ -7,45 +7,43 @@ namespace SdLora.Cli.Commands;
 /// <summary><c>train</c> benchmark: LoRA training steps of the full-size SD1.5 UNet, with and without gradient checkpointing.</summary>
 public static class BenchTrainCommand
 {
-    public static Command Create(string name = "train")
+    public static Command Create(CliContext cli, string name = "train")
     {
         var dtype = new Option<string>("--dtype") { Description = "fp32, bf16 or both", DefaultValueFactory = _ => "both" };
         var checkpointing = new Option<string>("--checkpointing") { Description = "off, on or both", DefaultValueFactory = _ => "both" };
         var steps = new Option<int>("--steps") { Description = "timed steps (after one warm-up)", DefaultValueFactory = _ => 1 };
         var size = new Option<int>("--size") { Description = "image size in pixels (latents are size/8)", DefaultValueFactory = _ => 512 };
         var rank = new Option<int>("--rank") { Description = "LoRA rank on the attention projections", DefaultValueFactory = _ => 16 };
-        var threads = new Option<int?>("--threads") { Description = "torch intra-op threads (default: torch's choice)" };
         var command = new Command(name, "time LoRA training steps (forward + backward + AdamW) of a full-size SD1.5 UNet with random weights, batch 1")
         {
-            dtype, checkpointing, steps, size, rank, threads,
+            dtype, checkpointing, steps, size, rank,
         };
         command.SetAction(parse =>
         {
-            CliCancellation.Install();
             var dtypes = parse.GetValue(dtype) == "both" ? ["fp32", "bf16"] : new[] { parse.GetValue(dtype)! };
             var ckpts = parse.GetValue(checkpointing) switch
             {
                 "both" => new[] { false, true }, "on" => [true], "off" => [false],
                 var v => throw new SdLoraException($"--checkpointing '{v}' is not one of off, on, both"),
             };
-            var progress = new SyncProgress<string>(m => AnsiConsole.MarkupLineInterpolated($"[grey]{m}[/]"));
+            var progress = new SyncProgress<string>(m => cli.Console.MarkupLineInterpolated($"[grey]{m}[/]"));
             progress.Report("measuring dense matmul throughput");
             var types = dtypes.Select(ComputeOptions.ParseDType).ToList();
-            var matmul = UNetBenchmark.MeasureCeiling(types, CliCancellation.Token);
+            var matmul = UNetBenchmark.MeasureCeiling(types, cli.Cancellation);
             var table = new Table().AddColumns("dtype", "checkpointing", "s/step", "train GFLOP", "GFLOP/s", "vs same-dtype matmul", "vs best matmul", "peak RSS");
             foreach (var t in types)
                 foreach (var ck in ckpts)
                 {
                     var r = TrainBenchmark.Run(new TrainBenchmarkOptions(t, ck, Math.Max(1, parse.GetValue(steps)), 1,
-                        Math.Max(8, parse.GetValue(size) / 8), 1, parse.GetValue(rank), Threads: parse.GetValue(threads)), matmul, progress, CliCancellation.Token);
+                        Math.Max(8, parse.GetValue(size) / 8), 1, parse.GetValue(rank), Threads: null), matmul, progress, cli.Cancellation);
                     table.AddRow(ComputeOptions.DTypeName(t), ck ? "on" : "off", $"{r.SecondsPerStep:F1}", $"{r.TrainGFlop:F0}",
                         $"{r.GFlopsPerSecond:F1}", $"{r.EfficiencySameDType:P0}", $"{r.EfficiencyAny:P0}", $"{r.PeakRssBytes / 1048576.0:F0} MiB");
                     progress.Report($"{ComputeOptions.DTypeName(t)} checkpointing {(ck ? "on" : "off")}: {r.SecondsPerStep:F1} s/step, peak RSS {r.PeakRssBytes / 1048576.0:F0} MiB (model {r.ModelRssBytes / 1048576.0:F0} MiB), {r.LoraParameters:N0} LoRA parameters");
                 }
             foreach (var m in matmul)
-                AnsiConsole.MarkupLineInterpolated($"[grey]{m.Kernel} {ComputeOptions.DTypeName(m.DType)} {m.Size}²: {m.GFlopsPerSecond:F1} GFLOP/s[/]");
-            AnsiConsole.Write(table);
-            AnsiConsole.MarkupLine("[grey]train FLOPs = forward x 2 (frozen base: backward propagates activations only), x 3 with checkpointing (forward recomputed)[/]");
+                cli.Console.MarkupLineInterpolated($"[grey]{m.Kernel} {ComputeOptions.DTypeName(m.DType)} {m.Size}²: {m.GFlopsPerSecond:F1} GFLOP/s[/]");
+            cli.Console.Write(table);
+            cli.Console.MarkupLine("[grey]train FLOPs = forward x 2 (frozen base: backward propagates activations only), x 3 with checkpointing (forward recomputed)[/]");
             return 0;
         });
         return command;

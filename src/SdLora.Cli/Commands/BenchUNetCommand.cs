@@ -7,21 +7,20 @@ namespace SdLora.Cli.Commands;
 /// <summary><c>unet</c> benchmark: full-size SD1.5 UNet forward speed and efficiency against dense matmul.</summary>
 public static class BenchUNetCommand
 {
-    public static Command Create(string name = "unet")
+    public static Command Create(CliContext cli, string name = "unet")
     {
         var dtype = new Option<string>("--dtype") { Description = "fp32 or bf16", DefaultValueFactory = _ => "fp32" };
         var steps = new Option<int>("--steps") { Description = "timed forwards (after one warm-up)", DefaultValueFactory = _ => 1 };
         var size = new Option<int>("--size") { Description = "image size in pixels (latents are size/8)", DefaultValueFactory = _ => 512 };
-        var threads = new Option<int?>("--threads") { Description = "torch intra-op threads (default: torch's choice)" };
-        var command = new Command(name, "time a full-size SD1.5 UNet CFG step (batch 2, 77x768 context) with random weights") { dtype, steps, size, threads };
+        var command = new Command(name, "time a full-size SD1.5 UNet CFG step (batch 2, 77x768 context) with random weights") { dtype, steps, size };
         command.SetAction(parse =>
         {
             var options = new UNetBenchmarkOptions(
                 DType: ComputeOptions.ParseDType(parse.GetValue(dtype)!),
                 Steps: Math.Max(1, parse.GetValue(steps)),
                 LatentSize: Math.Max(8, parse.GetValue(size) / 8),
-                Threads: parse.GetValue(threads));
-            var progress = new Progress<string>(m => AnsiConsole.MarkupLineInterpolated($"[grey]{m}[/]"));
+                Threads: null);
+            var progress = new Progress<string>(m => cli.Console.MarkupLineInterpolated($"[grey]{m}[/]"));
             var r = UNetBenchmark.Run(options, progress);
             var table = BenchTable.Create(r.Matmul, r.Threads);
             table.AddRow("UNet forward", $"{r.ForwardGFlop:F0} GFLOP (batch {options.Batch}, {options.LatentSize}x{options.LatentSize} latents)");
@@ -29,7 +28,7 @@ public static class BenchUNetCommand
             table.AddRow("peak RSS (whole run)", BenchTable.MiB(r.PeakRssBytes));
             table.AddRow("RSS with model built", BenchTable.MiB(r.ModelRssBytes));
             table.AddRow("peak RSS during forwards", r.ForwardPeakRssBytes > 0 ? BenchTable.MiB(r.ForwardPeakRssBytes) : "n/a");
-            AnsiConsole.Write(table);
+            cli.Console.Write(table);
             return 0;
         });
         return command;

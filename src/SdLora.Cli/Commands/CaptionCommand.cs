@@ -7,10 +7,7 @@ namespace SdLora.Cli.Commands;
 /// <summary><c>sdlora caption DIR</c>: writes a BLIP caption next to every training image.</summary>
 public static class CaptionCommand
 {
-    public static Command Create() => Create(null);
-
-    /// <param name="console">Where to print (tests pass a recording console); null = the terminal.</param>
-    public static Command Create(IAnsiConsole? console)
+    public static Command Create(CliContext cli)
     {
         var dir = new Argument<string>("DIR") { Description = "training image folder (plain, or kohya's 'N_identifier class' sub-folders)" };
         var model = new Option<string?>("--model") { Description = $"BLIP model folder (Hugging Face layout); default models/blip or ${BlipCaptioner.ModelEnvironmentVariable}" };
@@ -26,17 +23,17 @@ public static class CaptionCommand
         var seed = new Option<long>("--seed") { Description = "seed for sampling", DefaultValueFactory = _ => 0 };
         var prompt = new Option<string>("--prompt") { Description = "conditional prompt, stripped from the written caption (\"\" = unconditional)", DefaultValueFactory = _ => "a picture of " };
         var legacyBeams = new Option<bool>("--legacy-beam-length") { Description = "beam search length rule of transformers <= 4.35 (whole sequence) instead of generated tokens" };
-        var device = new Option<string>("--device") { Description = "cpu, cuda or cuda:N", DefaultValueFactory = _ => "cpu" };
-        var dtype = new Option<string>("--dtype") { Description = "fp32, bf16 or fp16", DefaultValueFactory = _ => "fp32" };
+        var compute = new ComputeArguments();
 
         var command = new Command("caption", "write a BLIP caption file next to every image of a training folder");
         command.Arguments.Add(dir);
-        foreach (var o in new Option[] { model, ext, prefix, overwrite, batchSize, numBeams, minLength, maxLength, repetition, topP, seed, prompt, legacyBeams, device, dtype })
+        foreach (var o in new Option[] { model, ext, prefix, overwrite, batchSize, numBeams, minLength, maxLength, repetition, topP, seed, prompt, legacyBeams })
             command.Options.Add(o);
+        compute.AddTo(command);
 
-        command.SetAction((parse, cancellationToken) =>
+        command.SetAction(parse =>
         {
-            var ui = console ?? AnsiConsole.Console;
+            var ui = cli.Console;
             var folder = parse.GetValue(dir)!;
             var datasetOptions = new DatasetCaptionOptions
             {
@@ -61,31 +58,17 @@ public static class CaptionCommand
             var modelDir = parse.GetValue(model) ?? BlipCaptioner.DefaultModelFolder();
             var images = DatasetCaptioner.FindImages(folder);
             BlipCaptioner.EnsureModelFolder(modelDir);
-            var compute = ComputeOptions.Parse(parse.GetValue(device)!, parse.GetValue(dtype)!);
+            var computeOptions = compute.Read(parse, cli);
 
             ui.MarkupLine($"loading BLIP from [blue]{Markup.Escape(modelDir)}[/]; {images.Count} images in {Markup.Escape(folder)}");
-            using var blip = BlipCaptioner.Load(modelDir, compute);
-            DatasetCaptionSummary summary = null!;
-            ui.Progress()
-                .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new ElapsedTimeColumn(), new RemainingTimeColumn())
-                .Start(ctx =>
-                {
-                    var task = ctx.AddTask("captioning", maxValue: Math.Max(1, images.Count));
-                    var progress = new SynchronousProgress<CaptionProgress>(r => task.Value = r.Done);
-                    summary = DatasetCaptioner.Run(folder, blip, captionOptions, datasetOptions, progress, cancellationToken);
-                    task.Value = task.MaxValue;
-                });
+            using var blip = BlipCaptioner.Load(modelDir, computeOptions);
+            var summary = cli.Bar("captioning", report => DatasetCaptioner.Run(folder, blip, captionOptions, datasetOptions,
+                new SyncProgress<CaptionProgress>(r => report(r.Done, r.Total, "")), cli.Cancellation));
             foreach (var failed in summary.Files.Where(f => f.Outcome == CaptionOutcome.Failed))
                 ui.MarkupLine($"[yellow]skipped[/] {Markup.Escape(failed.Error ?? failed.ImagePath)}");
             ui.MarkupLine($"{summary.Captioned} captioned, {summary.Kept} kept (existing captions; --overwrite replaces them), {summary.Failed} failed");
-            return Task.FromResult(summary.Failed > 0 && summary.Captioned + summary.Kept == 0 ? 1 : 0);
+            return summary.Failed > 0 && summary.Captioned + summary.Kept == 0 ? ExitCodes.Failed : ExitCodes.Ok;
         });
         return command;
-    }
-
-    /// <summary>Reports on the calling thread (Progress&lt;T&gt; would post to the thread pool, after the bar is gone).</summary>
-    private sealed class SynchronousProgress<T>(Action<T> report) : IProgress<T>
-    {
-        public void Report(T value) => report(value);
     }
 }

@@ -9,7 +9,7 @@ namespace SdLora.Cli.Commands;
 /// <summary><c>sdlora generate</c>: txt2img from the command line.</summary>
 public static class GenerateCommand
 {
-    public static Command Create()
+    public static Command Create(CliContext cli)
     {
         var prompt = new Option<string>("--prompt", "-p") { Description = "the prompt (A1111 syntax: (word:1.2), [word], BREAK, <lora:NAME:W>)", Required = true };
         var negative = new Option<string>("--negative-prompt", "-n") { Description = "what to steer away from", DefaultValueFactory = _ => "" };
@@ -28,16 +28,16 @@ public static class GenerateCommand
         var loraDir = new Option<string>("--lora-dir") { Description = "where <lora:NAME:W> tags find NAME.safetensors", DefaultValueFactory = _ => Path.Combine("models", "lora") };
         var initLatents = new Option<string?>("--init-latents") { Description = "safetensors file with tensor 'latents' [images,4,H/8,W/8] replacing the seeded noise" };
         var outDir = new Option<string>("--out") { Description = "output folder", DefaultValueFactory = _ => Path.Combine("outputs", "txt2img") };
-        var device = CliOptions.Device();
-        var dtype = CliOptions.DType();
+        var compute = new ComputeArguments();
 
         var cmd = new Command("generate", "text to image (txt2img) with CFG, samplers and LoRAs; writes PNGs with A1111 parameters")
         {
-            prompt, negative, model, config, width, height, steps, sampler, cfg, seed, batchSize, batchCount, clipSkip, lora, loraDir, initLatents, outDir, device, dtype,
+            prompt, negative, model, config, width, height, steps, sampler, cfg, seed, batchSize, batchCount, clipSkip, lora, loraDir, initLatents, outDir,
         };
+        compute.AddTo(cmd);
         cmd.SetAction(r =>
         {
-            var compute = ComputeOptions.Parse(r.GetValue(device)!, r.GetValue(dtype)!);
+            var computeOptions = compute.Read(r, cli);
             var options = new Txt2ImgOptions
             {
                 Prompt = r.GetValue(prompt)!, NegativePrompt = r.GetValue(negative)!, Width = r.GetValue(width), Height = r.GetValue(height),
@@ -46,8 +46,8 @@ public static class GenerateCommand
                 Loras = r.GetValue(lora)!.Select(ParseLora).ToList(), LoraDir = r.GetValue(loraDir)!, OutputDir = r.GetValue(outDir),
             };
             options.Validate();
-            var modelPath = CliOptions.ResolveModel(r.GetValue(model));
-            using var sd = CliProgress.Status($"loading {modelPath}", () => StableDiffusionModel.Load(modelPath, r.GetValue(config), compute));
+            var modelPath = CliOptions.ResolveModel(r.GetValue(model), cli);
+            using var sd = cli.Status($"loading {modelPath}", () => StableDiffusionModel.Load(modelPath, r.GetValue(config), computeOptions));
             string? latentsPath = r.GetValue(initLatents);
             TorchSharp.torch.Tensor? latents = null;
             if (latentsPath is not null)
@@ -58,14 +58,14 @@ public static class GenerateCommand
                 options = options with { InitialLatents = latents };
             }
             var pipeline = new Txt2ImgPipeline(sd);
-            var result = CliProgress.Bar("generating", report =>
+            var result = cli.Bar("generating", report =>
                 pipeline.Generate(options, new SyncProgress<GenerationProgress>(p =>
-                    report((p.Batch - 1) * p.Steps + p.Step, p.Batches * p.Steps, $"batch {p.Batch}/{p.Batches}")), CliCancellation.Token));
-            foreach (var w in result.Warnings) AnsiConsole.MarkupLineInterpolated($"[yellow]warning:[/] {w}");
-            foreach (var img in result.Images) AnsiConsole.MarkupLineInterpolated($"seed {img.Seed}: {img.Path}");
-            if (result.Cancelled) AnsiConsole.MarkupLineInterpolated($"[yellow]stopped[/]: {result.Images.Count} finished image(s) kept");
+                    report((p.Batch - 1) * p.Steps + p.Step, p.Batches * p.Steps, $"batch {p.Batch}/{p.Batches}")), cli.Cancellation));
+            foreach (var w in result.Warnings) cli.Warning(w);
+            foreach (var img in result.Images) cli.Console.MarkupLineInterpolated($"seed {img.Seed}: {img.Path}");
+            if (result.Cancelled) cli.Console.MarkupLineInterpolated($"[yellow]stopped[/]: {result.Images.Count} finished image(s) kept");
             latents?.Dispose();
-            return result.Cancelled ? 130 : 0;
+            return result.Cancelled ? ExitCodes.Stopped : ExitCodes.Ok;
         });
         return cmd;
     }

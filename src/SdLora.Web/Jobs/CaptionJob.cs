@@ -27,7 +27,10 @@ public sealed class CaptionJob(DataFolders folders, Datasets datasets, ServeOpti
         var dir = datasets.PathOf(a.Dataset);
         context.Progress(new JobProgress("loading BLIP", 0, 1));
         using var blip = BlipCaptioner.Load(folders.Blip, ComputeOptions.Parse(options.Device, options.DType), context.Token);
-        var summary = DatasetCaptioner.Run(dir, blip, new BlipCaptionOptions(), new DatasetCaptionOptions { Prefix = a.Prefix, Overwrite = a.Overwrite },
+        // kohya's settings (at most 75 tokens), within what the model's position table holds.
+        var defaults = new BlipCaptionOptions();
+        var captionOptions = defaults with { Generation = defaults.Generation with { MaxLength = Math.Min(defaults.Generation.MaxLength, blip.Model.Config.Text.MaxPositionEmbeddings) } };
+        var summary = DatasetCaptioner.Run(dir, blip, captionOptions, new DatasetCaptionOptions { Prefix = a.Prefix, Overwrite = a.Overwrite },
             new SyncProgress<CaptionProgress>(p =>
             {
                 context.Progress(new JobProgress("captioning", p.Done, p.Total, Path.GetFileName(p.Last.ImagePath)));

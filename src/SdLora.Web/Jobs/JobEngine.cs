@@ -65,8 +65,10 @@ public sealed class JobEngine : IHostedService, IDisposable
             ServerName = $"sdlora-{Environment.ProcessId}-{Guid.NewGuid().ToString("N")[..6]}",
             CancellationCheckInterval = TimeSpan.FromSeconds(1),
             SchedulePollingInterval = TimeSpan.FromSeconds(5),
+            // On stop, a running job's token fires at once (StopTimeout 0): training saves its state and the job goes
+            // back to the queue; it gets this long to do so before Hangfire gives up on it.
+            StopTimeout = TimeSpan.Zero,
             ShutdownTimeout = TimeSpan.FromSeconds(60),
-            StopTimeout = TimeSpan.FromSeconds(60),
             FilterProvider = _filters,
             Activator = new RunnerActivator(this),
         }, _storage, []);

@@ -78,7 +78,7 @@ public sealed class TrainJob(DataFolders folders, Datasets datasets, ModelCatalo
             var config = TrainingConfigLoader.Apply(baseConfig, values, "train settings") with
             {
                 Model = catalog.Checkpoint(a.Model).Path, Data = dataset, Output = RunDir(a.Run), OutputName = DataFolders.CheckNewName(a.Run, "run"),
-                SamplePrompts = string.IsNullOrWhiteSpace(a.SamplePrompts) ? null : samplePromptsFile, Device = options.Device, Threads = null,
+                SamplePrompts = string.IsNullOrWhiteSpace(a.SamplePrompts) ? null : samplePromptsFile, Device = options.Device,
             };
             if (string.IsNullOrWhiteSpace(config.InstancePrompt) && !Directory.EnumerateFiles(dataset, "*.txt", SearchOption.AllDirectories).Any()
                 && !Directory.EnumerateDirectories(dataset).Any(d => DreamBoothDataset.TryParseKohyaFolder(Path.GetFileName(d), out _, out _)))
@@ -99,7 +99,7 @@ public sealed class TrainJob(DataFolders folders, Datasets datasets, ModelCatalo
         TrainingConfig config;
         if (a.Resume || ours && hasState)
         {
-            config = RunFolder.ReadRunJson(Path.Combine(dir, "run.json")) with { Resume = true, Overwrite = false, Threads = null, Device = options.Device };
+            config = RunFolder.ReadRunJson(Path.Combine(dir, "run.json")) with { Resume = true, Overwrite = false, Device = options.Device };
             context.Log(a.Resume ? "resuming the run from its saved state" : "continuing after a server restart from the last saved state");
         }
         else
@@ -110,10 +110,12 @@ public sealed class TrainJob(DataFolders folders, Datasets datasets, ModelCatalo
         }
         AtomicFile.WriteAllText(marker, context.Record.Id);
 
-        // The trainer loads its own copy of the model: make room for it.
-        host.UnloadIdle();
-        var trainer = new DreamBoothLoraTrainer(config);
-        var result = trainer.Train(new SyncProgress<TrainingProgress>(p => Report(context, p)), context.Token);
+        // The session trains on the hosted model (loaded once, shared with generation) and hands it back clean.
+        var compute = ComputeOptions.Parse(config.Device, config.MixedPrecision is "bf16" or "fp16" ? config.MixedPrecision : config.Dtype);
+        context.Progress(new JobProgress("loading model", 0, 1, Path.GetFileName(config.Model)));
+        using var lease = host.Borrow(config.Model!, compute, context.Token);
+        var session = new LoraTrainingSession(config, lease.Model);
+        var result = session.Run(new SyncProgress<TrainingProgress>(p => Report(context, p)), context.Token);
 
         string? library = null;
         if (!result.Cancelled && result.LoraPath is { } lora)

@@ -27,9 +27,9 @@
       await sd.api("POST", "/api/train", body);
       location.href = `/runs/${sd.enc(body.run)}`;
     } catch (e) {
-      // The library's messages name the flag (--network-dim ...): show it next to that field.
-      const m = /--([a-z0-9-]+)/.exec(e.message);
-      const field = m && form.querySelector(`[data-flag="${m[1]}"]`);
+      // The library's messages name the setting (network-dim ...): show the message next to that field.
+      const field = [...form.querySelectorAll("[data-flag]")]
+        .find(f => new RegExp(`(^|[^a-z-])${f.dataset.flag}([^a-z-]|$)`).test(e.message));
       if (field) {
         field.querySelector(".field-error").textContent = e.message;
         field.classList.add("invalid");

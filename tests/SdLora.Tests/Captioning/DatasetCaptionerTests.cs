@@ -27,8 +27,8 @@ public sealed class DatasetCaptionerTests(TinyBlip blip) : IClassFixture<TinyBli
         using var dir = Fixtures.TempDir();
         MakeDataset(dir.Path);
         var output = new StringWriter();
-        var console = AnsiConsole.Create(new AnsiConsoleSettings { Out = new AnsiConsoleOutput(output), Ansi = AnsiSupport.No, Interactive = InteractionSupport.No });
-        var root = new RootCommand { CaptionCommand.Create(console) };
+        using var cli = SdLora.Cli.CliContext.Plain(output);
+        var root = new RootCommand { CaptionCommand.Create(cli) };
         int rc = root.Parse(["caption", dir.Path, "--model", TinyBlip.ModelDir, "--prefix", "sks dog, ", "--max-length", "20"]).Invoke();
 
         Assert.Equal(0, rc);

@@ -139,7 +139,7 @@ public class OptimizerTests
         Assert.Equal(0.99, o.Beta2);
         Assert.Equal(0.01, o.WeightDecay);
         var ex = Assert.Throws<SdLoraException>(() => OptimizerFactory.Create(cfg with { Optimizer = "AdamW", OptimizerArgs = ["momentum=0.9"] }, [new ParamGroup("u", [p], 1.0)]));
-        Assert.StartsWith("--optimizer-args 'momentum' is not a setting of AdamW", ex.Message);
+        Assert.StartsWith("optimizer-args 'momentum' is not a setting of AdamW", ex.Message);
     }
 
     [Fact]
