@@ -27,9 +27,11 @@ public sealed class Runs(DataFolders folders, JobStore store)
         }).OrderByDescending(r => r.LastJob, StringComparer.Ordinal).ToList();
     }
 
+    /// <summary>A run's files and jobs; a run whose first job is still queued has no folder yet and shows empty.</summary>
     public RunDetail Detail(string name)
     {
-        var dir = PathOf(name);
+        var dir = DataFolders.Inside(folders.Runs, name, "run", mustExist: false);
+        if (!Directory.Exists(dir) && store.All().All(j => j.Run != name)) throw new ApiException(404, $"run '{name}' not found");
         var runJson = Path.Combine(dir, "run.json");
         JsonElement? settings = File.Exists(runJson) ? JsonDocument.Parse(File.ReadAllText(runJson)).RootElement.Clone() : null;
         var samplesDir = Path.Combine(dir, "samples");
@@ -37,7 +39,7 @@ public sealed class Runs(DataFolders folders, JobStore store)
             ? Directory.EnumerateFiles(samplesDir, "*.png").Select(f => new FileInfo(f)).OrderBy(f => f.LastWriteTimeUtc).ThenBy(f => f.Name, StringComparer.Ordinal)
                 .Select(f => "samples/" + f.Name).ToList()
             : [];
-        var loras = Directory.EnumerateFiles(dir, "*.safetensors").Select(Path.GetFileName).OfType<string>().Order(StringComparer.Ordinal).ToList();
+        var loras = !Directory.Exists(dir) ? [] : Directory.EnumerateFiles(dir, "*.safetensors").Select(Path.GetFileName).OfType<string>().Order(StringComparer.Ordinal).ToList();
         var classDir = Path.Combine(dir, "class_images");
         int classImages = Directory.Exists(classDir) ? ClassImageFolder.CountExisting(classDir) : 0;
         var jobs = store.All().Where(j => j.Run == name).ToList();
@@ -46,7 +48,7 @@ public sealed class Runs(DataFolders folders, JobStore store)
 
     public IReadOnlyList<LossRow> Loss(string name, int after)
     {
-        var csv = Path.Combine(PathOf(name), "loss.csv");
+        var csv = Path.Combine(DataFolders.Inside(folders.Runs, name, "run", mustExist: false), "loss.csv");
         return File.Exists(csv) ? LossLog.Read(csv).Where(r => r.Step > after).ToList() : [];
     }
 }

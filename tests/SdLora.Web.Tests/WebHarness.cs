@@ -134,7 +134,7 @@ public static class TinyTraining
     {
         ["resolution"] = "64", ["min-bucket-reso"] = "64", ["max-bucket-reso"] = "128", ["max-train-steps"] = steps.ToString(),
         ["network-dim"] = "4", ["network-alpha"] = "2", ["learning-rate"] = "1e-3", ["text-encoder-lr"] = "1e-4", ["num-repeats"] = "1",
-        ["instance-prompt"] = "a photo of sks dog", ["class-prompt"] = classImages ? "a photo of a dog" : null, ["num-class-images"] = classImages ? "2" : null,
+        ["instance-prompt"] = "a photo of sks dog", ["class-prompt"] = classImages ? "a photo of a dog" : null, ["num-class-images"] = classImages ? "1" : null,
     };
 
     public const string SamplePrompt = "a photo of sks dog --d 1 --s 2 --w 64 --h 64";

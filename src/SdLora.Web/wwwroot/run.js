@@ -85,6 +85,8 @@
     try { await sd.api("POST", `${base}/resume`); await loadRun(); await follow(); } catch (e) { alert(e.message); }
   };
 
+  // For people and browser tests alike: how many loss points the chart holds.
+  window.sdloraRun = { lossPoints: () => data[0].length };
   makePlot();
   loadRun().then(async () => { await loadLoss(); if (job && !(job.state === "queued" || job.state === "running")) await showLog(); await follow(); });
 })();

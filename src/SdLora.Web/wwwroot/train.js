@@ -18,7 +18,7 @@
     for (const e of form.querySelectorAll(".invalid")) e.classList.remove("invalid");
     const settings = {};
     for (const el of form.elements) {
-      if (!el.name || !el.name.includes("-")) continue;  // settings are the train flags (kebab-case)
+      if (!el.name || ["run", "dataset", "model", "sample_prompts"].includes(el.name)) continue;  // the rest are train flags
       if (el.type === "checkbox") settings[el.name] = String(el.checked);
       else if (el.value.trim() !== "") settings[el.name] = el.value.trim();
     }
