@@ -51,6 +51,33 @@ public class RestartTests
     }
 
     [Fact]
+    public async Task Cancel_saves_the_training_state_and_resume_finishes_the_run()
+    {
+        await using var web = await WebHarness.Start();
+        await web.Post("/api/datasets", new { name = "dogs", instance_prompt = "a photo of sks dog", repeats = 1 }, 201);
+        await web.Client.PostAsync("/api/datasets/dogs/images", ApiTests.Photos(Directory.GetFiles(WebHarness.DogPhotos, "*.jpg").Order().Take(2)));
+        const int steps = 10;
+        var id = (await web.Post("/api/train", new { run = "stop-go", dataset = "dogs", model = "tiny-sd15", settings = TinyTraining.Settings(steps) }, 202)).GetProperty("id").GetString()!;
+        await WebHarness.Until(async () => (await web.Get("/api/runs/stop-go/loss")).GetArrayLength() >= 2, TimeSpan.FromMinutes(2), "two training steps");
+        await web.Post($"/api/jobs/{id}/cancel");
+        var cancelled = await web.WaitJob(id);
+        Assert.Equal("cancelled", cancelled.GetProperty("state").GetString());
+        Assert.True(cancelled.GetProperty("result").GetProperty("cancelled").GetBoolean());
+        int stoppedAt = cancelled.GetProperty("result").GetProperty("steps").GetInt32();
+        Assert.InRange(stoppedAt, 2, steps - 1);
+        Assert.True((await web.Get("/api/runs/stop-go")).GetProperty("has_state").GetBoolean());
+
+        var resumed = await web.Post("/api/runs/stop-go/resume", expect: 202);
+        var done = await web.WaitJob(resumed.GetProperty("id").GetString()!);
+        Assert.True(done.GetProperty("state").GetString() == "succeeded", done.ToString());
+        Assert.Equal(steps, done.GetProperty("result").GetProperty("steps").GetInt32());
+        Assert.Equal(Enumerable.Range(1, steps), (await web.Get("/api/runs/stop-go/loss")).EnumerateArray().Select(r => r.GetProperty("step").GetInt32()));
+        Assert.Contains($"resuming at step {stoppedAt}", await web.Client.GetStringAsync($"/api/jobs/{resumed.GetProperty("id").GetString()}/log"));
+        var openapi = await web.Get("/openapi/v1.json");
+        Assert.True(openapi.GetProperty("paths").TryGetProperty("/api/runs/{name}/resume", out _));
+    }
+
+    [Fact]
     public async Task The_job_history_survives_a_restart()
     {
         var data = Path.Combine(Path.GetTempPath(), "sdlora-history-" + Guid.NewGuid().ToString("N")[..8]);

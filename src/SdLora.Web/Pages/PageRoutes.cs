@@ -55,7 +55,7 @@ public static class PageRoutes
                 <label>Height<input name="height" type="number" step="8" min="64" max="2048" value="512"></label>
               </div>
               <div class="row">
-                <label>Seed<span class="inline"><input name="seed" type="number" value="-1"><button type="button" id="seed-random" title="a new random seed each time (-1)">Random</button><button type="button" id="seed-last" title="the last image's seed">Last</button></span></label>
+                <label class="wide">Seed<span class="inline"><input name="seed" type="number" value="-1"><button type="button" id="seed-random" title="a new random seed each time (-1)">Random</button><button type="button" id="seed-last" title="the last image's seed">Last</button></span></label>
                 <label>Batch size<input name="batch_size" type="number" min="1" max="16" value="1"></label>
                 <label>Batch count<input name="n_iter" type="number" min="1" max="100" value="1"></label>
                 <label>Clip skip<input name="clip_skip" type="number" min="1" max="12" value="1"></label>

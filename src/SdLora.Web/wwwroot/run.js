@@ -11,7 +11,7 @@
     plot = new uPlot({
       width: Math.max(300, el.clientWidth), height: 280,
       scales: { x: { time: false } },
-      axes: [{ label: "step", stroke: "#9aa4b2", grid: { stroke: "#2a3140" } }, { label: "loss", stroke: "#9aa4b2", grid: { stroke: "#2a3140" }, size: 60 }],
+      axes: [{ label: "step", stroke: "#9aa4b2", grid: { stroke: "#2a3140" }, incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000] }, { label: "loss", stroke: "#9aa4b2", grid: { stroke: "#2a3140" }, size: 60 }],
       series: [{ label: "step" }, { label: "loss", stroke: "rgba(110,168,254,0.55)", width: 1 }, { label: "smoothed", stroke: "#f59e0b", width: 2 }],
     }, data, el);
     window.addEventListener("resize", () => plot.setSize({ width: Math.max(300, el.clientWidth), height: 280 }));
