@@ -1,5 +1,6 @@
 using System.CommandLine;
 using SdLora.Captioning;
+using SdLora.IO;
 using Spectre.Console;
 
 namespace SdLora.Cli.Commands;
@@ -57,6 +58,11 @@ public static class CaptionCommand
             var captionOptions = new BlipCaptionOptions { Prompt = parse.GetValue(prompt) ?? "", Generation = generation, Seed = parse.GetValue(seed) };
             var modelDir = parse.GetValue(model) ?? BlipCaptioner.DefaultModelFolder();
             var images = DatasetCaptioner.FindImages(folder);
+            // Before BLIP loads: nothing to caption, or nowhere to write captions, is the user's to fix now.
+            if (images.Count == 0)
+                throw new SdLoraException($"{folder}: holds no images ({string.Join(", ", SdLora.Imaging.RgbImage.SupportedExtensions)}); pass the folder with your training photos");
+            foreach (var imageFolder in images.Select(Path.GetDirectoryName).Distinct())
+                OutputPath.EnsureWritableFolder(imageFolder!, "caption files");
             BlipCaptioner.EnsureModelFolder(modelDir);
             var computeOptions = compute.Read(parse, cli);
 

@@ -73,7 +73,7 @@ public static class DemoCommand
         bool previousDemo = RunFolder.HoldsRun(folder);
         if (previousDemo && !IsDemoRun(folder))
             throw new SdLoraException($"--out {output} holds a training run that is not a demo (the demo replaces only its own runs): choose another folder with --out");
-        RunFolder.EnsureWritable(folder, $"--out {output}");
+        OutputPath.CheckFolder(output, [data], "demo output folder");
 
         var prompts = Path.Combine(folder, "sample_prompts.txt");
         AtomicFile.WriteAllText(prompts, "# kohya-style sample prompts: --n negative, --w/--h size, --d seed, --l cfg, --s steps\n" +

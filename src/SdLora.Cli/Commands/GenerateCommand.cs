@@ -1,5 +1,6 @@
 using System.CommandLine;
 using SdLora.IO;
+using SdLora.Lora;
 using SdLora.Pipelines;
 using SdLora.Sampling;
 using Spectre.Console;
@@ -27,7 +28,7 @@ public static class GenerateCommand
         var lora = new Option<string[]>("--lora") { Description = "LoRA file PATH[:WEIGHT] (repeatable)", AllowMultipleArgumentsPerToken = false, DefaultValueFactory = _ => [] };
         var loraDir = new Option<string>("--lora-dir") { Description = "where <lora:NAME:W> tags find NAME.safetensors", DefaultValueFactory = _ => Path.Combine("models", "lora") };
         var initLatents = new Option<string?>("--init-latents") { Description = "safetensors file with tensor 'latents' [images,4,H/8,W/8] replacing the seeded noise" };
-        var outDir = new Option<string>("--out") { Description = "output folder", DefaultValueFactory = _ => Path.Combine("outputs", "txt2img") };
+        var outDir = CliOptions.Out("output folder (images are numbered, never replaced)", Path.Combine("outputs", "txt2img"));
         var compute = new ComputeArguments();
 
         var cmd = new Command("generate", "text to image (txt2img) with CFG, samplers and LoRAs; writes PNGs with A1111 parameters")
@@ -43,9 +44,13 @@ public static class GenerateCommand
                 Prompt = r.GetValue(prompt)!, NegativePrompt = r.GetValue(negative)!, Width = r.GetValue(width), Height = r.GetValue(height),
                 Steps = r.GetValue(steps), Sampler = r.GetValue(sampler)!, CfgScale = r.GetValue(cfg), Seed = r.GetValue(seed),
                 BatchSize = r.GetValue(batchSize), BatchCount = r.GetValue(batchCount), ClipSkip = r.GetValue(clipSkip),
-                Loras = r.GetValue(lora)!.Select(ParseLora).ToList(), LoraDir = r.GetValue(loraDir)!, OutputDir = r.GetValue(outDir),
+                Loras = r.GetValue(lora)!.Select(LoraUse.Parse).ToList(), LoraDir = r.GetValue(loraDir)!, OutputDir = r.GetValue(outDir),
             };
             options.Validate();
+            // Before the model loads and sampling starts: an unwritable --out must not cost the run.
+            OutputPath.CheckFolder(options.OutputDir!, what: "image folder");
+            foreach (var l in options.Loras)
+                if (!File.Exists(l.Path)) throw new SdLoraException($"LoRA {l.Path} not found; check the path (or use <lora:NAME:WEIGHT> with NAME.safetensors in --lora-dir)");
             var modelPath = CliOptions.ResolveModel(r.GetValue(model), cli);
             using var sd = cli.Status($"loading {modelPath}", () => StableDiffusionModel.Load(modelPath, r.GetValue(config), computeOptions));
             string? latentsPath = r.GetValue(initLatents);
@@ -68,14 +73,5 @@ public static class GenerateCommand
             return result.Cancelled ? ExitCodes.Stopped : ExitCodes.Ok;
         });
         return cmd;
-    }
-
-    private static LoraUse ParseLora(string spec)
-    {
-        // PATH[:WEIGHT]; a Windows drive letter or a colon inside the path is kept when the tail is not a number.
-        int i = spec.LastIndexOf(':');
-        if (i > 0 && double.TryParse(spec[(i + 1)..], System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out var w))
-            return new LoraUse(spec[..i], w);
-        return new LoraUse(spec, 1.0);
     }
 }

@@ -53,16 +53,17 @@ public static class LoraCommands
 
     private static Command Merge(CliContext cli)
     {
-        var model = new Option<string>("--model") { Description = "diffusers model folder or single-file checkpoint", Required = true };
-        var loras = new Option<string[]>("--lora") { Description = "LoRA file, optionally with a weight: FILE[:W] (repeatable)", Required = true, AllowMultipleArgumentsPerToken = false };
-        var output = new Option<string>("--out") { Description = "output folder (diffusers input) or file (single-file input)", Required = true };
+        var model = new Option<string>("--model", "-m") { Description = "diffusers model folder or single-file checkpoint (.safetensors or .ckpt)", Required = true };
+        var loras = new Option<string[]>("--lora") { Description = "LoRA file, optionally with a weight: PATH[:WEIGHT] (repeatable)", Required = true, AllowMultipleArgumentsPerToken = false };
+        var output = CliOptions.Out("output folder (diffusers input) or .safetensors file (single-file input)");
+        var overwrite = CliOptions.Overwrite();
         var fp16 = new Option<bool>("--fp16") { Description = "store the merged weights as fp16" };
-        var cmd = new Command("merge", "merge LoRA files into a checkpoint (written atomically, in the input's layout)") { model, loras, output, fp16 };
+        var cmd = new Command("merge", "merge LoRA files into a checkpoint (written atomically, in the input's layout)") { model, loras, output, overwrite, fp16 };
         cmd.SetAction(r =>
         {
-            var specs = r.GetValue(loras)!.Select(LoraWeightSpec.Parse).ToList();
-            var report = LoraCheckpointMerge.Merge(r.GetValue(model)!, specs, r.GetValue(output)!, r.GetValue(fp16),
-                new Progress<string>(s => cli.Console.MarkupLine($"[grey]{Markup.Escape(s)}[/]")), cli.Cancellation);
+            var specs = r.GetValue(loras)!.Select(LoraUse.Parse).ToList();
+            var report = LoraCheckpointMerge.Merge(r.GetValue(model)!, specs, r.GetValue(output)!, r.GetValue(fp16), r.GetValue(overwrite),
+                new SyncProgress<string>(s => cli.Console.MarkupLine($"[grey]{Markup.Escape(s)}[/]")), cli.Cancellation);
             foreach (var m in report.Matches)
             {
                 cli.Console.MarkupLine($"{Markup.Escape(m.File)}: {m.Matched.Count} modules merged");
@@ -76,14 +77,15 @@ public static class LoraCommands
 
     private static Command Extract(CliContext cli)
     {
-        var baseModel = new Option<string>("--base") { Description = "original model (diffusers folder)", Required = true };
-        var tuned = new Option<string>("--tuned") { Description = "fine-tuned model (diffusers folder)", Required = true };
+        var baseModel = new Option<string>("--base") { Description = "original model: diffusers folder or single-file checkpoint (.safetensors or .ckpt)", Required = true };
+        var tuned = new Option<string>("--tuned") { Description = "fine-tuned model: diffusers folder or single-file checkpoint (.safetensors or .ckpt)", Required = true };
         var rank = new Option<int>("--rank") { Description = "LoRA rank", DefaultValueFactory = _ => 4 };
         var convRank = new Option<int?>("--conv-rank") { Description = "rank for 3x3 convs (default: no conv LoRA)" };
         var clamp = new Option<double>("--clamp-quantile") { Description = "clamp factors at this quantile (kohya 0.99; 1 = off)", DefaultValueFactory = _ => 0.99 };
         var fp32 = new Option<bool>("--fp32") { Description = "save fp32 instead of fp16" };
-        var output = new Option<string>("--out") { Description = "output LoRA .safetensors", Required = true };
-        var cmd = new Command("extract", "extract a LoRA from the difference of two models (SVD, as kohya's extract_lora_from_models)") { baseModel, tuned, rank, convRank, clamp, fp32, output };
+        var output = CliOptions.Out("output LoRA .safetensors");
+        var overwrite = CliOptions.Overwrite();
+        var cmd = new Command("extract", "extract a LoRA from the difference of two models (SVD, as kohya's extract_lora_from_models)") { baseModel, tuned, rank, convRank, clamp, fp32, output, overwrite };
         cmd.SetAction(r =>
         {
             using var a = LoraModelSource.Open(r.GetValue(baseModel)!);
@@ -93,7 +95,8 @@ public static class LoraCommands
                 Rank = r.GetValue(rank), ConvRank = r.GetValue(convRank), ClampQuantile = r.GetValue(clamp),
                 SaveDType = r.GetValue(fp32) ? torch.ScalarType.Float32 : torch.ScalarType.Float16, SdModelName = Path.GetFileName(r.GetValue(baseModel)),
             };
-            var reports = LoraSvd.ExtractToFile(a, b, r.GetValue(output)!, options, null, cli.Cancellation);
+            var reports = LoraSvd.ExtractToFile(a, b, r.GetValue(output)!, options, r.GetValue(overwrite),
+                new SyncProgress<string>(s => cli.Console.MarkupLine($"[grey]{Markup.Escape(s)}[/]")), cli.Cancellation);
             PrintReports(cli, reports);
             cli.Console.MarkupLine($"wrote {Markup.Escape(r.GetValue(output)!)} ({reports.Count} modules)");
             return ExitCodes.Ok;
@@ -108,8 +111,9 @@ public static class LoraCommands
         var convRank = new Option<int?>("--conv-rank") { Description = "new rank for 3x3 conv modules (default: --rank)" };
         var dynamic = new Option<string?>("--dynamic") { Description = "METHOD:VALUE with METHOD sv_ratio, sv_fro or sv_cumulative (e.g. sv_fro:0.9)" };
         var fp32 = new Option<bool>("--fp32") { Description = "save fp32 instead of fp16" };
-        var output = new Option<string>("--out") { Description = "output LoRA .safetensors", Required = true };
-        var cmd = new Command("resize", "re-factorise a LoRA to another rank by SVD (as kohya's resize_lora), reporting retained energy") { file, rank, convRank, dynamic, fp32, output };
+        var output = CliOptions.Out("output LoRA .safetensors");
+        var overwrite = CliOptions.Overwrite();
+        var cmd = new Command("resize", "re-factorise a LoRA to another rank by SVD (as kohya's resize_lora), reporting retained energy") { file, rank, convRank, dynamic, fp32, output, overwrite };
         cmd.SetAction(r =>
         {
             var options = new LoraResizeOptions { Rank = r.GetValue(rank), ConvRank = r.GetValue(convRank), SaveDType = r.GetValue(fp32) ? torch.ScalarType.Float32 : torch.ScalarType.Float16 };
@@ -120,7 +124,7 @@ public static class LoraCommands
                     throw new SdLoraException($"--dynamic '{d}': write METHOD:VALUE, e.g. sv_fro:0.9");
                 options = options with { Method = LoraResizeOptions.ParseMethod(parts[0]), Parameter = p };
             }
-            var reports = LoraSvd.ResizeFile(r.GetValue(file)!, r.GetValue(output)!, options, cli.Cancellation);
+            var reports = LoraSvd.ResizeFile(r.GetValue(file)!, r.GetValue(output)!, options, r.GetValue(overwrite), cli.Cancellation);
             PrintReports(cli, reports);
             cli.Console.MarkupLine($"wrote {Markup.Escape(r.GetValue(output)!)}; mean Frobenius retained {reports.Average(x => x.FrobeniusRetained):P2}");
             return ExitCodes.Ok;

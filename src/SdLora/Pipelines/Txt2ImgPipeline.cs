@@ -8,12 +8,6 @@ using static TorchSharp.torch;
 
 namespace SdLora.Pipelines;
 
-/// <summary>
-/// A LoRA to apply while generating: a file and its weight (A1111's <c>&lt;lora:name:weight&gt;</c>); an optional
-/// separate UNet weight (<c>&lt;lora:name:te:unet&gt;</c>), else the UNet uses <see cref="Weight"/> too.
-/// </summary>
-public sealed record LoraUse(string Path, double Weight = 1.0, double? UNetWeight = null);
-
 /// <summary>What to generate. Defaults follow AUTOMATIC1111's txt2img tab.</summary>
 public sealed record Txt2ImgOptions
 {

@@ -139,7 +139,7 @@ public sealed class LoraTrainingSession
     private void Prepare()
     {
         var c = _c;
-        _run = RunFolder.Prepare(c.Output!, c.Resume, c.Overwrite);
+        _run = RunFolder.Prepare(c.Output!, c.Resume, c.Overwrite, [c.Data, c.RegData, c.Model]);
         if (_run.IsResume)
         {
             _resumed = TrainingStateStore.Read(_run);

@@ -55,53 +55,42 @@ public sealed class RunFolder
         || File.Exists(System.IO.Path.Combine(path, "loss.csv")) && Directory.EnumerateFiles(path, "*.safetensors").Any());
 
     /// <summary>
-    /// Makes <paramref name="output"/> ready for a run, before any expensive work: refuses a file or a folder holding
-    /// another run (unless <paramref name="resume"/> or <paramref name="overwrite"/>), creates the folder, proves it is
-    /// writable, and clears what a replaced or never-saved run left (class images and the latent cache are kept).
+    /// Makes <paramref name="output"/> ready for a run, before any expensive work: refuses a file, one of the run's
+    /// <paramref name="inputs"/>, or a folder holding another run (unless <paramref name="resume"/> or
+    /// <paramref name="overwrite"/>); creates the folder and proves it writable (<see cref="OutputPath.CheckFolder"/>);
+    /// clears what a replaced or never-saved run left (class images and the latent cache are kept).
     /// </summary>
-    public static RunFolder Prepare(string output, bool resume, bool overwrite)
+    /// <param name="inputs">Files and folders the run reads (data, model): the output may not be one of them.</param>
+    public static RunFolder Prepare(string output, bool resume, bool overwrite, IEnumerable<string?>? inputs = null)
     {
         if (resume && overwrite) throw Error("overwrite", "resume and overwrite exclude each other: resume continues the run in the output folder, overwrite discards it");
         var path = System.IO.Path.GetFullPath(output);
         if (File.Exists(path)) throw Error("output", $"output {output} is a file: give a folder (it is created if missing)");
-        bool holds = HoldsRun(path);
         if (resume)
         {
             if (!HasSavedState(path))
                 throw Error("resume", $"resume: {output} has no saved training state (state/ is missing or empty" +
                     (File.Exists(System.IO.Path.Combine(path, "run.json")) ? "; the last run there stopped before its first save" : "") +
                     "): start without resume to train from the beginning");
-            EnsureWritable(path, $"output {output}");
+            CheckWritable(output, inputs);
             return new RunFolder(path, true);
         }
+        bool holds = HoldsRun(path);
         if (holds && !overwrite)
             throw Error("output", HasSavedState(path)
                 ? $"output {output} already holds a training run with saved state: set resume to continue it or overwrite to replace it, or choose another output folder"
                 : $"output {output} already holds a trained LoRA with its loss.csv: set overwrite to replace it, or choose another output folder");
-        EnsureWritable(path, $"output {output}");
+        CheckWritable(output, inputs);
         if (holds) Clear(path);
         else if (File.Exists(System.IO.Path.Combine(path, "run.json"))) ClearUnsavedRun(path);
         return new RunFolder(path, false);
     }
 
-    /// <summary>
-    /// Creates the folder and writes and deletes a probe file in it, so a read-only or impossible location fails now,
-    /// with one line, rather than after hours of work.
-    /// </summary>
-    /// <param name="label">How the message names the location, e.g. <c>output runs/dog</c>.</param>
-    public static void EnsureWritable(string path, string label)
+    // The rule every writer follows (never an input; created and probed now, so an impossible location fails in a second).
+    private static void CheckWritable(string output, IEnumerable<string?>? inputs)
     {
-        try
-        {
-            Directory.CreateDirectory(path);
-            var probe = System.IO.Path.Combine(path, $".sdlora-write-test-{Environment.ProcessId}-{Guid.NewGuid():N}");
-            File.WriteAllBytes(probe, []);
-            File.Delete(probe);
-        }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException or NotSupportedException or ArgumentException)
-        {
-            throw Error("output", $"{label}: cannot write there ({e.Message.TrimEnd('.')}): choose a folder you can write to");
-        }
+        try { OutputPath.CheckFolder(output, inputs, "output folder"); }
+        catch (SdLoraException e) { throw new SdLoraException(e.Message, e) { Setting = "output" }; }
     }
 
     // Removes what a run writes, but keeps class images and latents, which stay valid and are costly to redo.

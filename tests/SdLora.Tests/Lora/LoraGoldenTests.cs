@@ -106,7 +106,7 @@ public class LoraGoldenTests(TinyModels models) : IClassFixture<TinyModels>
         using var tmp = Fixtures.TempDir();
         var merged = tmp.File("merged.safetensors");
         File.Copy(Fixtures.Golden("tiny-sd15-ldm.yaml"), tmp.File("merged.yaml"));
-        LoraCheckpointMerge.Merge(Fixtures.Golden("tiny-sd15-ldm.safetensors"), [new LoraWeightSpec(LoraPath, 1.0)], merged);
+        LoraCheckpointMerge.Merge(Fixtures.Golden("tiny-sd15-ldm.safetensors"), [new LoraUse(LoraPath, 1.0)], merged);
         using (var src = SdLora.IO.SafetensorsFile.Open(Fixtures.Golden("tiny-sd15-ldm.safetensors")))
         using (var dst = SdLora.IO.SafetensorsFile.Open(merged))
             Assert.Equal(src.Keys.OrderBy(k => k, StringComparer.Ordinal), dst.Keys.OrderBy(k => k, StringComparer.Ordinal));

@@ -88,12 +88,17 @@ public class RunFolderTests
         File.WriteAllText(tmp.File("a-file"), "x");
         var inside = Path.Combine(tmp.File("a-file"), "run");
         var ex = Assert.Throws<SdLoraException>(() => RunFolder.Prepare(inside, resume: false, overwrite: false));
-        Assert.StartsWith($"output {inside}: cannot write there (", ex.Message);
-        Assert.EndsWith("): choose a folder you can write to", ex.Message);
+        Assert.StartsWith($"{inside}: cannot write the output folder there (", ex.Message);
+        Assert.EndsWith("); choose a folder you can write to", ex.Message);
+        Assert.Equal("output", ex.Setting);
         Assert.DoesNotContain('\n', ex.Message);
         var file = Assert.Throws<SdLoraException>(() => RunFolder.Prepare(tmp.File("a-file"), resume: false, overwrite: false));
         Assert.Equal($"output {tmp.File("a-file")} is a file: give a folder (it is created if missing)", file.Message);
         Assert.Empty(Directory.GetFiles(tmp.Path, ".sdlora-write-test*"));
+        var data = tmp.File("photos");
+        Directory.CreateDirectory(data);
+        var input = Assert.Throws<SdLoraException>(() => RunFolder.Prepare(data, resume: false, overwrite: false, [data]));
+        Assert.Contains("is the input", input.Message);
     }
 
     [Fact]

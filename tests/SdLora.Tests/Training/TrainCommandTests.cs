@@ -109,7 +109,7 @@ public class TrainCommandTests
         TrainingTestData.CopyPhotos("dog", tmp.File("data"), 1);
         var run = CliRunner.Run("train", "--data", tmp.File("data"), "--instance-prompt", "sks dog", "--out", Path.Combine(tmp.File("file"), "run"));
         Assert.Equal(2, run.ExitCode);
-        Assert.Contains("cannot write there", run.Err);
+        Assert.Contains("cannot write the output folder there", run.Err);
         Assert.DoesNotContain("loading", run.Out);
         Assert.False(CliRunner.HasStackTrace(run.Err), run.ToString());
     }
