@@ -62,6 +62,7 @@ public class RestartTests
         await web.Post($"/api/jobs/{id}/cancel");
         var cancelled = await web.WaitJob(id);
         Assert.Equal("cancelled", cancelled.GetProperty("state").GetString());
+        Assert.True(cancelled.TryGetProperty("result", out _), await web.Client.GetStringAsync($"/api/jobs/{id}/log"));
         Assert.True(cancelled.GetProperty("result").GetProperty("cancelled").GetBoolean());
         int stoppedAt = cancelled.GetProperty("result").GetProperty("steps").GetInt32();
         Assert.InRange(stoppedAt, 2, steps - 1);

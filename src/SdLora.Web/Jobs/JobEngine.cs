@@ -83,6 +83,12 @@ public sealed class JobEngine : IHostedService, IDisposable
     private void RecoverInterruptedJobs()
     {
         using var connection = _storage!.GetConnection();
+        // A record written just before a crash, before the engine took the job: it never ran and never will.
+        foreach (var record in _store.All().Where(r => !JobStates.IsFinal(r.State) && r.EngineId is null))
+        {
+            _store.Update(record.Id, r => r with { State = JobStates.Failed, Finished = DateTimeOffset.UtcNow, Error = "the server stopped before this job was queued; start it again" });
+            _store.Append(record.Id, "state", JobStates.Failed);
+        }
         foreach (var record in _store.All().Where(r => !JobStates.IsFinal(r.State) && r.EngineId is not null))
         {
             var state = connection.GetStateData(record.EngineId!)?.Name;
@@ -129,7 +135,9 @@ public sealed class JobEngine : IHostedService, IDisposable
     /// <summary>What a job shows: the record's final state, else the engine's (queued or running).</summary>
     public string State(JobRecord record)
     {
-        if (JobStates.IsFinal(record.State) || record.EngineId is null || _storage is null) return record.State;
+        // A running job's runner writes its final state (and result) itself: until then it is running, even when
+        // Hangfire already shows the job deleted (cancel) while it saves its state.
+        if (JobStates.IsFinal(record.State) || record.State == JobStates.Running || record.EngineId is null || _storage is null) return record.State;
         using var connection = _storage.GetConnection();
         var name = connection.GetStateData(record.EngineId)?.Name;
         if (name == ProcessingState.StateName) return JobStates.Running;

@@ -5,14 +5,13 @@ namespace SdLora.Pipelines;
 
 /// <summary>
 /// A1111-style output names, <c>00012-&lt;seed&gt;.png</c>: numbered after the highest existing number, never overwriting.
-/// Numbers are unique even when several writers (threads, jobs, processes) save into one folder at once: the next
-/// number is taken while holding an exclusive lock file in the folder, and claimed by creating the file.
+/// Numbers are unique even when several writers (threads, jobs, processes on this machine) save into one folder at
+/// once: the next number is taken while holding an exclusive lock on a file named after the folder (in the temp
+/// folder, so the output folder holds only images), and claimed by creating the image file.
 /// </summary>
 public static class OutputNaming
 {
     private static readonly Regex Numbered = new(@"^(\d{5,})-", RegexOptions.Compiled);
-    /// <summary>Hidden lock file that serialises numbering in one folder.</summary>
-    public const string LockFileName = ".sdlora-numbering.lock";
 
     public static int NextNumber(string directory)
     {
@@ -50,7 +49,8 @@ public static class OutputNaming
     // handles in this process and in other processes alike.
     private static FileStream AcquireLock(string directory, CancellationToken ct)
     {
-        var lockPath = Path.Combine(directory, LockFileName);
+        var key = Convert.ToHexString(System.Security.Cryptography.SHA256.HashData(System.Text.Encoding.UTF8.GetBytes(Path.GetFullPath(directory))))[..16];
+        var lockPath = Path.Combine(Path.GetTempPath(), $"sdlora-numbering-{key}.lock");
         var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(30);
         for (int attempt = 0; ; attempt++)
         {
@@ -65,7 +65,7 @@ public static class OutputNaming
             }
             catch (IOException e)
             {
-                throw new SdLoraException($"{lockPath}: could not take the numbering lock within 30 s ({e.Message}); is another program holding it?");
+                throw new SdLoraException($"{directory}: could not take its numbering lock ({lockPath}) within 30 s ({e.Message}); is another program holding it?");
             }
         }
     }

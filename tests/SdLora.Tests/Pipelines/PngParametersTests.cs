@@ -72,5 +72,6 @@ public class PngParametersTests
         Assert.Equal(80, numbers.Count);
         Assert.Equal(80, numbers.Distinct().Count());
         Assert.Equal(Enumerable.Range(0, 80).Select(n => n.ToString("D5")), numbers.Order());
+        Assert.Equal(80, Directory.GetFiles(tmp.Path).Length); // the folder holds the images and nothing else
     }
 }
