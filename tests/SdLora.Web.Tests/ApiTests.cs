@@ -49,6 +49,24 @@ public class ApiTests(SharedServer server) : IClassFixture<SharedServer>
         return error;
     }
 
+    [Theory]
+    [InlineData("/generate", "Generate")]
+    [InlineData("/datasets", "Datasets")]
+    [InlineData("/train", "Train a LoRA")]
+    [InlineData("/models", "tiny-sd15")]
+    [InlineData("/jobs", "Jobs")]
+    [InlineData("/static/lib/uPlot.iife.min.js", "uPlot")]
+    public async Task Pages_render_on_the_server(string url, string contains)
+    {
+        var r = await Web.Client.GetAsync(url);
+        Assert.Equal(HttpStatusCode.OK, r.StatusCode);
+        Assert.Contains(contains, await r.Content.ReadAsStringAsync());
+        var job = await Web.Post("/api/generate", new { prompt = "page <b>", steps = 1, width = 64, height = 64 }, 202);
+        var page = await Web.Client.GetStringAsync($"/jobs/{job.GetProperty("id").GetString()}");
+        Assert.Contains("page &lt;b&gt;", page); // request text is encoded, never markup
+        await Web.WaitJob(job.GetProperty("id").GetString()!);
+    }
+
     [Fact]
     public async Task Models_list_the_checkpoint_with_what_model_inspect_says()
     {
