@@ -35,6 +35,7 @@ public class DocsCommandsTests
     /// <summary>Command prefixes not run, with why.</summary>
     private static readonly Dictionary<string, string> NotRunHerePrefixes = new()
     {
+        ["sdlora serve"] = "starts a server that runs until it is stopped; tests/SdLora.Web.Tests start the same server in-process and drive it (API and a real Chromium)",
         ["sdlora bench "] = "benchmarks build full-size SD1.5 networks (GBs of memory, minutes per step on a CPU) and print numbers, not files",
     };
 
