@@ -63,10 +63,12 @@ public static class SdLoraServer
         builder.Services.AddSingleton<Runs>();
         builder.Services.AddSingleton<GenerateJob>();
         builder.Services.AddSingleton<CaptionJob>();
+        builder.Services.AddSingleton<MergeJob>();
         builder.Services.AddSingleton<TrainJob>();
         builder.Services.AddSingleton<IJobHandler>(sp => sp.GetRequiredService<GenerateJob>());
         builder.Services.AddSingleton<IJobHandler>(sp => sp.GetRequiredService<CaptionJob>());
         builder.Services.AddSingleton<IJobHandler>(sp => sp.GetRequiredService<TrainJob>());
+        builder.Services.AddSingleton<IJobHandler>(sp => sp.GetRequiredService<MergeJob>());
         builder.Services.AddSingleton<JobEngine>();
         builder.Services.AddHostedService(sp => sp.GetRequiredService<JobEngine>());
         configure?.Invoke(builder);

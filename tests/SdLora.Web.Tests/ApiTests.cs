@@ -105,6 +105,35 @@ public class ApiTests(SharedServer server) : IClassFixture<SharedServer>
     }
 
     [Fact]
+    public async Task Merge_job_writes_a_new_checkpoint_that_lists_and_generates_and_refuses_bad_requests()
+    {
+        var loraDir = Path.Combine(Web.DataDir, "models", "lora");
+        Directory.CreateDirectory(loraDir);
+        File.Copy(Path.Combine(WebHarness.RepoRoot, "tests", "SdLora.Tests", "data", "golden", "lora_kohya_tiny.safetensors"), Path.Combine(loraDir, "tinylora.safetensors"), true);
+
+        await Web.Post("/api/merge", new { name = "../evil", loras = new[] { new { name = "tinylora", weight = 0.5 } }, model = "tiny-sd15" }, 400);
+        await Web.Post("/api/merge", new { name = "merged", loras = new[] { new { name = "nope", weight = 0.5 } }, model = "tiny-sd15" }, 404);
+        await Web.Post("/api/merge", new { name = "merged", loras = Array.Empty<object>(), model = "tiny-sd15" }, 400);
+
+        var job = await Web.Post("/api/merge", new { name = "tiny-merged", loras = new[] { new { name = "tinylora", weight = 0.5 } }, model = "tiny-sd15", fp16 = false }, 202);
+        var done = await Web.WaitJob(job.GetProperty("id").GetString()!);
+        Assert.Equal("succeeded", done.GetProperty("state").GetString());
+        var result = done.GetProperty("result");
+        Assert.Equal("tiny-merged", result.GetProperty("checkpoint").GetString());
+        Assert.True(result.GetProperty("layers_changed").GetInt32() > 0);
+        Assert.Empty(result.GetProperty("unmatched").EnumerateArray());
+        Assert.True(File.Exists(Path.Combine(Web.DataDir, "models", "checkpoints", "tiny-merged", "unet", "diffusion_pytorch_model.safetensors")));
+
+        var models = await Web.Get("/api/models");
+        Assert.Contains(models.EnumerateArray(), m => m.GetProperty("name").GetString() == "tiny-merged" && m.GetProperty("usable").GetBoolean());
+        // A second merge under the same name would replace the user's checkpoint: refused.
+        await Web.Post("/api/merge", new { name = "tiny-merged", loras = new[] { new { name = "tinylora", weight = 1.0 } }, model = "tiny-sd15" }, 409);
+
+        var gen = await Web.Post("/api/generate", new { prompt = "a dog", steps = 1, width = 64, height = 64, seed = 1, model = "tiny-merged" }, 202);
+        Assert.Equal("succeeded", (await Web.WaitJob(gen.GetProperty("id").GetString()!)).GetProperty("state").GetString());
+    }
+
+    [Fact]
     public async Task A1111_txt2img_answers_with_base64_pngs_parameters_and_info()
     {
         var r = await Web.Post("/sdapi/v1/txt2img", new

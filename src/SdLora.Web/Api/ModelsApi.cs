@@ -2,6 +2,7 @@ using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Http;
 using SdLora.Checkpoints;
 using SdLora.Lora;
+using SdLora.Web.Jobs;
 
 namespace SdLora.Web.Api;
 
@@ -57,6 +58,13 @@ public static class ModelsApi
         {
             c.InspectLora(name);
             return Files.Serve(c.Loras().First(l => l.Name == name).Path, download: true);
+        });
+        // lora merge as a job: the LoRAs merged into a checkpoint, written as a new checkpoint in the models folder.
+        models.MapPost("/merge", (MergeArgs args, MergeJob merge, JobEngine engine) =>
+        {
+            var a = merge.Check(args);
+            var job = engine.Enqueue(MergeJob.TypeName, $"merge {string.Join(", ", a.Loras.Select(l => l.Name))} into {a.Model}", a);
+            return Results.Accepted($"/api/jobs/{job.Id}", JobsApi.View(engine, job));
         });
         models.MapGet("/blip", (ModelCatalog c, DataFolders f) => new { available = c.HasBlip, folder = f.Blip });
     }
