@@ -5,13 +5,13 @@ namespace SdLora.Tests.Cli;
 
 public class CaptionCommandTests
 {
-    private static string TinyBlip => Fixtures.Golden("blip/model");
+    private static string TinyBlip => Fixtures.CopiedSet("blip/model");
 
     private static string Photos(TempDir dir)
     {
         var photos = Path.Combine(dir.Path, "photos");
         Directory.CreateDirectory(photos);
-        File.Copy(Fixtures.Golden("blip/image_a.png"), Path.Combine(photos, "a.png"));
+        File.Copy(Fixtures.CopiedSet("blip/image_a.png"), Path.Combine(photos, "a.png"));
         return photos;
     }
 
