@@ -6,9 +6,9 @@ namespace SdLora.Tests.Pipelines;
 
 public class ModelHostTests
 {
-    private static string Tiny => Fixtures.Golden("tiny-sd15");
-    private static string TinyLdm => Fixtures.Golden("tiny-sd15-ldm.safetensors");
-    private static string LoraPath => Fixtures.Golden("lora_kohya_tiny.safetensors");
+    private static string Tiny => Fixtures.CopiedSet("tiny-sd15");
+    private static string TinyLdm => Fixtures.CopiedSet("tiny-sd15-ldm.safetensors");
+    private static string LoraPath => Fixtures.CopiedSet("lora_kohya_tiny.safetensors");
 
     private static Txt2ImgOptions Small => new() { Prompt = "a dog", Width = 64, Height = 64, Steps = 2, Sampler = "Euler", Seed = 3 };
 
