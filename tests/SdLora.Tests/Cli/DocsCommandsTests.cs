@@ -27,19 +27,26 @@ public class DocsCommandsTests
         new("train or generate with --model v1-5-pruned-emaonly.safetensors", UsesTheSd15Placeholder,
             "SD1.5-size work (512 px, hundreds of steps) means something only with a real SD1.5 checkpoint, which cannot be " +
             "downloaded here, and takes hours of CPU with any model; the README trains and generates the same way on the bundled tiny model at 128 px"),
-        new("sdlora serve", c => c.Text.StartsWith("sdlora serve", StringComparison.Ordinal),
+        new("sdlora serve", c => SdloraArgs(c) is ["serve", ..],
             "starts a server that runs until it is stopped; tests/SdLora.Web.Tests start the same server in-process and drive it (API and a real Chromium)"),
-        new("sdlora bench", c => c.Text.StartsWith("sdlora bench ", StringComparison.Ordinal),
-            "benchmarks build full-size SD1.5 networks (GBs of memory, minutes per step on a CPU) and print numbers, not files"),
         new("sdlora demo", c => c.Text == "sdlora demo",
             "the same program run as the README's `dotnet run --project src/SdLora.Cli -c Release -- demo`, which this test runs"),
     ];
 
     private static bool UsesTheSd15Placeholder(DocCommand c)
     {
-        var w = c.Words;
-        return w.Length > 1 && w[0] == "sdlora" && w[1] is "train" or "generate"
+        var w = SdloraArgs(c);
+        return w is ["train" or "generate", ..]
                && w.Zip(w.Skip(1)).Any(p => p is ("--model" or "-m", "v1-5-pruned-emaonly.safetensors"));
+    }
+
+    /// <summary>The sdlora arguments of a command written either way (<c>sdlora ARGS</c> or the README's <c>dotnet run ... -- ARGS</c>); null for other commands.</summary>
+    private static string[]? SdloraArgs(DocCommand c)
+    {
+        var words = c.Words;
+        if (words.Length > 0 && words[0] == "sdlora") return words[1..];
+        if (words.Length >= DotnetRunPrefix.Length && words[..DotnetRunPrefix.Length].SequenceEqual(DotnetRunPrefix)) return words[DotnetRunPrefix.Length..];
+        return null;
     }
 
     /// <summary><c>dotnet run --project src/SdLora.Cli -c Release --</c> is the README's way to run sdlora without installing it.</summary>
@@ -71,11 +78,7 @@ public class DocsCommandsTests
         foreach (var command in commands)
         {
             if (WhyNotRun(command) is not null) continue;
-            var words = command.Words;
-            string[] args;
-            if (words[0] == "sdlora") args = words[1..];
-            else if (words.Length >= DotnetRunPrefix.Length && words[..DotnetRunPrefix.Length].SequenceEqual(DotnetRunPrefix)) args = words[DotnetRunPrefix.Length..];
-            else
+            if (SdloraArgs(command) is not { } args)
             {
                 failures.Add($"{command}\n  not an sdlora command: run it here or list it in NotRunHere with the reason");
                 continue;
