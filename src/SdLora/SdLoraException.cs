@@ -9,6 +9,9 @@ public sealed class SdLoraException : Exception
 {
     public SdLoraException(string message, Exception? inner = null) : base(message, inner) { }
 
+    /// <summary>The setting the message is about (e.g. <c>learning-rate</c>), when it is about one: a form can mark that field.</summary>
+    public string? Setting { get; init; }
+
     /// <summary>Process exit code the CLI uses for user errors.</summary>
     public const int ExitCode = 2;
 }

@@ -8,31 +8,30 @@ namespace SdLora.Cli.Commands;
 /// <summary><c>sdlora bench caption</c>: images per second of full-size BLIP-large (random weights).</summary>
 public static class BenchCaptionCommand
 {
-    public static Command Create(string name = "caption")
+    public static Command Create(CliContext cli, string name = "caption")
     {
         var batchSizes = new Option<string>("--batch-sizes") { Description = "comma-separated batch sizes", DefaultValueFactory = _ => "1,8" };
         var images = new Option<int>("--images") { Description = "images per batch size (at least one batch)", DefaultValueFactory = _ => 8 };
         var tokens = new Option<int>("--tokens") { Description = "generated tokens per caption (greedy, fixed length)", DefaultValueFactory = _ => 20 };
         var size = new Option<int>("--size") { Description = "input image size", DefaultValueFactory = _ => 384 };
-        var device = new Option<string>("--device") { Description = "cpu, cuda or cuda:N", DefaultValueFactory = _ => "cpu" };
-        var dtype = BenchHost.DTypeOption();
-        var threads = BenchHost.ThreadsOption();
+        var computeArguments = new ComputeArguments();
         var json = BenchJson.Option();
         var command = new Command(name, "measure BLIP-large captioning speed (random weights)");
-        foreach (var o in new Option[] { batchSizes, images, tokens, size, device, dtype, threads, json }) command.Options.Add(o);
-        command.SetAction((parse, cancellationToken) =>
+        foreach (var o in new Option[] { batchSizes, images, tokens, size, json }) command.Options.Add(o);
+        computeArguments.AddTo(command);
+        command.SetAction(parse =>
         {
-            BenchHost.Start(parse.GetValue(threads));
+            BenchHost.Start();
             bool asJson = parse.GetValue(json);
             var sizes = parse.GetValue(batchSizes)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
                 .Select(s => int.TryParse(s, out var b) && b > 0 ? b : throw new SdLoraException($"--batch-sizes: '{s}' is not a positive number")).ToArray();
             int imageSize = parse.GetValue(size);
             var config = BlipConfig.Large with { Vision = BlipConfig.Large.Vision with { ImageSize = imageSize } };
-            var compute = CliCompute.Resolve(parse.GetValue(device)!, parse.GetValue(dtype)!, BenchJson.Note(asJson));
-            var progress = BenchJson.Progress(asJson);
+            var compute = computeArguments.Read(parse, cli);
+            var progress = BenchJson.Progress(cli, asJson);
             progress.Report("measuring dense matmul throughput");
-            var matmul = UNetBenchmark.MeasureCeiling([compute.DType], cancellationToken);
-            var results = BlipBenchmark.Run(config, sizes, parse.GetValue(images), parse.GetValue(tokens), compute, progress, cancellationToken);
+            var matmul = UNetBenchmark.MeasureCeiling([compute.DType], cli.Cancellation);
+            var results = BlipBenchmark.Run(config, sizes, parse.GetValue(images), parse.GetValue(tokens), compute, progress, cli.Cancellation);
             double gflop = BlipFlops.Caption(config, 4 + parse.GetValue(tokens)) / 1e9;
             double ceiling = matmul.Where(m => m.DType == compute.DType).Max(m => m.GFlopsPerSecond);
             if (asJson)
@@ -56,12 +55,12 @@ public static class BenchCaptionCommand
                     ["efficiency"] = gflop * best.ImagesPerSecond / ceiling,
                     ["peak_rss_bytes"] = UNetBenchmark.PeakRssBytes(),
                     ["runs"] = runs,
-                }, BenchJson.Precision(compute, parse.GetValue(dtype)!), BenchJson.Ceiling(matmul, compute.DType));
-                return Task.FromResult(0);
+                }, BenchJson.Precision(compute, parse.GetValue(computeArguments.DType)!), BenchJson.Ceiling(matmul, compute.DType));
+                return 0;
             }
             foreach (var r in results)
-                AnsiConsole.WriteLine($"BLIP-large {imageSize}², batch {r.BatchSize}, greedy {r.GeneratedTokens} tokens, {compute.Describe()} on {compute.Device.type}: {r.ImagesPerSecond:F3} images/s ({r.Seconds / r.Images:F2} s/image, {r.Images} images), {gflop * r.ImagesPerSecond / ceiling:P0} of the {ComputeOptions.DTypeName(compute.DType)} matmul ceiling ({gflop:F0} GFLOP/image)");
-            return Task.FromResult(0);
+                cli.Console.WriteLine($"BLIP-large {imageSize}², batch {r.BatchSize}, greedy {r.GeneratedTokens} tokens, {compute.Describe()} on {compute.Device.type}: {r.ImagesPerSecond:F3} images/s ({r.Seconds / r.Images:F2} s/image, {r.Images} images), {gflop * r.ImagesPerSecond / ceiling:P0} of the {ComputeOptions.DTypeName(compute.DType)} matmul ceiling ({gflop:F0} GFLOP/image)");
+            return 0;
         });
         return command;
     }

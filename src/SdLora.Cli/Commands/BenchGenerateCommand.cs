@@ -7,26 +7,25 @@ namespace SdLora.Cli.Commands;
 /// <summary><c>sdlora bench generate</c>: seconds per txt2img CFG step of full-size SD1.5 and the efficiency against dense matmul.</summary>
 public static class BenchGenerateCommand
 {
-    public static Command Create(string name = "generate")
+    public static Command Create(CliContext cli, string name = "generate")
     {
         var dtype = BenchHost.DTypeOption();
         var steps = new Option<int>("--steps") { Description = "timed sampling steps (after one warm-up step)", DefaultValueFactory = _ => 2 };
         var size = new Option<int>("--size") { Description = "image size in pixels", DefaultValueFactory = _ => 512 };
         var sampler = new Option<string>("--sampler") { Description = "sampler", DefaultValueFactory = _ => "Euler" };
-        var threads = BenchHost.ThreadsOption();
         var lowPrecision = BenchHost.CpuLowPrecisionOption();
         var json = BenchJson.Option();
         var command = new Command(name, "time txt2img sampling steps (CFG, UNet batch 2) of a full-size SD1.5 model with random weights")
         {
-            dtype, steps, size, sampler, threads, lowPrecision, json,
+            dtype, steps, size, sampler, lowPrecision, json,
         };
         command.SetAction(parse =>
         {
-            BenchHost.Start(parse.GetValue(threads));
+            BenchHost.Start();
             bool asJson = parse.GetValue(json);
-            var compute = BenchHost.Compute(parse.GetValue(dtype)!, parse.GetValue(lowPrecision)!, BenchJson.Note(asJson));
+            var compute = BenchHost.Compute(parse.GetValue(dtype)!, parse.GetValue(lowPrecision)!, cli, BenchJson.Note(cli, asJson));
             var o = new GenerateBenchmarkOptions(compute.DType, Math.Max(1, parse.GetValue(steps)), parse.GetValue(size), parse.GetValue(sampler)!, compute.CpuLowPrecision);
-            var r = GenerateBenchmark.Run(o, BenchJson.Progress(asJson), CliCancellation.Token);
+            var r = GenerateBenchmark.Run(o, BenchJson.Progress(cli, asJson), cli.Cancellation);
             if (asJson)
             {
                 BenchJson.Write(parse, new()
@@ -53,7 +52,7 @@ public static class BenchGenerateCommand
             BenchTable.AddStepRows(table, r.StepSeconds, r.GFlopsPerSecond, r.EfficiencySameDType, r.EfficiencyAny);
             table.AddRow("bare UNet forward", $"{r.UNetForwardSeconds:F2} s (overhead per step {r.OverheadSeconds:F2} s)");
             table.AddRow("peak RSS", BenchTable.MiB(r.PeakRssBytes));
-            AnsiConsole.Write(table);
+            cli.Console.Write(table);
             return 0;
         });
         return command;

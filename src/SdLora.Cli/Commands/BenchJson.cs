@@ -19,12 +19,12 @@ public static class BenchJson
     };
 
     /// <summary>Progress lines: grey on the console, or plain on standard error when the output is JSON.</summary>
-    public static IProgress<string> Progress(bool json) => json
-        ? new SyncProgress<string>(m => Console.Error.WriteLine(m))
-        : new SyncProgress<string>(m => AnsiConsole.MarkupLineInterpolated($"[grey]{m}[/]"));
+    public static IProgress<string> Progress(CliContext cli, bool json) => json
+        ? new SyncProgress<string>(m => cli.Error.WriteLine(m))
+        : new SyncProgress<string>(m => cli.Console.MarkupLineInterpolated($"[grey]{m}[/]"));
 
-    /// <summary>Notes (what --dtype auto chose) go where progress goes.</summary>
-    public static Action<string> Note(bool json) => json ? m => Console.Error.WriteLine(m) : m => AnsiConsole.MarkupLineInterpolated($"[grey]{m}[/]");
+    /// <summary>Notes (what --dtype auto chose) go to standard error either way, as every command's notes do.</summary>
+    public static Action<string> Note(CliContext cli, bool json) => cli.Note;
 
     /// <summary>The machine fields every report carries.</summary>
     public static Dictionary<string, object?> Machine()

@@ -9,9 +9,7 @@ namespace SdLora.Cli.Commands;
 /// <summary><c>load</c>: peak memory and time of loading a full-size SD1.5 checkpoint (measured in a child process).</summary>
 public static class BenchLoadCommand
 {
-    public static Command Create() => Create("load");
-
-    public static Command Create(string name)
+    public static Command Create(CliContext cli, string name)
     {
         var dir = new Option<string?>("--dir") { Description = "folder for the synthetic 2 GB SD1.5 checkpoint (default: the bench folder in sdlora's user cache, ~/.cache/sdlora/bench)" };
         var dtype = BenchHost.DTypeOption("precision the model is loaded into: auto (as generate picks it; default), fp32, bf16 or fp16");
@@ -22,19 +20,19 @@ public static class BenchLoadCommand
         {
             if (parse.GetValue(measure) is { } file)
             {
-                var compute = CliCompute.Resolve("cpu", parse.GetValue(dtype)!, _ => { });
+                var compute = CliCompute.Resolve("cpu", parse.GetValue(dtype)!, cli, _ => { });
                 Console.WriteLine(JsonSerializer.Serialize(LoadBenchmark.MeasureLoad(file, compute)));
                 return 0;
             }
             bool asJson = parse.GetValue(json);
-            var chosen = CliCompute.Resolve("cpu", parse.GetValue(dtype)!, BenchJson.Note(asJson));
+            var chosen = CliCompute.Resolve("cpu", parse.GetValue(dtype)!, cli, BenchJson.Note(cli, asJson));
             var folder = parse.GetValue(dir) ?? Path.Combine(UserCache.Folder, "bench");
             string path;
-            if (asJson) path = LoadBenchmark.EnsureSd15Checkpoint(folder, BenchJson.Progress(true));
+            if (asJson) path = LoadBenchmark.EnsureSd15Checkpoint(folder, BenchJson.Progress(cli, true));
             else
             {
                 path = "";
-                AnsiConsole.Status().Start("writing the synthetic SD1.5 checkpoint (once)...", ctx =>
+                cli.Console.Status().Start("writing the synthetic SD1.5 checkpoint (once)...", ctx =>
                     path = LoadBenchmark.EnsureSd15Checkpoint(folder, new Progress<string>(s => ctx.Status(s))));
             }
             var result = RunChild(path, name, ComputeOptions.DTypeName(chosen.DType));
@@ -69,7 +67,7 @@ public static class BenchLoadCommand
             t.AddRow("peak RSS (VmHWM)", $"{result.PeakRssBytes / 1e9:F3} GB");
             t.AddRow("peak / weight bytes", $"{result.PeakOverWeights:F3} (target < 1.3)");
             t.AddRow("seconds", $"{result.Seconds:F2}");
-            AnsiConsole.Write(t);
+            cli.Console.Write(t);
             return 0;
         });
         return cmd;

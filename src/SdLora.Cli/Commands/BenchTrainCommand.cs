@@ -7,36 +7,33 @@ namespace SdLora.Cli.Commands;
 /// <summary><c>train</c> benchmark: LoRA training steps of the full-size SD1.5 UNet, with and without gradient checkpointing.</summary>
 public static class BenchTrainCommand
 {
-    public static Command Create(string name = "train")
+    public static Command Create(CliContext cli, string name = "train")
     {
         var dtype = BenchHost.DTypeOption("auto (the CPU probe decides; default), fp32, bf16 or both (fp32 then bf16)");
         var checkpointing = new Option<string>("--checkpointing") { Description = "off, on or both", DefaultValueFactory = _ => "both" };
         var steps = new Option<int>("--steps") { Description = "timed steps (after one warm-up)", DefaultValueFactory = _ => 1 };
         var size = new Option<int>("--size") { Description = "image size in pixels (latents are size/8)", DefaultValueFactory = _ => 512 };
         var rank = new Option<int>("--rank") { Description = "LoRA rank on the attention projections", DefaultValueFactory = _ => 16 };
-        var threads = BenchHost.ThreadsOption();
         var lowPrecision = BenchHost.CpuLowPrecisionOption();
         var json = BenchJson.Option();
-        // Its own help option: the root's help action appends the training flags for a command named "train".
-        var command = BenchHost.WithOwnHelp(new Command(name, "time LoRA training steps (forward + backward + AdamW) of a full-size SD1.5 UNet with random weights, batch 1")
+        var command = new Command(name, "time LoRA training steps (forward + backward + AdamW) of a full-size SD1.5 UNet with random weights, batch 1")
         {
-            dtype, checkpointing, steps, size, rank, threads, lowPrecision, json,
-        });
+            dtype, checkpointing, steps, size, rank, lowPrecision, json,
+        };
         command.SetAction(parse =>
         {
-            CliCancellation.Install();
-            BenchHost.Start(parse.GetValue(threads));
+            BenchHost.Start();
             bool asJson = parse.GetValue(json);
             var dtypes = parse.GetValue(dtype) == "both" ? ["fp32", "bf16"] : new[] { parse.GetValue(dtype)! };
-            var computes = dtypes.Select(d => BenchHost.Compute(d, parse.GetValue(lowPrecision)!, BenchJson.Note(asJson))).ToList();
+            var computes = dtypes.Select(d => BenchHost.Compute(d, parse.GetValue(lowPrecision)!, cli, BenchJson.Note(cli, asJson))).ToList();
             var ckpts = parse.GetValue(checkpointing) switch
             {
                 "both" => new[] { false, true }, "on" => [true], "off" => [false],
                 var v => throw new SdLoraException($"--checkpointing '{v}' is not one of off, on, both"),
             };
-            var progress = BenchJson.Progress(asJson);
+            var progress = BenchJson.Progress(cli, asJson);
             progress.Report("measuring dense matmul throughput");
-            var matmul = UNetBenchmark.MeasureCeiling(computes.Select(c => c.DType), CliCancellation.Token);
+            var matmul = UNetBenchmark.MeasureCeiling(computes.Select(c => c.DType), cli.Cancellation);
             var table = new Table().AddColumns("dtype", "checkpointing", "s/step", "train GFLOP", "GFLOP/s", "vs same-dtype matmul", "vs best matmul", "peak RSS");
             var runs = new List<Dictionary<string, object?>>();
             for (int i = 0; i < computes.Count; i++)
@@ -45,7 +42,7 @@ public static class BenchTrainCommand
                     var compute = computes[i];
                     var t = compute.DType;
                     var r = TrainBenchmark.Run(new TrainBenchmarkOptions(t, ck, Math.Max(1, parse.GetValue(steps)), 1,
-                        Math.Max(8, parse.GetValue(size) / 8), 1, parse.GetValue(rank), CpuLowPrecision: compute.CpuLowPrecision), matmul, progress, CliCancellation.Token);
+                        Math.Max(8, parse.GetValue(size) / 8), 1, parse.GetValue(rank), CpuLowPrecision: compute.CpuLowPrecision), matmul, progress, cli.Cancellation);
                     table.AddRow(compute.Describe(), ck ? "on" : "off", $"{r.SecondsPerStep:F1}", $"{r.TrainGFlop:F0}",
                         $"{r.GFlopsPerSecond:F1}", $"{r.EfficiencySameDType:P0}", $"{r.EfficiencyAny:P0}", $"{r.PeakRssBytes / 1048576.0:F0} MiB");
                     progress.Report($"{compute.Describe()} checkpointing {(ck ? "on" : "off")}: {r.SecondsPerStep:F1} s/step, peak RSS {r.PeakRssBytes / 1048576.0:F0} MiB (model {r.ModelRssBytes / 1048576.0:F0} MiB), {r.LoraParameters:N0} LoRA parameters");
@@ -80,9 +77,9 @@ public static class BenchTrainCommand
                 return 0;
             }
             foreach (var m in matmul)
-                AnsiConsole.MarkupLineInterpolated($"[grey]{m.Kernel} {ComputeOptions.DTypeName(m.DType)} {m.Size}²: {m.GFlopsPerSecond:F1} GFLOP/s[/]");
-            AnsiConsole.Write(table);
-            AnsiConsole.MarkupLine("[grey]train FLOPs = forward x 2 (frozen base: backward propagates activations only), x 3 with checkpointing (forward recomputed)[/]");
+                cli.Console.MarkupLineInterpolated($"[grey]{m.Kernel} {ComputeOptions.DTypeName(m.DType)} {m.Size}²: {m.GFlopsPerSecond:F1} GFLOP/s[/]");
+            cli.Console.Write(table);
+            cli.Console.MarkupLine("[grey]train FLOPs = forward x 2 (frozen base: backward propagates activations only), x 3 with checkpointing (forward recomputed)[/]");
             return 0;
         });
         return command;

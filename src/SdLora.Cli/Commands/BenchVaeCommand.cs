@@ -8,7 +8,7 @@ namespace SdLora.Cli.Commands;
 /// <summary><c>sdlora bench vae</c>: VAE decode (and encode) of the full-size SD1.5 VAE: time, efficiency, peak memory, tiled or not.</summary>
 public static class BenchVaeCommand
 {
-    public static Command Create(string name = "vae")
+    public static Command Create(CliContext cli, string name = "vae")
     {
         var dtype = BenchHost.DTypeOption();
         var size = new Option<int>("--size") { Description = "image size in pixels (multiple of 8)", DefaultValueFactory = _ => 512 };
@@ -16,23 +16,22 @@ public static class BenchVaeCommand
         var tiled = new Option<bool>("--tiled") { Description = "decode/encode in overlapping tiles (512 px tiles, 128 px overlap)" };
         var tile = new Option<int>("--tile") { Description = "tile size in pixels with --tiled (multiple of 8)", DefaultValueFactory = _ => 512 };
         var noEncode = new Option<bool>("--no-encode") { Description = "time the decoder only" };
-        var threads = BenchHost.ThreadsOption();
         var lowPrecision = BenchHost.CpuLowPrecisionOption();
         var json = BenchJson.Option();
         var command = new Command(name, "time VAE decode (every image's last step) and encode (latent caching) of the SD1.5 VAE with random weights")
         {
-            dtype, size, repeats, tiled, tile, noEncode, threads, lowPrecision, json,
+            dtype, size, repeats, tiled, tile, noEncode, lowPrecision, json,
         };
         command.SetAction(parse =>
         {
-            BenchHost.Start(parse.GetValue(threads));
+            BenchHost.Start();
             bool asJson = parse.GetValue(json);
             int px = parse.GetValue(size);
             if (px < 64 || px % 8 != 0) throw new SdLoraException($"--size {px}: use a multiple of 8, at least 64");
-            var compute = BenchHost.Compute(parse.GetValue(dtype)!, parse.GetValue(lowPrecision)!, BenchJson.Note(asJson));
+            var compute = BenchHost.Compute(parse.GetValue(dtype)!, parse.GetValue(lowPrecision)!, cli, BenchJson.Note(cli, asJson));
             var tiling = parse.GetValue(tiled) ? new VaeTiling(parse.GetValue(tile) / 8, parse.GetValue(tile) / 32) : null;
             var o = new VaeBenchmarkOptions(compute, px, Math.Max(1, parse.GetValue(repeats)), !parse.GetValue(noEncode), tiling);
-            var r = VaeBenchmark.Run(o, BenchJson.Progress(asJson), CliCancellation.Token);
+            var r = VaeBenchmark.Run(o, BenchJson.Progress(cli, asJson), cli.Cancellation);
             var decode = r.Phases[0];
             if (asJson)
             {
@@ -65,7 +64,7 @@ public static class BenchVaeCommand
                 table.AddRow($"{p.Phase} achieved", $"{p.GFlopsPerSecond:F1} GFLOP/s = {r.Efficiency(p):P0} of the same-dtype matmul");
                 table.AddRow($"{p.Phase} peak RSS", BenchTable.MiB(p.PeakRssBytes));
             }
-            AnsiConsole.Write(table);
+            cli.Console.Write(table);
             return 0;
         });
         return command;

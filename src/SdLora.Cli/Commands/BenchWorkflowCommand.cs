@@ -12,7 +12,7 @@ namespace SdLora.Cli.Commands;
 /// </summary>
 public static class BenchWorkflowCommand
 {
-    public static Command Create(string name = "workflow")
+    public static Command Create(CliContext cli, string name = "workflow")
     {
         var dir = new Option<string?>("--dir") { Description = "folder of the synthetic 2 GB SD1.5 checkpoint (default: the bench folder in sdlora's user cache; written once)" };
         var work = new Option<string?>("--work") { Description = "scratch folder for photos, class images and the run (default: a new temp folder, deleted afterwards)" };
@@ -23,19 +23,17 @@ public static class BenchWorkflowCommand
         var classSteps = new Option<int?>("--class-steps") { Description = "sampling steps per class image (default: the trainer's, 12 on the CPU)" };
         var classSampler = new Option<string?>("--class-sampler") { Description = "class-image sampler (default: the trainer's, DPM++ 2M Karras on the CPU)" };
         var checkpointing = new Option<bool>("--gradient-checkpointing") { Description = "train with gradient checkpointing" };
-        var threads = BenchHost.ThreadsOption();
         var json = BenchJson.Option();
         var command = new Command(name, "time the seed workflow (4 photos, 8 class images, 70 steps at 512²) end to end on a full-size SD1.5 checkpoint with random weights")
         {
-            dir, work, dtype, size, steps, classImages, classSteps, classSampler, checkpointing, threads, json,
+            dir, work, dtype, size, steps, classImages, classSteps, classSampler, checkpointing, json,
         };
         command.SetAction(parse =>
         {
-            CliCancellation.Install();
-            BenchHost.Start(parse.GetValue(threads));
+            BenchHost.Start();
             bool asJson = parse.GetValue(json);
-            var log = BenchJson.Progress(asJson);
-            var checkpoint = LoadBenchmark.EnsureSd15Checkpoint(parse.GetValue(dir) ?? Path.Combine(UserCache.Folder, "bench"), log, CliCancellation.Token);
+            var log = BenchJson.Progress(cli, asJson);
+            var checkpoint = LoadBenchmark.EnsureSd15Checkpoint(parse.GetValue(dir) ?? Path.Combine(UserCache.Folder, "bench"), log, cli.Cancellation);
             var photos = Path.Combine(AppContext.BaseDirectory, "assets", "dreambooth", "dog");
             var workDir = parse.GetValue(work) ?? Path.Combine(Path.GetTempPath(), "sdlora-bench-workflow-" + Guid.NewGuid().ToString("N")[..8]);
             var o = new WorkflowBenchmarkOptions(checkpoint, photos, workDir, parse.GetValue(dtype)!, parse.GetValue(size), Math.Max(1, parse.GetValue(steps)),
@@ -50,7 +48,7 @@ public static class BenchWorkflowCommand
                 log.Report($"{p.Phase} {p.Done}/{p.Total} {p.Message}{(p.Eta > TimeSpan.Zero ? $" ETA {p.Eta:hh\\:mm\\:ss}" : "")}");
             });
             WorkflowBenchmarkResult r;
-            try { r = WorkflowBenchmark.Run(o, () => CliCompute.Probe().Result, progress, CliCancellation.Token); }
+            try { r = WorkflowBenchmark.Run(o, () => CliCompute.Probe(cli.Cancellation).Result, progress, cli.Cancellation); }
             finally
             {
                 if (parse.GetValue(work) is null && Directory.Exists(workDir)) Directory.Delete(workDir, recursive: true);
@@ -86,8 +84,8 @@ public static class BenchWorkflowCommand
             foreach (var p in r.Phases)
                 table.AddRow(Markup.Escape(p.Phase), $"{p.Seconds:F1}", p.Count.ToString(), isRecipe ? "" : WorkflowEstimate.Format(p.RecipeSeconds));
             table.AddRow("total", $"{r.MeasuredSeconds:F1} ({WorkflowEstimate.Format(r.WallSeconds)} wall)", "", isRecipe ? "" : WorkflowEstimate.Format(r.Extrapolated));
-            AnsiConsole.Write(table);
-            AnsiConsole.MarkupLineInterpolated($"[grey]{r.Compute.Describe()}, {r.Threads} threads, peak RSS {r.PeakRssBytes / 1073741824.0:F2} GiB; {r.ClassImagesGenerated} class images ({r.Config.EffectiveClassImageSampler}, {r.Config.EffectiveClassImageSteps} steps), {r.TrainSteps} steps at {o.Size}x{o.Size}[/]");
+            cli.Console.Write(table);
+            cli.Console.MarkupLineInterpolated($"[grey]{r.Compute.Describe()}, {r.Threads} peak RSS {r.PeakRssBytes / 1073741824.0:F2} GiB; {r.ClassImagesGenerated} class images ({r.Config.EffectiveClassImageSampler}, {r.Config.EffectiveClassImageSteps} steps), {r.TrainSteps} steps at {o.Size}x{o.Size}[/]");
             return 0;
         });
         return command;

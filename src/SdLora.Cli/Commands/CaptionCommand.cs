@@ -1,5 +1,6 @@
 using System.CommandLine;
 using SdLora.Captioning;
+using SdLora.IO;
 using Spectre.Console;
 
 namespace SdLora.Cli.Commands;
@@ -7,10 +8,7 @@ namespace SdLora.Cli.Commands;
 /// <summary><c>sdlora caption DIR</c>: writes a BLIP caption next to every training image.</summary>
 public static class CaptionCommand
 {
-    public static Command Create() => Create(null);
-
-    /// <param name="console">Where to print (tests pass a recording console); null = the terminal.</param>
-    public static Command Create(IAnsiConsole? console)
+    public static Command Create(CliContext cli)
     {
         var dir = new Argument<string>("DIR") { Description = "training image folder (plain, or kohya's 'N_identifier class' sub-folders)" };
         var model = new Option<string?>("--model") { Description = $"BLIP model folder (Hugging Face layout); default models/blip or ${BlipCaptioner.ModelEnvironmentVariable}" };
@@ -26,17 +24,17 @@ public static class CaptionCommand
         var seed = new Option<long>("--seed") { Description = "seed for sampling", DefaultValueFactory = _ => 0 };
         var prompt = new Option<string>("--prompt") { Description = "conditional prompt, stripped from the written caption (\"\" = unconditional)", DefaultValueFactory = _ => "a picture of " };
         var legacyBeams = new Option<bool>("--legacy-beam-length") { Description = "beam search length rule of transformers <= 4.35 (whole sequence) instead of generated tokens" };
-        var device = new Option<string>("--device") { Description = "cpu, cuda or cuda:N", DefaultValueFactory = _ => "cpu" };
-        var dtype = new Option<string>("--dtype") { Description = CliCompute.DTypeDescription, DefaultValueFactory = _ => "auto" };
+        var compute = new ComputeArguments();
 
         var command = new Command("caption", "write a BLIP caption file next to every image of a training folder");
         command.Arguments.Add(dir);
-        foreach (var o in new Option[] { model, ext, prefix, overwrite, batchSize, numBeams, minLength, maxLength, repetition, topP, seed, prompt, legacyBeams, device, dtype })
+        foreach (var o in new Option[] { model, ext, prefix, overwrite, batchSize, numBeams, minLength, maxLength, repetition, topP, seed, prompt, legacyBeams })
             command.Options.Add(o);
+        compute.AddTo(command);
 
-        command.SetAction((parse, cancellationToken) =>
+        command.SetAction(parse =>
         {
-            var ui = console ?? AnsiConsole.Console;
+            var ui = cli.Console;
             var folder = parse.GetValue(dir)!;
             var datasetOptions = new DatasetCaptionOptions
             {
@@ -60,32 +58,32 @@ public static class CaptionCommand
             var captionOptions = new BlipCaptionOptions { Prompt = parse.GetValue(prompt) ?? "", Generation = generation, Seed = parse.GetValue(seed) };
             var modelDir = parse.GetValue(model) ?? BlipCaptioner.DefaultModelFolder();
             var images = DatasetCaptioner.FindImages(folder);
+            // Before BLIP loads: nothing to caption, or nowhere to write captions, is the user's to fix now.
+            if (images.Count == 0)
+                throw new SdLoraException($"{folder}: holds no images ({string.Join(", ", SdLora.Imaging.RgbImage.SupportedExtensions)}); pass the folder with your training photos");
+            foreach (var imageFolder in images.Select(Path.GetDirectoryName).Distinct())
+                OutputPath.EnsureWritableFolder(imageFolder!, "caption files");
             BlipCaptioner.EnsureModelFolder(modelDir);
-            var compute = CliCompute.Resolve(parse.GetValue(device)!, parse.GetValue(dtype)!, m => ui.MarkupLine($"[grey]{Markup.Escape(m)}[/]"));
+            var computeOptions = compute.Read(parse, cli);
 
             ui.MarkupLine($"loading BLIP from [blue]{Markup.Escape(modelDir)}[/]; {images.Count} images in {Markup.Escape(folder)}");
-            using var blip = BlipCaptioner.Load(modelDir, compute);
-            DatasetCaptionSummary summary = null!;
-            ui.Progress()
-                .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new ElapsedTimeColumn(), new RemainingTimeColumn())
-                .Start(ctx =>
-                {
-                    var task = ctx.AddTask("captioning", maxValue: Math.Max(1, images.Count));
-                    var progress = new SynchronousProgress<CaptionProgress>(r => task.Value = r.Done);
-                    summary = DatasetCaptioner.Run(folder, blip, captionOptions, datasetOptions, progress, cancellationToken);
-                    task.Value = task.MaxValue;
-                });
+            using var blip = BlipCaptioner.Load(modelDir, computeOptions);
+            int positions = blip.Model.Config.Text.MaxPositionEmbeddings;
+            if (generation.MaxLength > positions)
+            {
+                // Small BLIP variants have fewer text positions than the default length; an explicit --max-length is the user's to fix.
+                if (parse.GetResult(maxLength) is { Implicit: false })
+                    throw new SdLoraException($"--max-length {generation.MaxLength}: this BLIP model has {positions} text positions; use at most {positions}");
+                cli.Note($"this BLIP model has {positions} text positions: captions are at most {positions} tokens");
+                captionOptions = captionOptions with { Generation = generation with { MaxLength = positions, MinLength = Math.Min(generation.MinLength, positions) } };
+            }
+            var summary = cli.Bar("captioning", report => DatasetCaptioner.Run(folder, blip, captionOptions, datasetOptions,
+                new SyncProgress<CaptionProgress>(r => report(r.Done, r.Total, "")), cli.Cancellation));
             foreach (var failed in summary.Files.Where(f => f.Outcome == CaptionOutcome.Failed))
                 ui.MarkupLine($"[yellow]skipped[/] {Markup.Escape(failed.Error ?? failed.ImagePath)}");
             ui.MarkupLine($"{summary.Captioned} captioned, {summary.Kept} kept (existing captions; --overwrite replaces them), {summary.Failed} failed");
-            return Task.FromResult(summary.Failed > 0 && summary.Captioned + summary.Kept == 0 ? 1 : 0);
+            return summary.Failed > 0 && summary.Captioned + summary.Kept == 0 ? ExitCodes.Failed : ExitCodes.Ok;
         });
         return command;
-    }
-
-    /// <summary>Reports on the calling thread (Progress&lt;T&gt; would post to the thread pool, after the bar is gone).</summary>
-    private sealed class SynchronousProgress<T>(Action<T> report) : IProgress<T>
-    {
-        public void Report(T value) => report(value);
     }
 }

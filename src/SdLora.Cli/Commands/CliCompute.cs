@@ -1,5 +1,3 @@
-using Spectre.Console;
-
 namespace SdLora.Cli.Commands;
 
 /// <summary>
@@ -12,16 +10,15 @@ public static class CliCompute
     public const string DTypeDescription =
         "compute precision: auto (default: bf16 where this CPU computes it faster than fp32, else fp32; see `sdlora doctor`), fp32, bf16 or fp16";
 
-    /// <summary>Resolves the names; <paramref name="note"/> (default: a grey line on the console) hears what auto chose and why.</summary>
-    public static ComputeOptions Resolve(string device, string dtype, Action<string>? note = null)
+    /// <summary>Resolves the names; <paramref name="note"/> (default: the context's note on standard error) hears what auto chose and why.</summary>
+    public static ComputeOptions Resolve(string device, string dtype, CliContext cli, Action<string>? note = null)
     {
-        note ??= m => AnsiConsole.MarkupLineInterpolated($"[grey]{m}[/]");
+        note ??= cli.Note;
         CpuKernelProbeResult? measured = null;
         bool fromCache = false;
-        var cache = new CpuKernelProbeCache(CpuKernelProbeCache.DefaultPath);
         var compute = ComputeOptions.Resolve(device, dtype, () =>
         {
-            (measured, fromCache) = cache.GetOrMeasure(CliCancellation.Token);
+            (measured, fromCache) = CachedProbe(cli.Cancellation);
             return measured;
         });
         if (ComputeOptions.IsAuto(dtype) && measured is { } p)
@@ -31,20 +28,24 @@ public static class CliCompute
         return compute;
     }
 
+    /// <summary>The probe result for this machine from the user's cache, measured (and cached) when absent.</summary>
+    public static (CpuKernelProbeResult Result, bool FromCache) CachedProbe(CancellationToken ct) =>
+        new CpuKernelProbeCache(CpuKernelProbeCache.DefaultPath).GetOrMeasure(ct);
+
     /// <summary>The probe result for this machine (cached), for commands that report it.</summary>
-    public static (CpuKernelProbeResult Result, bool FromCache, CpuProbeKey Key) Probe(bool remeasure = false)
+    public static (CpuKernelProbeResult Result, bool FromCache, CpuProbeKey Key) Probe(CancellationToken ct, bool remeasure = false)
     {
         var key = CpuKernelProbeCache.CurrentKey();
         var cache = new CpuKernelProbeCache(CpuKernelProbeCache.DefaultPath);
         if (remeasure)
         {
-            var fresh = CpuKernelProbe.Measure(null, CliCancellation.Token);
+            var fresh = CpuKernelProbe.Measure(null, ct);
             try { cache.Write(key, fresh); }
             catch (IOException) { }
             catch (UnauthorizedAccessException) { }
             return (fresh, false, key);
         }
-        var (result, fromCache) = cache.GetOrMeasure(key, () => CpuKernelProbe.Measure(null, CliCancellation.Token));
+        var (result, fromCache) = cache.GetOrMeasure(key, () => CpuKernelProbe.Measure(null, ct));
         return (result, fromCache, key);
     }
 }

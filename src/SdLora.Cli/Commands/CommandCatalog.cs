@@ -5,16 +5,17 @@ namespace SdLora.Cli.Commands;
 /// <summary>Every top-level command of the CLI. Each command lives in its own file and only parses and presents.</summary>
 public static class CommandCatalog
 {
-    public static IEnumerable<Command> All()
+    public static IEnumerable<Command> All(CliContext cli)
     {
-        yield return ModelCommands.Create();
-        yield return LoraCommands.Create();
-        yield return TokenizeCommand.Create();
-        yield return GenerateCommand.Create();
-        yield return CaptionCommand.Create();
-        yield return TrainCommand.Create();
-        yield return DemoCommand.Create();
-        yield return BenchCommands.Create();
-        yield return DoctorCommand.Create();
+        yield return ModelCommands.Create(cli);
+        yield return LoraCommands.Create(cli);
+        yield return TokenizeCommand.Create(cli);
+        yield return GenerateCommand.Create(cli);
+        yield return CaptionCommand.Create(cli);
+        yield return TrainCommand.Create(cli);
+        yield return DemoCommand.Create(cli);
+        yield return ServeCommand.Create(cli);
+        yield return BenchCommands.Create(cli);
+        yield return DoctorCommand.Create(cli);
     }
 }

@@ -8,22 +8,21 @@ namespace SdLora.Cli.Commands;
 
 /// <summary>
 /// <c>sdlora doctor</c>: what this machine is and what sdlora chose for it — CPU model and flags, torch version and
-/// threads, the kernel environment variables, the bf16-vs-fp32 probe (GFLOP/s per kernel) and what <c>--dtype auto</c>
+/// the kernel environment variables, the bf16-vs-fp32 probe (GFLOP/s per kernel) and what <c>--dtype auto</c>
 /// and <c>--dtype bf16</c> become, with the probe cache's path.
 /// </summary>
 public static class DoctorCommand
 {
-    public static Command Create()
+    public static Command Create(CliContext cli)
     {
         var json = new Option<bool>("--json") { Description = "print the report as one JSON object" };
         var reprobe = new Option<bool>("--reprobe") { Description = "measure again instead of reading the cached probe (then cache the new result)" };
-        var threads = BenchHost.ThreadsOption();
-        var cmd = new Command("doctor", "show the CPU's features, the measured bf16/fp32 kernel speeds and the precision --dtype auto picks here") { json, reprobe, threads };
+        var cmd = new Command("doctor", "show the CPU's features, the measured bf16/fp32 kernel speeds and the precision --dtype auto picks here") { json, reprobe };
         cmd.SetAction(parse =>
         {
-            BenchHost.Start(parse.GetValue(threads));
+            BenchHost.Start();
             var cpu = CpuFeatures.Detect();
-            var (probe, fromCache, key) = CliCompute.Probe(parse.GetValue(reprobe));
+            var (probe, fromCache, key) = CliCompute.Probe(cli.Cancellation, parse.GetValue(reprobe));
             var auto = ComputeOptions.ForCpu(probe);
             var bf16 = ComputeOptions.Resolve("cpu", "bf16", () => probe);
             var env = CpuKernelProbeCache.KernelEnvironmentVariables.ToDictionary(v => v, Environment.GetEnvironmentVariable);
@@ -63,11 +62,11 @@ public static class DoctorCommand
                 t.AddRow(Markup.Escape($"probe {k.Round}: {k.Kernel} {k.DType}"), $"{k.GFlopsPerSecond:F1} GFLOP/s ({k.Seconds * 1000:F2} ms; CPU time {k.CpuSeconds * 1000:F2} ms)");
             t.AddRow("probe fp32 / bf16", $"{probe.Fp32GFlopsPerSecond:F1} / {probe.Bf16GFlopsPerSecond:F1} GFLOP/s (best wall time); bf16 at {probe.Bf16Speedup:F2}x fp32 (CPU time)");
             if (probe.Note is { } note) t.AddRow("probe note", Markup.Escape(note));
-            t.AddRow("probe", Markup.Escape($"{probe.Seconds:F2} s with {probe.Threads} threads, {(fromCache ? "read from the cache" : "measured now")}"));
+            t.AddRow("probe", Markup.Escape($"{probe.Seconds:F2} s with {probe.Threads} {(fromCache ? "read from the cache" : "measured now")}"));
             t.AddRow("cache", Markup.Escape($"{CpuKernelProbeCache.DefaultPath} (key {key.Id})"));
             t.AddRow("--dtype auto", Markup.Escape(auto.Describe()));
             t.AddRow("--dtype bf16", Markup.Escape(bf16.Describe()));
-            AnsiConsole.Write(t);
+            cli.Console.Write(t);
             return 0;
         });
         return cmd;

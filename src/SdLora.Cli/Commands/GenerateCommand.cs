@@ -1,5 +1,6 @@
 using System.CommandLine;
 using SdLora.IO;
+using SdLora.Lora;
 using SdLora.Pipelines;
 using SdLora.Sampling;
 using Spectre.Console;
@@ -9,7 +10,7 @@ namespace SdLora.Cli.Commands;
 /// <summary><c>sdlora generate</c>: txt2img from the command line.</summary>
 public static class GenerateCommand
 {
-    public static Command Create()
+    public static Command Create(CliContext cli)
     {
         var prompt = new Option<string>("--prompt", "-p") { Description = "the prompt (A1111 syntax: (word:1.2), [word], BREAK, <lora:NAME:W>)", Required = true };
         var negative = new Option<string>("--negative-prompt", "-n") { Description = "what to steer away from", DefaultValueFactory = _ => "" };
@@ -27,26 +28,26 @@ public static class GenerateCommand
         var lora = new Option<string[]>("--lora") { Description = "LoRA file PATH[:WEIGHT] (repeatable)", AllowMultipleArgumentsPerToken = false, DefaultValueFactory = _ => [] };
         var loraDir = new Option<string>("--lora-dir") { Description = "where <lora:NAME:W> tags find NAME.safetensors", DefaultValueFactory = _ => Path.Combine("models", "lora") };
         var initLatents = new Option<string?>("--init-latents") { Description = "safetensors file with tensor 'latents' [images,4,H/8,W/8] replacing the seeded noise" };
-        var outDir = new Option<string>("--out") { Description = "output folder", DefaultValueFactory = _ => Path.Combine("outputs", "txt2img") };
-        var device = CliOptions.Device();
-        var dtype = CliOptions.DType();
+        var outDir = CliOptions.Out("output folder (images are numbered, never replaced)", Path.Combine("outputs", "txt2img"));
+        var compute = new ComputeArguments();
         var vaeTiling = new Option<string>("--vae-tiling") { Description = "VAE decode in 512 px tiles: auto (above 768x768), on, off", DefaultValueFactory = _ => "auto" };
         var verbose = new Option<bool>("--verbose", "-v") { Description = "print the time of each phase (load, text encoding, sampling, VAE decode, PNG) and the peak memory" };
 
         var cmd = new Command("generate", "text to image (txt2img) with CFG, samplers and LoRAs; writes PNGs with A1111 parameters")
         {
-            prompt, negative, model, config, width, height, steps, sampler, cfg, seed, batchSize, batchCount, clipSkip, lora, loraDir, initLatents, outDir, device, dtype,
+            prompt, negative, model, config, width, height, steps, sampler, cfg, seed, batchSize, batchCount, clipSkip, lora, loraDir, initLatents, outDir,
             vaeTiling, verbose,
         };
+        compute.AddTo(cmd);
         cmd.SetAction(r =>
         {
-            var compute = CliCompute.Resolve(r.GetValue(device)!, r.GetValue(dtype)!);
+            var computeOptions = compute.Read(r, cli);
             var options = new Txt2ImgOptions
             {
                 Prompt = r.GetValue(prompt)!, NegativePrompt = r.GetValue(negative)!, Width = r.GetValue(width), Height = r.GetValue(height),
                 Steps = r.GetValue(steps), Sampler = r.GetValue(sampler)!, CfgScale = r.GetValue(cfg), Seed = r.GetValue(seed),
                 BatchSize = r.GetValue(batchSize), BatchCount = r.GetValue(batchCount), ClipSkip = r.GetValue(clipSkip),
-                Loras = r.GetValue(lora)!.Select(ParseLora).ToList(), LoraDir = r.GetValue(loraDir)!, OutputDir = r.GetValue(outDir),
+                Loras = r.GetValue(lora)!.Select(LoraUse.Parse).ToList(), LoraDir = r.GetValue(loraDir)!, OutputDir = r.GetValue(outDir),
                 VaeTiling = r.GetValue(vaeTiling)!.Trim().ToLowerInvariant() switch
                 {
                     "auto" => VaeTilingMode.Auto, "on" => VaeTilingMode.On, "off" => VaeTilingMode.Off,
@@ -54,9 +55,13 @@ public static class GenerateCommand
                 },
             };
             options.Validate();
-            var modelPath = CliOptions.ResolveModel(r.GetValue(model));
+            // Before the model loads and sampling starts: an unwritable --out must not cost the run.
+            OutputPath.CheckFolder(options.OutputDir!, what: "image folder");
+            foreach (var l in options.Loras)
+                if (!File.Exists(l.Path)) throw new SdLoraException($"LoRA {l.Path} not found; check the path (or use <lora:NAME:WEIGHT> with NAME.safetensors in --lora-dir)");
+            var modelPath = CliOptions.ResolveModel(r.GetValue(model), cli);
             var loadClock = System.Diagnostics.Stopwatch.StartNew();
-            using var sd = CliProgress.Status($"loading {modelPath}", () => StableDiffusionModel.Load(modelPath, r.GetValue(config), compute));
+            using var sd = cli.Status($"loading {modelPath}", () => StableDiffusionModel.Load(modelPath, r.GetValue(config), computeOptions, ct: cli.Cancellation));
             double loadSeconds = loadClock.Elapsed.TotalSeconds;
             long loadRss = ProcessMemoryInfo.ResidentBytes(), loadPeak = ProcessMemoryInfo.PeakResidentBytes();
             string? latentsPath = r.GetValue(initLatents);
@@ -69,25 +74,16 @@ public static class GenerateCommand
                 options = options with { InitialLatents = latents };
             }
             var pipeline = new Txt2ImgPipeline(sd);
-            var result = CliProgress.Bar("generating", report =>
+            var result = cli.Bar("generating", report =>
                 pipeline.Generate(options, new SyncProgress<GenerationProgress>(p =>
-                    report((p.Batch - 1) * p.Steps + p.Step, p.Batches * p.Steps, $"batch {p.Batch}/{p.Batches}")), CliCancellation.Token));
-            foreach (var w in result.Warnings) AnsiConsole.MarkupLineInterpolated($"[yellow]warning:[/] {w}");
-            foreach (var img in result.Images) AnsiConsole.MarkupLineInterpolated($"seed {img.Seed}: {img.Path}");
-            if (result.Cancelled) AnsiConsole.MarkupLineInterpolated($"[yellow]stopped[/]: {result.Images.Count} finished image(s) kept");
-            if (r.GetValue(verbose)) PhaseReport.Print([new PhaseTime("model load", loadSeconds, 1, loadRss, loadPeak), .. result.Phases ?? []], compute, options.Steps * options.BatchCount);
+                    report((p.Batch - 1) * p.Steps + p.Step, p.Batches * p.Steps, $"batch {p.Batch}/{p.Batches}")), cli.Cancellation));
+            foreach (var w in result.Warnings) cli.Warning(w);
+            foreach (var img in result.Images) cli.Console.MarkupLineInterpolated($"seed {img.Seed}: {img.Path}");
+            if (result.Cancelled) cli.Console.MarkupLineInterpolated($"[yellow]stopped[/]: {result.Images.Count} finished image(s) kept");
+            if (r.GetValue(verbose)) PhaseReport.Print(cli, [new PhaseTime("model load", loadSeconds, 1, loadRss, loadPeak), .. result.Phases ?? []], computeOptions, options.Steps * options.BatchCount);
             latents?.Dispose();
-            return result.Cancelled ? 130 : 0;
+            return result.Cancelled ? ExitCodes.Stopped : ExitCodes.Ok;
         });
         return cmd;
-    }
-
-    private static LoraUse ParseLora(string spec)
-    {
-        // PATH[:WEIGHT]; a Windows drive letter or a colon inside the path is kept when the tail is not a number.
-        int i = spec.LastIndexOf(':');
-        if (i > 0 && double.TryParse(spec[(i + 1)..], System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out var w))
-            return new LoraUse(spec[..i], w);
-        return new LoraUse(spec, 1.0);
     }
 }

@@ -7,14 +7,14 @@ namespace SdLora.Cli.Commands;
 
 public static class ModelCommands
 {
-    public static Command Create()
+    public static Command Create(CliContext cli)
     {
         var model = new Command("model", "inspect Stable Diffusion checkpoints");
-        model.Subcommands.Add(Inspect());
+        model.Subcommands.Add(Inspect(cli));
         return model;
     }
 
-    private static Command Inspect()
+    private static Command Inspect(CliContext cli)
     {
         var path = new Argument<string>("path") { Description = "checkpoint file (.safetensors, .ckpt) or diffusers model folder" };
         var config = new Option<string?>("--config") { Description = "LDM YAML config (default: NAME.yaml beside the file, else dims from tensor shapes)" };
@@ -23,14 +23,14 @@ public static class ModelCommands
         cmd.SetAction(parse =>
         {
             var report = CheckpointInspector.Inspect(parse.GetValue(path)!, parse.GetValue(config));
-            if (parse.GetValue(json)) Console.WriteLine(JsonSerializer.Serialize(report, new JsonSerializerOptions { WriteIndented = true }));
-            else Print(report);
-            return report.Usable ? 0 : 1;
+            if (parse.GetValue(json)) cli.Console.Profile.Out.Writer.WriteLine(JsonSerializer.Serialize(report, new JsonSerializerOptions { WriteIndented = true }));
+            else Print(cli, report);
+            return report.Usable ? ExitCodes.Ok : ExitCodes.Failed;
         });
         return cmd;
     }
 
-    private static void Print(CheckpointReport r)
+    private static void Print(CliContext cli, CheckpointReport r)
     {
         var t = new Table().Border(TableBorder.Rounded).AddColumn("").AddColumn("");
         t.HideHeaders();
@@ -42,20 +42,20 @@ public static class ModelCommands
         if (r.ConfigSource != null) t.AddRow("config from", Markup.Escape(r.ConfigSource));
         if (r.Schedule != null) t.AddRow("prediction", Markup.Escape($"{r.Schedule.PredictionType} (from the config; weights cannot tell)"));
         t.AddRow("usable", r.Usable ? "[green]yes[/]" : $"[red]no[/]: {Markup.Escape(r.WhyNot ?? "")}");
-        AnsiConsole.Write(t);
+        cli.Console.Write(t);
 
         if (r.Parts.Count > 0)
         {
             var parts = new Table().Border(TableBorder.Rounded).AddColumn("part").AddColumn(new TableColumn("tensors").RightAligned()).AddColumn(new TableColumn("parameters").RightAligned());
             foreach (var p in r.Parts) parts.AddRow(Markup.Escape(p.Part), p.Tensors.ToString("N0"), p.Parameters.ToString("N0"));
             parts.AddRow("[bold]total[/]", r.Parts.Sum(p => p.Tensors).ToString("N0"), r.Parts.Sum(p => p.Parameters).ToString("N0"));
-            AnsiConsole.Write(parts);
+            cli.Console.Write(parts);
         }
         if (r.IgnoredKeyGroups.Count > 0)
         {
             var ign = new Table().Border(TableBorder.Rounded).AddColumn("ignored keys").AddColumn(new TableColumn("count").RightAligned());
             foreach (var (g, n) in r.IgnoredKeyGroups) ign.AddRow(Markup.Escape(g), n.ToString("N0"));
-            AnsiConsole.Write(ign);
+            cli.Console.Write(ign);
         }
     }
 }

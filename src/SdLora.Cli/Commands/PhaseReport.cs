@@ -7,7 +7,7 @@ namespace SdLora.Cli.Commands;
 public static class PhaseReport
 {
     /// <param name="samplingSteps">Sampling steps in the run (adds seconds per step to the sampling row), or 0.</param>
-    public static void Print(IReadOnlyList<PhaseTime> phases, ComputeOptions compute, int samplingSteps = 0)
+    public static void Print(CliContext cli, IReadOnlyList<PhaseTime> phases, ComputeOptions compute, int samplingSteps = 0)
     {
         double total = phases.Sum(p => p.Seconds);
         var table = new Table().AddColumns("phase", "seconds", "share", "RSS after", "peak RSS so far");
@@ -19,8 +19,8 @@ public static class PhaseReport
             table.AddRow(Markup.Escape(p.Phase + extra), $"{p.Seconds:F2}", total > 0 ? $"{p.Seconds / total:P0}" : "", GiB(p.ResidentBytesAfter), GiB(p.PeakResidentBytes));
         }
         table.AddRow("total", $"{total:F2}", "", "", "");
-        AnsiConsole.Write(table);
+        cli.Console.Write(table);
         long peak = UNetBenchmark.PeakRssBytes();
-        AnsiConsole.MarkupLineInterpolated($"[grey]{compute.Describe()} on {compute.Device}, {TorchSharp.torch.get_num_threads()} threads; peak RSS {(peak > 0 ? $"{peak / 1073741824.0:F2} GiB" : "n/a")}[/]");
+        cli.Console.MarkupLineInterpolated($"[grey]{compute.Describe()} on {compute.Device}, {TorchSharp.torch.get_num_threads()} threads; peak RSS {(peak > 0 ? $"{peak / 1073741824.0:F2} GiB" : "n/a")}[/]");
     }
 }

@@ -8,14 +8,14 @@ namespace SdLora.Cli.Commands;
 /// <summary><c>sdlora tokenize "TEXT" [--json]</c>: CLIP token ids of a prompt and its token count as A1111 shows it.</summary>
 public static class TokenizeCommand
 {
-    public static Command Create()
+    public static Command Create(CliContext cli)
     {
         var text = new Argument<string>("text") { Description = "the prompt (A1111 syntax: (word:1.2), [word], BREAK, <lora:name:0.8>)" };
         var json = new Option<bool>("--json") { Description = "print the result as JSON" };
         var command = new Command("tokenize", "show a prompt's CLIP token ids and its token count (n/75 as A1111 counts)");
         command.Arguments.Add(text);
         command.Options.Add(json);
-        command.SetAction(parse => Run(parse.GetValue(text) ?? "", parse.GetValue(json), Console.Out));
+        command.SetAction(parse => Run(parse.GetValue(text) ?? "", parse.GetValue(json), cli.Console.Profile.Out.Writer));
         return command;
     }
 

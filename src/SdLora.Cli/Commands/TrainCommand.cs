@@ -1,76 +1,69 @@
 using System.CommandLine;
-using System.Globalization;
-using System.Reflection;
+using System.CommandLine.Parsing;
 using SdLora.Training;
 using Spectre.Console;
 
 namespace SdLora.Cli.Commands;
 
 /// <summary>
-/// <c>sdlora train</c>: DreamBooth-LoRA training. Every <see cref="TrainingConfig"/> option is a kebab-case flag
-/// (kohya's names work too); <c>--config train.toml</c> takes the same keys, and flags given on the command line win.
+/// <c>sdlora train</c>: DreamBooth-LoRA training. Its options are generated from the library's settings table
+/// (<see cref="TrainingSettings"/>): one option per setting, named like the setting (<c>--learning-rate</c>), with kohya's
+/// snake_case spelling (<c>--learning_rate</c>) as a hidden alias; <c>--config train.toml</c> takes the same keys, and
+/// options given on the command line win over the file.
 /// </summary>
 public static class TrainCommand
 {
-    public static Command Create()
+    public static Command Create(CliContext cli)
     {
-        var cmd = new Command("train", "train a DreamBooth LoRA (kohya-style flags; --config FILE.toml takes the same keys; `train --help` lists them)")
-        {
-            TreatUnmatchedTokensAsErrors = false,
-        };
+        var cmd = new Command("train", "train a DreamBooth LoRA (options as kohya's, which are accepted too; --config FILE.toml takes the same settings)");
+        var options = new TrainOptions();
+        options.AddTo(cmd);
+        // --verbose belongs to the command, not to the training settings.
+        var verbose = new Option<bool>("--verbose", "-v") { Description = "print each phase's time and the peak memory at the end" };
+        cmd.Options.Add(verbose);
         cmd.SetAction(r =>
         {
-            // --verbose belongs to the command, not to the training settings.
-            var tokens = r.UnmatchedTokens.ToList();
-            bool verbose = tokens.RemoveAll(t => t is "--verbose" or "-v") > 0;
-            var (configPath, flags) = TrainingConfigLoader.ParseCommandLine(tokens);
             var notes = new List<string>();
-            if (!flags.ContainsKey("model") && (configPath is null || !TomlSetsModel(configPath)))
-                flags["model"] = CliOptions.ResolveModel(null);
-            var config = TrainingConfigLoader.Load(configPath, flags, notes: notes);
-            foreach (var n in notes) AnsiConsole.MarkupLineInterpolated($"[grey]{n}[/]");
-            return Run(config, verbose: verbose);
+            var config = options.ToConfig(r, notes, () => CliOptions.ResolveModel(null, cli));
+            foreach (var n in notes) cli.Note(n);
+            return Run(cli, config, verbose: r.GetValue(verbose));
         });
         return cmd;
     }
 
-    private static bool TomlSetsModel(string path) =>
-        TrainingConfigLoader.Load(path, validate: false).Model is not null;
-
     /// <summary>Runs a training with progress display and prints the summary; exit code 0, or 130 when stopped with Ctrl-C.</summary>
-    internal static int Run(TrainingConfig config, string? realModelHint = null, bool verbose = false)
+    internal static int Run(CliContext cli, TrainingConfig config, Action<TrainingResult>? afterSummary = null, bool verbose = false)
     {
-        CliCancellation.Install();
         TrainingResult result;
-        try { result = TrainView.Run(new DreamBoothLoraTrainer(config, () => CliCompute.Probe().Result), CliCancellation.Token); }
+        try { result = TrainView.Run(cli, new LoraTrainingSession(config, cpuProbe: () => CliCompute.CachedProbe(cli.Cancellation).Result)); }
         catch (OperationCanceledException)
         {
-            AnsiConsole.MarkupLine("[yellow]stopped before training began[/]: nothing to save");
-            return 130;
+            cli.Console.MarkupLine("[yellow]stopped before training began[/]: nothing to save (run the same command again to start over)");
+            return ExitCodes.Stopped;
         }
-        PrintSummary(result);
+        PrintSummary(cli, result);
         if (verbose && result.Phases is { } phases)
-            PhaseReport.Print(phases, config.ResolveCompute(() => CliCompute.Probe().Result));
-        if (realModelHint is not null) AnsiConsole.MarkupLine(realModelHint);
-        return result.Cancelled ? 130 : 0;
+            PhaseReport.Print(cli, phases, config.ResolveCompute(() => CliCompute.CachedProbe(cli.Cancellation).Result));
+        afterSummary?.Invoke(result);
+        return result.Cancelled ? ExitCodes.Stopped : ExitCodes.Ok;
     }
 
-    internal static void PrintSummary(TrainingResult r)
+    internal static void PrintSummary(CliContext cli, TrainingResult r)
     {
         string Rel(string p) => Path.GetRelativePath(Environment.CurrentDirectory, p);
-        AnsiConsole.WriteLine();
+        cli.Console.WriteLine();
         if (r.Cancelled)
-            AnsiConsole.MarkupLineInterpolated($"[yellow]stopped at step {r.Steps}/{r.TotalSteps}[/]: LoRA and state saved; continue with the same command plus --resume");
+            cli.Console.MarkupLineInterpolated($"[yellow]stopped at step {r.Steps}/{r.TotalSteps}[/]: LoRA and state saved; continue with the same command plus --resume");
         else
-            AnsiConsole.MarkupLineInterpolated($"[green]done[/]: {r.Steps} steps in {r.Elapsed:hh\\:mm\\:ss}{(r.SmoothedLoss is { } l ? $", loss {l:F4}" : "")}");
-        if (r.LoraPath is not null) AnsiConsole.MarkupLineInterpolated($"  LoRA:      {Rel(r.LoraPath)}");
-        foreach (var s in r.SavedLoras.Where(s => s != r.LoraPath).Distinct()) AnsiConsole.MarkupLineInterpolated($"  epoch:     {Rel(s)}");
-        if (r.LossPng is not null) AnsiConsole.MarkupLineInterpolated($"  loss plot: {Rel(r.LossPng)} (values in {Path.GetFileName(r.LossCsv)})");
-        if (r.Samples.Count > 0) AnsiConsole.MarkupLineInterpolated($"  samples:   {Rel(Path.GetDirectoryName(r.Samples[0])!)} ({r.Samples.Count} images)");
-        if (r.ClassImagesGenerated > 0) AnsiConsole.MarkupLineInterpolated($"  class images generated: {r.ClassImagesGenerated}");
-        AnsiConsole.MarkupLineInterpolated($"  state:     {Rel(Path.Combine(r.OutputDir, "state"))} (for --resume)");
+            cli.Console.MarkupLineInterpolated($"[green]done[/]: {r.Steps} steps in {r.Elapsed:hh\\:mm\\:ss}{(r.SmoothedLoss is { } l ? $", loss {l:F4}" : "")}");
+        if (r.LoraPath is not null) cli.Console.MarkupLineInterpolated($"  LoRA:      {Rel(r.LoraPath)}");
+        foreach (var s in r.SavedLoras.Where(s => s != r.LoraPath).Distinct()) cli.Console.MarkupLineInterpolated($"  epoch:     {Rel(s)}");
+        if (r.LossPng is not null) cli.Console.MarkupLineInterpolated($"  loss plot: {Rel(r.LossPng)} (values in {Path.GetFileName(r.LossCsv)})");
+        if (r.Samples.Count > 0) cli.Console.MarkupLineInterpolated($"  samples:   {Rel(Path.GetDirectoryName(r.Samples[0])!)} ({r.Samples.Count} images)");
+        if (r.ClassImagesGenerated > 0) cli.Console.MarkupLineInterpolated($"  class images generated: {r.ClassImagesGenerated}");
+        cli.Console.MarkupLineInterpolated($"  state:     {Rel(Path.Combine(r.OutputDir, "state"))} (for --resume)");
         if (r.Phases is { Count: > 0 } phases)
-            AnsiConsole.MarkupLineInterpolated($"  time:      {string.Join(", ", phases.Select(p => $"{p.Phase} {FormatDuration(p.Seconds)}"))}");
+            cli.Console.MarkupLineInterpolated($"  time:      {string.Join(", ", phases.Select(p => $"{p.Phase} {FormatDuration(p.Seconds)}"))}");
     }
 
     /// <summary>"0.4 s", "42 s", "3 min 05 s", "1 h 02 min".</summary>
@@ -81,58 +74,162 @@ public static class TrainCommand
         < 3600 => $"{(int)(seconds / 60)} min {(int)(seconds % 60):D2} s",
         _ => $"{(int)(seconds / 3600)} h {(int)(seconds % 3600 / 60):D2} min",
     };
+}
 
-    /// <summary>The flags with their defaults, for --help.</summary>
-    /// <summary>Every training flag with its default; printed after <c>train --help</c> (see <see cref="TrainHelpAction"/>).</summary>
-    public static string FlagHelp()
+/// <summary>
+/// The options of <c>train</c>, one per <see cref="TrainingSetting"/>: typed, described, with the default and the allowed
+/// values in the help, checked while parsing (a bad value is an error naming the option, before anything runs). kohya's
+/// spellings and the kohya options sdlora has no use for are hidden options, so pasted kohya commands work.
+/// </summary>
+public sealed class TrainOptions
+{
+    private readonly List<(TrainingSetting Setting, Option<object?> Shown, Option<object?>? Hidden)> _settings = [];
+    private readonly List<(KohyaOnlySetting Setting, Option<object?> Option)> _kohyaOnly = [];
+
+    /// <summary><c>--config FILE.toml</c> (kohya's <c>--config_file</c> too).</summary>
+    public Option<string?> ConfigFile { get; } = new("--config")
     {
-        var defaults = new TrainingConfig();
-        var lines = typeof(TrainingConfig).GetProperties(BindingFlags.Public | BindingFlags.Instance).Where(p => p.CanWrite)
-            .Select(p =>
+        Description = "TOML file with training settings (same names; kohya's sections and snake_case keys work); options given here win",
+        HelpName = "FILE.toml",
+    };
+
+    private readonly Option<string?> _configFileKohya = new("--config_file", "--config-file") { Hidden = true };
+
+    public TrainOptions()
+    {
+        foreach (var s in TrainingSettings.All)
+        {
+            // Output is --out (with --output and -o) in every command.
+            var shownNames = s.Name == "output" ? new[] { "--out", "--output", "-o" } : s.Name == "model" ? ["--model", "-m"] : ["--" + s.Name];
+            var hiddenNames = s.AllNames.SelectMany(n => new[] { "--" + n.Replace('_', '-'), "--" + n.Replace('-', '_') })
+                .Distinct().Except(shownNames).ToArray();
+            var shown = Create(s, shownNames);
+            // A long list of choices goes into the description, not the placeholder, so the help's first column stays narrow.
+            bool longChoices = s.ValueName.Length > 24;
+            shown.Description = Describe(s, longChoices);
+            shown.HelpName = longChoices ? "NAME" : s.ValueName;
+            var hidden = hiddenNames.Length == 0 ? null : Create(s, hiddenNames);
+            if (hidden is not null) hidden.Hidden = true;
+            _settings.Add((s, shown, hidden));
+        }
+        foreach (var k in TrainingSettings.KohyaOnly)
+        {
+            var option = new Option<object?>("--" + k.Name, new[] { "--" + k.KohyaName }.Where(n => n != "--" + k.Name).ToArray())
             {
-                var v = p.GetValue(defaults);
-                string shown = v switch
-                {
-                    null => "",
-                    bool b => b ? "true" : "false",
-                    double d => d.ToString("G", CultureInfo.InvariantCulture),
-                    System.Collections.IEnumerable e and not string => string.Join(" ", e.Cast<object>()),
-                    _ => Convert.ToString(v, CultureInfo.InvariantCulture) ?? "",
-                };
-                return $"  --{TrainingConfigLoader.FlagName(p.Name)}{(shown.Length > 0 ? $" (default {shown})" : "")}";
-            });
-        return "Options (--flag value, --flag=value; bare boolean flags mean true):\n  --config FILE.toml\n  --verbose (print each phase's time and the peak memory at the end)\n" + string.Join("\n", lines);
+                Hidden = true,
+                Arity = k.IsSwitch ? ArgumentArity.ZeroOrOne : ArgumentArity.ExactlyOne,
+                CustomParser = r => r.Tokens.Count == 0 ? true : r.Tokens[0].Value,
+            };
+            _kohyaOnly.Add((k, option));
+        }
     }
+
+    private static Option<object?> Create(TrainingSetting s, string[] names)
+    {
+        var option = new Option<object?>(names[0], names[1..])
+        {
+            Arity = s.IsSwitch ? ArgumentArity.ZeroOrOne : s.IsList ? ArgumentArity.OneOrMore : ArgumentArity.ExactlyOne,
+            AllowMultipleArgumentsPerToken = s.IsList,
+            CustomParser = r => Parse(s, r),
+        };
+        if (s.AllowedValues.Count > 0) option.CompletionSources.Add(s.AllowedValues.ToArray());
+        else if (s.IsSwitch) option.CompletionSources.Add("true", "false");
+        return option;
+    }
+
+    // The library converts (one set of rules and messages for TOML, forms and this command line); its message names the setting.
+    private static object? Parse(TrainingSetting s, ArgumentResult r)
+    {
+        try
+        {
+            if (s.IsSwitch && r.Tokens.Count == 0) return true; // a bare --flag means true
+            object? value = s.IsList ? r.Tokens.Select(t => t.Value).ToList() : r.Tokens[0].Value;
+            var converted = s.Convert(value);
+            if (s.AllowedValues.Count > 0 && converted is string text && !s.AllowedValues.Contains(text, StringComparer.OrdinalIgnoreCase))
+                r.AddError($"--{s.Name} '{text}' is not one of {string.Join(", ", s.AllowedValues)}");
+            return converted;
+        }
+        catch (SdLoraException e)
+        {
+            r.AddError(e.Message);
+            return null;
+        }
+    }
+
+    private static string Describe(TrainingSetting s, bool listChoices)
+    {
+        var text = s.Description;
+        if (listChoices && s.AllowedValues.Count > 0) text += ": " + string.Join(", ", s.AllowedValues);
+        if (s.KohyaName != s.Name.Replace('-', '_')) text += $" (kohya: --{s.KohyaName})";
+        if (s.DefaultText.Length > 0) text += $" [default: {s.DefaultText}]";
+        return text;
+    }
+
+    /// <summary>Adds every option to <paramref name="command"/>: the main settings first, then the advanced ones, then the hidden spellings.</summary>
+    public void AddTo(Command command)
+    {
+        command.Options.Add(ConfigFile);
+        command.Options.Add(_configFileKohya);
+        foreach (var (_, shown, _) in _settings.OrderBy(x => x.Setting.Advanced)) command.Options.Add(shown);
+        foreach (var (_, _, hidden) in _settings) if (hidden is not null) command.Options.Add(hidden);
+        foreach (var (_, option) in _kohyaOnly) command.Options.Add(option);
+    }
+
+    /// <summary>
+    /// The run's settings: defaults, then the <c>--config</c> file, then the options given, validated.
+    /// <paramref name="defaultModel"/> supplies the model when neither names one.
+    /// </summary>
+    public TrainingConfig ToConfig(ParseResult parse, ICollection<string> notes, Func<string>? defaultModel = null)
+    {
+        string? file = Given(parse, ConfigFile) ? parse.GetValue(ConfigFile) : Given(parse, _configFileKohya) ? parse.GetValue(_configFileKohya) : null;
+        var values = new Dictionary<string, object?>(StringComparer.Ordinal);
+        foreach (var (setting, shown, hidden) in _settings)
+        {
+            bool a = Given(parse, shown), b = hidden is not null && Given(parse, hidden);
+            if (a && b) throw new SdLoraException($"--{setting.Name} is given twice (once as --{setting.KohyaName}): keep one") { Setting = setting.Name };
+            if (a) values[setting.Name] = parse.GetValue(shown);
+            else if (b) values[setting.Name] = parse.GetValue(hidden!);
+        }
+        foreach (var (k, option) in _kohyaOnly)
+            if (Given(parse, option)) values[k.Name] = parse.GetValue(option);
+
+        var config = file is null ? new TrainingConfig() : TrainingConfigLoader.ApplyToml(new TrainingConfig(), file, notes);
+        config = TrainingConfigLoader.Apply(config, values, null, notes);
+        if (config.Model is null && defaultModel is not null) config = config with { Model = defaultModel() };
+        return config.Validate();
+    }
+
+    private static bool Given(ParseResult parse, Option option) => parse.GetResult(option) is { Implicit: false };
 }
 
 /// <summary>Renders <see cref="TrainingProgress"/>: a Spectre progress bar per phase, or plain lines when output is not a terminal.</summary>
 internal static class TrainView
 {
-    public static TrainingResult Run(DreamBoothLoraTrainer trainer, CancellationToken ct)
+    public static TrainingResult Run(CliContext cli, LoraTrainingSession session)
     {
-        if (!AnsiConsole.Profile.Capabilities.Interactive)
+        if (!cli.IsTerminal)
         {
             var last = DateTime.MinValue;
-            return trainer.Train(new SyncProgress<TrainingProgress>(p =>
+            return session.Run(new SyncProgress<TrainingProgress>(p =>
             {
-                if (p.Phase == TrainingPhase.Info) { Console.WriteLine(p.Message); return; }
-                if (p.Done == p.Total || DateTime.UtcNow - last > TimeSpan.FromSeconds(5))
+                if (p.Phase == TrainingPhase.Info) { cli.Console.WriteLine(p.Message); return; }
+                if (p.Done == p.Total || DateTime.UtcNow - last > cli.PlainProgressInterval)
                 {
                     last = DateTime.UtcNow;
-                    Console.WriteLine(Describe(p));
+                    cli.Console.WriteLine(Describe(p));
                 }
-            }), ct);
+            }), cli.Cancellation);
         }
         TrainingResult result = null!;
-        AnsiConsole.Progress()
+        cli.Console.Progress()
             .Columns(new TaskDescriptionColumn { Alignment = Justify.Left }, new ProgressBarColumn(), new PercentageColumn(), new ElapsedTimeColumn())
             .Start(ctx =>
             {
                 ProgressTask? task = null;
                 TrainingPhase? phase = null;
-                result = trainer.Train(new SyncProgress<TrainingProgress>(p =>
+                result = session.Run(new SyncProgress<TrainingProgress>(p =>
                 {
-                    if (p.Phase == TrainingPhase.Info) { AnsiConsole.WriteLine(p.Message); return; }
+                    if (p.Phase == TrainingPhase.Info) { cli.Console.WriteLine(p.Message); return; }
                     if (task is null || phase != p.Phase)
                     {
                         task?.StopTask();
@@ -142,39 +239,26 @@ internal static class TrainView
                     task.MaxValue = Math.Max(1, p.Total);
                     task.Value = p.Done;
                     task.Description = Describe(p).EscapeMarkup();
-                }), ct);
+                }), cli.Cancellation);
                 task?.StopTask();
             });
         return result;
     }
 
-    private static string Describe(TrainingProgress p) => p.Phase switch
+    internal static string Describe(TrainingProgress p) => p.Phase switch
     {
         TrainingPhase.Training =>
-            $"epoch {p.Epoch}/{p.TotalEpochs} step {p.Done}/{p.Total} " +
-            (p.StepsPerSecond >= 1 ? $"{p.StepsPerSecond:F2} it/s" : $"{1 / Math.Max(1e-9, p.StepsPerSecond):F2} s/it") +
-            $" ETA {p.Eta:hh\\:mm\\:ss} loss {p.SmoothedLoss:F4} lr {p.LearningRate:G3}",
-        TrainingPhase.ClassImages => $"class images {p.Done}/{p.Total}" + (p.Message.Length > 0 ? $" ({p.Message})" : "") +
-            (p.Eta > TimeSpan.Zero ? $" ETA {p.Eta:hh\\:mm\\:ss}" : ""),
+            $"epoch {p.Epoch}/{p.TotalEpochs} step {p.Done}/{p.Total} {Rate(p.StepsPerSecond, "it")} ETA {p.Eta:hh\\:mm\\:ss} " +
+            $"loss {p.SmoothedLoss:F4} lr {p.LearningRate:G3}",
+        TrainingPhase.ClassImages =>
+            $"class images {p.Done}/{p.Total}" + (p.Message.Length > 0 ? $" ({p.Message})" : "") +
+            (p.StepsPerSecond > 0 ? $" {Rate(p.StepsPerSecond, "image")} ETA {p.Eta:hh\\:mm\\:ss}" : ""),
         TrainingPhase.CachingLatents => $"caching latents {p.Done}/{p.Total}",
         TrainingPhase.Sampling => $"sample images ({p.Message}) {p.Done}/{p.Total}",
         TrainingPhase.Saving => $"saving ({p.Message}) at step {p.Done}",
         _ => p.Message,
     };
-}
 
-/// <summary>
-/// The usual help, plus the list of training flags when the help is for <c>train</c> (its flags are parsed by the
-/// training config loader, not declared as options, so the standard help cannot list them).
-/// </summary>
-public sealed class TrainHelpAction(System.CommandLine.Invocation.CommandLineAction standard) : System.CommandLine.Invocation.SynchronousCommandLineAction
-{
-    public override bool ClearsParseErrors => true;
-
-    public override int Invoke(ParseResult parseResult)
-    {
-        int rc = standard is System.CommandLine.Invocation.SynchronousCommandLineAction sync ? sync.Invoke(parseResult) : 0;
-        if (parseResult.CommandResult.Command.Name == "train") Console.WriteLine("Training flags:\n" + TrainCommand.FlagHelp());
-        return rc;
-    }
+    private static string Rate(double perSecond, string unit) =>
+        perSecond >= 1 ? $"{perSecond:F2} {unit}/s" : $"{1 / Math.Max(1e-9, perSecond):F2} s/{unit}";
 }

@@ -1,3 +1,4 @@
+// Why we keep this (not Microsoft.ML.Tokenizers' BertTokenizer): its Decode misses all four BLIP caption fixtures, and its Encode drops unknown symbols and emoji where BERT emits [UNK] and does not split at tabs (docs/libraries.md).
 using System.Globalization;
 using System.Text;
 using System.Text.Json;

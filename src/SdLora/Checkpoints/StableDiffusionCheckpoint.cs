@@ -73,18 +73,8 @@ public sealed class StableDiffusionCheckpoint : IDisposable
         }
     }
 
-    /// <summary>
-    /// Opens a single tensor file by its content, not its extension: a zip (or a legacy torch pickle, which is then
-    /// refused with its own message) is a PyTorch checkpoint, anything else must be safetensors.
-    /// </summary>
-    public static ITensorSource OpenTensorFile(string path)
-    {
-        Span<byte> head = stackalloc byte[4];
-        using (var fs = File.OpenRead(path)) head = head[..fs.Read(head)];
-        bool zip = head.Length >= 2 && head[0] == (byte)'P' && head[1] == (byte)'K';
-        bool legacyPickle = head.Length == 4 && head[0] == 0x80 && head[1] is >= 2 and <= 5 && head[2] == 0x8a && head[3] == 0x0a;
-        return zip || legacyPickle ? TorchCheckpoint.Open(path) : SafetensorsFile.Open(path);
-    }
+    /// <summary>Opens a single tensor file by its content, not its extension (see <see cref="TensorFiles.Open"/>).</summary>
+    public static ITensorSource OpenTensorFile(string path) => TensorFiles.Open(path);
 
     /// <summary>The YAML used for an LDM file: the given one, else <c>NAME.yaml</c> beside the checkpoint, else none.</summary>
     public static string? FindYaml(string checkpointPath, string? configYaml)

@@ -27,7 +27,11 @@ public sealed class RgbImage
     /// Decodes jpg/png/webp/bmp, applies the EXIF orientation (phone photos are often stored rotated)
     /// and flattens any alpha channel onto white.
     /// </summary>
-    public static RgbImage Load(string path)
+    /// <param name="requireComplete">
+    /// Refuse a file cut short (an interrupted download or copy): by default its decodable part is returned with the
+    /// rest filled in, as viewers show it; training data must not contain such half-grey pictures.
+    /// </param>
+    public static RgbImage Load(string path, bool requireComplete = false)
     {
         if (!File.Exists(path)) throw new SdLoraException($"{path}: image not found");
         using var data = SKData.Create(path);
@@ -38,6 +42,8 @@ public sealed class RgbImage
         var result = codec.GetPixels(info, decoded.GetPixels());
         if (result != SKCodecResult.Success && result != SKCodecResult.IncompleteInput)
             throw new SdLoraException($"{path}: image could not be decoded ({result}); re-save it as jpg or png");
+        if (result == SKCodecResult.IncompleteInput && requireComplete)
+            throw new SdLoraException($"{path}: the file is cut short (only part of the image decodes); copy or download it again");
         using var oriented = ApplyOrientation(decoded, codec.EncodedOrigin);
         return FromBitmap(oriented);
     }

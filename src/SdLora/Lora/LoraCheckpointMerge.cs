@@ -5,22 +5,6 @@ using static TorchSharp.torch;
 
 namespace SdLora.Lora;
 
-/// <summary>A LoRA file and the weight to apply it with (<c>path[:weight]</c> on the command line).</summary>
-public sealed record LoraWeightSpec(string Path, double Weight = 1.0)
-{
-    /// <summary>Parses <c>path</c> or <c>path:weight</c> (the part after the last ':' is a weight only when it is a number, so <c>C:\x.safetensors</c> works).</summary>
-    public static LoraWeightSpec Parse(string text)
-    {
-        int colon = text.LastIndexOf(':');
-        if (colon > 0 && double.TryParse(text[(colon + 1)..], NumberStyles.Float, CultureInfo.InvariantCulture, out var w))
-        {
-            if (!double.IsFinite(w)) throw new SdLoraException($"LoRA weight in '{text}' is not a finite number; write path:0.8");
-            return new LoraWeightSpec(text[..colon], w);
-        }
-        return new LoraWeightSpec(text);
-    }
-}
-
 public sealed record LoraMergeReport(string Output, IReadOnlyList<LoraMatchResult> Matches, int LayersChanged);
 
 /// <summary>
@@ -32,20 +16,26 @@ public static class LoraCheckpointMerge
     /// <summary>The diffusers-folder parts a LoRA can change, with their key prefixes.</summary>
     internal static readonly (string Folder, string Prefix)[] DiffusersParts = [("unet", KohyaNames.DiffusersUnetPrefix), ("text_encoder", KohyaNames.DiffusersTextEncoderPrefix)];
 
-    /// <summary>Folder -> <see cref="MergeDiffusersFolder"/>; file -> <see cref="MergeSingleFile"/> with <see cref="LoraModelSource.SingleFileKeyMap"/> (the LDM key-map hook).</summary>
-    public static LoraMergeReport Merge(string model, IReadOnlyList<LoraWeightSpec> loras, string output, bool fp16 = false, IProgress<string>? progress = null, CancellationToken cancellation = default)
+    /// <summary>
+    /// Folder -> <see cref="MergeDiffusersFolder"/>; file (.safetensors or .ckpt) -> <see cref="MergeSingleFile"/> with
+    /// <see cref="LoraModelSource.SingleFileKeyMap"/> (the LDM key-map hook). The output is checked first (<see cref="OutputPath"/>):
+    /// never one of the inputs, never an existing output unless <paramref name="overwrite"/>.
+    /// </summary>
+    public static LoraMergeReport Merge(string model, IReadOnlyList<LoraUse> loras, string output, bool fp16 = false, bool overwrite = false, IProgress<string>? progress = null, CancellationToken cancellation = default)
     {
-        if (Directory.Exists(model)) return MergeDiffusersFolder(model, loras, output, fp16, progress, cancellation);
-        if (!File.Exists(model)) throw new SdLoraException($"{model}: not found; pass a diffusers folder or a .safetensors checkpoint");
+        if (Directory.Exists(model)) return MergeDiffusersFolder(model, loras, output, fp16, overwrite, progress, cancellation);
+        if (!File.Exists(model)) throw new SdLoraException($"{model}: not found; pass a diffusers folder or a .safetensors/.ckpt checkpoint");
         var map = LoraModelSource.SingleFileKeyMap ?? throw new SdLoraException($"{model}: merging into single-file (LDM) checkpoints needs the LDM key map, which this build does not have; convert the model to a diffusers folder first");
-        return MergeSingleFile(model, map, loras, output, fp16, progress, cancellation);
+        return MergeSingleFile(model, map, loras, output, fp16, overwrite, progress, cancellation);
     }
 
-    public static LoraMergeReport MergeDiffusersFolder(string modelDir, IReadOnlyList<LoraWeightSpec> loras, string outputDir, bool fp16 = false, IProgress<string>? progress = null, CancellationToken cancellation = default)
+    private static List<string> Inputs(string model, IReadOnlyList<LoraUse> loras) => [model, .. loras.Select(l => l.Path)];
+
+    public static LoraMergeReport MergeDiffusersFolder(string modelDir, IReadOnlyList<LoraUse> loras, string outputDir, bool fp16 = false, bool overwrite = false, IProgress<string>? progress = null, CancellationToken cancellation = default)
     {
         if (!File.Exists(Path.Combine(modelDir, "model_index.json")) && !Directory.Exists(Path.Combine(modelDir, "unet")))
             throw new SdLoraException($"{modelDir}: is not a diffusers model folder (no model_index.json or unet/); pass the folder that contains unet/ and text_encoder/");
-        CheckOutput(outputDir, isFolder: true);
+        outputDir = OutputPath.CheckReplacedFolder(outputDir, overwrite, Inputs(modelDir, loras), "merged model folder");
         var files = new List<(string Path, string Prefix)>();
         foreach (var (folder, prefix) in DiffusersParts)
         {
@@ -71,8 +61,7 @@ public static class LoraCheckpointMerge
                         WriteMerged(file, key => prefix + key, plan, Path.Combine(tmp, rel), fp16, cancellation);
                     }
                     if (fp16) ConvertOtherWeights(modelDir, tmp, files.Select(f => f.Path).ToHashSet(), cancellation);
-                    if (Directory.Exists(outputDir)) Directory.Delete(outputDir); // empty (checked above)
-                    Directory.Move(tmp, outputDir);
+                    ReplaceFolder(tmp, outputDir);
                 }
                 catch
                 {
@@ -87,16 +76,22 @@ public static class LoraCheckpointMerge
     }
 
     /// <param name="fileKeyToDiffusers">file key -> <c>unet.X.weight</c> / <c>text_encoder.X.weight</c>, or null.</param>
-    public static LoraMergeReport MergeSingleFile(string modelFile, Func<string, string?> fileKeyToDiffusers, IReadOnlyList<LoraWeightSpec> loras, string outputFile, bool fp16 = false, IProgress<string>? progress = null, CancellationToken cancellation = default)
+    /// <summary>Merges into a single-file checkpoint (.safetensors, or a .ckpt read through the restricted unpickler); the output is always safetensors.</summary>
+    public static LoraMergeReport MergeSingleFile(string modelFile, Func<string, string?> fileKeyToDiffusers, IReadOnlyList<LoraUse> loras, string outputFile, bool fp16 = false, bool overwrite = false, IProgress<string>? progress = null, CancellationToken cancellation = default)
     {
-        CheckOutput(outputFile, isFolder: false);
-        if (Path.GetFullPath(outputFile) == Path.GetFullPath(modelFile)) throw new SdLoraException($"{outputFile}: is the input model; choose a different --out");
-        using var file = SafetensorsFile.Open(modelFile);
-        var names = file.Entries.Select(e => (Name: fileKeyToDiffusers(e.Name), e.Shape)).Where(x => x.Name is not null).Select(x => (x.Name!, x.Shape));
-        using var plan = Plan(names, loras);
-        progress?.Report($"writing {outputFile}");
-        WriteMerged(file, fileKeyToDiffusers, plan, outputFile, fp16, cancellation);
-        return new LoraMergeReport(outputFile, plan.Matches, plan.Deltas.Count);
+        if (!string.Equals(Path.GetExtension(outputFile), ".safetensors", StringComparison.OrdinalIgnoreCase))
+            throw new SdLoraException($"{outputFile}: sdlora writes merged single-file models as safetensors; name the output NAME.safetensors");
+        OutputPath.CheckFile(outputFile, overwrite, Inputs(modelFile, loras), "merged model");
+        var file = TensorFiles.Open(modelFile);
+        try
+        {
+            var names = file.Keys.Select(k => (Name: fileKeyToDiffusers(k), Shape: file.ShapeOf(k))).Where(x => x.Name is not null).Select(x => (x.Name!, x.Shape));
+            using var plan = Plan(names, loras);
+            progress?.Report($"writing {outputFile}");
+            WriteMerged(file, fileKeyToDiffusers, plan, outputFile, fp16, cancellation);
+            return new LoraMergeReport(outputFile, plan.Matches, plan.Deltas.Count);
+        }
+        finally { (file as IDisposable)?.Dispose(); }
     }
 
     private sealed class MergePlan : IDisposable
@@ -108,7 +103,7 @@ public static class LoraCheckpointMerge
         public void Dispose() { foreach (var f in Files) f.Dispose(); }
     }
 
-    private static MergePlan Plan(IEnumerable<(string Name, long[] Shape)> parameters, IReadOnlyList<LoraWeightSpec> loras)
+    private static MergePlan Plan(IEnumerable<(string Name, long[] Shape)> parameters, IReadOnlyList<LoraUse> loras)
     {
         if (loras.Count == 0) throw new SdLoraException("no LoRA given; pass --lora FILE[:WEIGHT] at least once");
         var index = LoraTargetIndex.FromParameters(parameters);
@@ -125,7 +120,7 @@ public static class LoraCheckpointMerge
                 {
                     var key = t.PrefixedPath + ".weight";
                     if (!plan.Deltas.TryGetValue(key, out var list)) plan.Deltas[key] = list = [];
-                    list.Add((m, spec.Weight * (m.Alpha ?? m.Rank) / m.Rank));
+                    list.Add((m, spec.WeightFor(isUNet: key.StartsWith(KohyaNames.DiffusersUnetPrefix, StringComparison.Ordinal)) * (m.Alpha ?? m.Rank) / m.Rank));
                 }
             }
             return plan;
@@ -133,10 +128,10 @@ public static class LoraCheckpointMerge
         catch { plan.Dispose(); throw; }
     }
 
-    private static void WriteMerged(SafetensorsFile file, Func<string, string?> toDiffusers, MergePlan plan, string outPath, bool fp16, CancellationToken cancellation)
+    private static void WriteMerged(ITensorSource file, Func<string, string?> toDiffusers, MergePlan plan, string outPath, bool fp16, CancellationToken cancellation)
     {
-        var layout = file.Entries.Select(e => new TensorLayout(e.Name, OutputType(e.ScalarType, fp16), e.Shape)).ToList();
-        var metadata = new Dictionary<string, string>(file.Metadata);
+        var layout = file.Keys.Select(k => new TensorLayout(k, OutputType(TensorFiles.DTypeOf(file, k), fp16), file.ShapeOf(k))).ToList();
+        var metadata = new Dictionary<string, string>(TensorFiles.MetadataOf(file));
         if (plan.Files.Count > 0)
             metadata["sdlora_merged_loras"] = string.Join(", ", plan.Files.Zip(plan.Matches).Select(p => Path.GetFileName(p.First.Path)));
         SafetensorsStreamWriter.Write(outPath, layout, t =>
@@ -157,12 +152,23 @@ public static class LoraCheckpointMerge
     private static ScalarType OutputType(ScalarType t, bool fp16) =>
         fp16 && (t == ScalarType.Float32 || t == ScalarType.Float64 || t == ScalarType.BFloat16) ? ScalarType.Float16 : t;
 
-    private static void CheckOutput(string output, bool isFolder)
+    /// <summary>Puts the finished folder <paramref name="fresh"/> at <paramref name="target"/>; an old folder there is set aside first and deleted only once the new one is in place.</summary>
+    private static void ReplaceFolder(string fresh, string target)
     {
-        if (isFolder && File.Exists(output)) throw new SdLoraException($"{output}: is a file; the output of a diffusers-folder merge is a folder — choose a new folder name");
-        if (isFolder && Directory.Exists(output) && Directory.EnumerateFileSystemEntries(output).Any())
-            throw new SdLoraException($"{output}: already exists and is not empty; choose a new --out or remove it");
-        if (!isFolder && Directory.Exists(output)) throw new SdLoraException($"{output}: is a folder; give a .safetensors file name as --out");
+        if (!Directory.Exists(target))
+        {
+            Directory.Move(fresh, target);
+            return;
+        }
+        var old = Path.Combine(Path.GetDirectoryName(target)!, "." + Path.GetFileName(target) + "." + Guid.NewGuid().ToString("N")[..8] + ".old");
+        Directory.Move(target, old);
+        try { Directory.Move(fresh, target); }
+        catch
+        {
+            Directory.Move(old, target);
+            throw;
+        }
+        try { Directory.Delete(old, recursive: true); } catch (IOException) { }
     }
 
     private static void CopyTree(string from, string to, HashSet<string> skip)

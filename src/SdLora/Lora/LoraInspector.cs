@@ -32,13 +32,13 @@ public static class LoraInspector
 /// </summary>
 public sealed class LoraModelSource : ITensorSource, IDisposable
 {
-    private readonly List<SafetensorsFile> _files = [];
-    private readonly Dictionary<string, (SafetensorsFile File, string Key)> _keys = new(StringComparer.Ordinal);
+    private readonly List<ITensorSource> _files = [];
+    private readonly Dictionary<string, (ITensorSource File, string Key)> _keys = new(StringComparer.Ordinal);
 
     public string Description { get; }
     public IEnumerable<string> Keys => _keys.Keys;
     public bool Contains(string name) => _keys.ContainsKey(name);
-    public long[] ShapeOf(string name) => _keys[name].File[_keys[name].Key].Shape;
+    public long[] ShapeOf(string name) => _keys[name].File.ShapeOf(_keys[name].Key);
     public Tensor Load(string name, ScalarType? dtype = null) => _keys[name].File.Load(_keys[name].Key, dtype);
 
     /// <summary>Single-file key -> <c>unet.X</c> / <c>text_encoder.X</c> or null; the application sets it from the LDM key map.</summary>
@@ -81,16 +81,16 @@ public sealed class LoraModelSource : ITensorSource, IDisposable
             else if (File.Exists(path))
             {
                 var map = keyMap ?? SingleFileKeyMap ?? throw new SdLoraException($"{path}: single-file (LDM) checkpoints need the LDM key map, which this build does not have; convert the model to a diffusers folder first");
-                var file = SafetensorsFile.Open(path);
+                var file = TensorFiles.Open(path); // .safetensors or .ckpt, by content
                 src._files.Add(file);
                 foreach (var k in file.Keys) if (map(k) is { } name) src._keys[name] = (file, k);
                 if (src._keys.Count == 0) throw new SdLoraException($"{path}: no tensor maps to a UNet or text-encoder weight; is it a Stable Diffusion 1.x checkpoint?");
             }
-            else throw new SdLoraException($"{path}: not found; pass a diffusers model folder or a .safetensors checkpoint");
+            else throw new SdLoraException($"{path}: not found; pass a diffusers model folder or a .safetensors/.ckpt checkpoint");
             return src;
         }
         catch { src.Dispose(); throw; }
     }
 
-    public void Dispose() { foreach (var f in _files) f.Dispose(); }
+    public void Dispose() { foreach (var f in _files) (f as IDisposable)?.Dispose(); }
 }

@@ -28,6 +28,11 @@ public abstract class LoraModule : nn.Module, ILayerAdapter
     public double Scale => Alpha / Rank;
     /// <summary>Dropout probability on the adapter input, applied only in training mode.</summary>
     public double Dropout { get; set; }
+    /// <summary>
+    /// Where the dropout masks come from. A trainer passes its run's own seeded generator, so masks are reproducible
+    /// and nothing else in the process disturbs (or is disturbed by) them; null draws from torch's global generator.
+    /// </summary>
+    public Generator? DropoutGenerator { get; set; }
     public bool IsAttached { get; private set; }
     public bool IsMerged { get; private set; }
 
@@ -64,10 +69,19 @@ public abstract class LoraModule : nn.Module, ILayerAdapter
         using var scope = torch.NewDisposeScope();
         var loraType = DownWeight.dtype;
         var x = input.dtype == loraType ? input : input.to(loraType);
-        if (Dropout > 0 && training) x = nn.functional.dropout(x, Dropout, training: true);
+        if (Dropout > 0 && training) x = ApplyDropout(x);
         var y = UpDown(x).mul(Multiplier * Scale);
         var layerType = BaseWeight.dtype;
         return (y.dtype == layerType ? y : y.to(layerType)).MoveToOuterDisposeScope();
+    }
+
+    // Inverted dropout, as torch's: keep each input with probability 1 - p and scale the kept ones by 1 / (1 - p).
+    private Tensor ApplyDropout(Tensor x)
+    {
+        if (DropoutGenerator is null) return nn.functional.dropout(x, Dropout, training: true);
+        using var draw = torch.rand(x.shape, ScalarType.Float32, CPU, generator: DropoutGenerator);
+        using var keep = draw.ge(Dropout).to(x.dtype).to(x.device);
+        return x.mul(keep).div(1 - Dropout);
     }
 
     /// <summary>The full weight delta <c>multiplier * scale * up @ down</c>, fp32, shaped like the base weight.</summary>

@@ -94,6 +94,12 @@ public sealed class LoraNetwork : IDisposable
     public void Merge(bool keepOriginal = false) { foreach (var m in _modules) m.Merge(keepOriginal); }
     public void Unmerge() { foreach (var m in _modules) m.Unmerge(); }
 
+    /// <summary>The generator every module draws its dropout masks from (see <see cref="LoraModule.DropoutGenerator"/>).</summary>
+    public Generator? DropoutGenerator
+    {
+        set { foreach (var m in _modules) m.DropoutGenerator = value; }
+    }
+
     /// <summary>Training / eval mode (dropout only acts in training).</summary>
     public void Train(bool on = true) { foreach (var m in _modules) m.train(on); }
 

@@ -153,8 +153,13 @@ public static class LoraSvd
             sum > 0 ? sumKept / sum : 1, fro > 0 ? froKept / fro : 1, last > 0 ? s64[0].item<double>() / last : double.PositiveInfinity);
     }
 
-    public static List<LoraSvdModuleReport> ExtractToFile(ITensorSource baseModel, ITensorSource tuned, string output, LoraExtractOptions options, IProgress<string>? progress = null, CancellationToken cancellation = default)
+    /// <summary>
+    /// Extracts and writes the LoRA. The output is checked before any work (<see cref="OutputPath.CheckFile"/>): never one of
+    /// the two models, never an existing file unless <paramref name="overwrite"/>; written atomically.
+    /// </summary>
+    public static List<LoraSvdModuleReport> ExtractToFile(ITensorSource baseModel, ITensorSource tuned, string output, LoraExtractOptions options, bool overwrite = false, IProgress<string>? progress = null, CancellationToken cancellation = default)
     {
+        OutputPath.CheckFile(output, overwrite, [baseModel.Description, tuned.Description], "LoRA");
         using var scope = torch.NewDisposeScope();
         var (tensors, reports, metadata) = Extract(baseModel, tuned, options with { OutputName = options.OutputName ?? Path.GetFileNameWithoutExtension(output) }, progress, cancellation);
         KohyaLoraWriter.Save(output, tensors, metadata, options.SaveDType);
@@ -253,8 +258,10 @@ public static class LoraSvd
         return i;
     }
 
-    public static List<LoraSvdModuleReport> ResizeFile(string input, string output, LoraResizeOptions options, CancellationToken cancellation = default)
+    /// <summary>Resizes a LoRA file into <paramref name="output"/>: checked first (never the input, never an existing file unless <paramref name="overwrite"/>), written atomically.</summary>
+    public static List<LoraSvdModuleReport> ResizeFile(string input, string output, LoraResizeOptions options, bool overwrite = false, CancellationToken cancellation = default)
     {
+        OutputPath.CheckFile(output, overwrite, [input], "LoRA");
         using var lora = LoraFile.Read(input);
         using var scope = torch.NewDisposeScope();
         var (tensors, reports, metadata) = Resize(lora, options, cancellation);

@@ -47,6 +47,13 @@ public sealed class AdaptableLinear : nn.Module<Tensor, Tensor>, ICpuLowPrecisio
 
     public void AddAdapter(ILayerAdapter adapter) => _adapters.Add(adapter);
     public bool RemoveAdapter(ILayerAdapter adapter) => _adapters.Remove(adapter);
+    /// <summary>Removes every adapter; returns how many there were.</summary>
+    public int ClearAdapters()
+    {
+        int n = _adapters.Count;
+        _adapters.Clear();
+        return n;
+    }
 
     public override Tensor forward(Tensor input)
     {
@@ -94,6 +101,13 @@ public sealed class AdaptableConv2d : nn.Module<Tensor, Tensor>, ICpuLowPrecisio
 
     public void AddAdapter(ILayerAdapter adapter) => _adapters.Add(adapter);
     public bool RemoveAdapter(ILayerAdapter adapter) => _adapters.Remove(adapter);
+    /// <summary>Removes every adapter; returns how many there were.</summary>
+    public int ClearAdapters()
+    {
+        int n = _adapters.Count;
+        _adapters.Clear();
+        return n;
+    }
 
     public override Tensor forward(Tensor input)
     {

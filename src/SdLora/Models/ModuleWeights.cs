@@ -12,17 +12,19 @@ namespace SdLora.Models;
 public static class ModuleWeights
 {
     /// <param name="ignoreMissing">Names (exact) that may be absent from the source, e.g. buffers the reference does not store.</param>
+    /// <param name="ct">Checked before each tensor: a cancelled load stops within one tensor copy per thread.</param>
     /// <remarks>
     /// Every name and shape is checked before anything is copied. Tensors are then copied straight into the module's
     /// own tensors (<see cref="ITensorSource.CopyInto"/>, converting to their dtype on the way), several at a time:
     /// with a memory-mapped file most of a load is page faults and conversions, which use every core.
     /// </remarks>
-    public static void Load(nn.Module module, ITensorSource source, Func<string, bool>? ignoreMissing = null)
+    public static void Load(nn.Module module, ITensorSource source, Func<string, bool>? ignoreMissing = null, CancellationToken ct = default)
     {
         var missing = new List<string>();
         var work = new List<(string Name, Tensor Target)>();
         foreach (var (name, target) in module.named_parameters().Select(p => (p.name, (Tensor)p.parameter)).Concat(module.named_buffers()))
         {
+            ct.ThrowIfCancellationRequested();
             if (!source.Contains(name))
             {
                 if (ignoreMissing?.Invoke(name) != true) missing.Add(name);
@@ -38,8 +40,9 @@ public static class ModuleWeights
         // Largest first, so the threads finish together. Grad mode is per thread: each worker turns it off itself.
         var ordered = work.OrderByDescending(w => w.Target.NumberOfElements).ToList();
         int threads = source.SupportsParallelReads ? Math.Max(1, Environment.ProcessorCount) : 1;
-        Parallel.ForEach(ordered, new ParallelOptions { MaxDegreeOfParallelism = threads }, w =>
+        Parallel.ForEach(ordered, new ParallelOptions { MaxDegreeOfParallelism = threads, CancellationToken = ct }, w =>
         {
+            ct.ThrowIfCancellationRequested();
             using var noGrad = torch.no_grad();
             source.CopyInto(w.Name, w.Target);
         });

@@ -9,12 +9,6 @@ using static TorchSharp.torch;
 
 namespace SdLora.Pipelines;
 
-/// <summary>
-/// A LoRA to apply while generating: a file and its weight (A1111's <c>&lt;lora:name:weight&gt;</c>); an optional
-/// separate UNet weight (<c>&lt;lora:name:te:unet&gt;</c>), else the UNet uses <see cref="Weight"/> too.
-/// </summary>
-public sealed record LoraUse(string Path, double Weight = 1.0, double? UNetWeight = null);
-
 /// <summary>What to generate. Defaults follow AUTOMATIC1111's txt2img tab.</summary>
 public sealed record Txt2ImgOptions
 {
@@ -85,7 +79,7 @@ public sealed class Txt2ImgPipeline(StableDiffusionModel model)
 
         var encoder = new PromptEncoder(model.Tokenizer, model.TextEncoder);
         var tags = PromptParser.Parse(o.Prompt).Loras;
-        var loraUses = o.Loras.Concat(tags.Select(t => new LoraUse(ResolveLoraTag(t.Name, o.LoraDir), t.TextEncoderWeight, t.UNetWeightOverride))).ToList();
+        var loraUses = o.Loras.Concat(tags.Select(t => new LoraUse(LoraFolder.Resolve(t.Name, o.LoraDir), t.TextEncoderWeight, t.UNetWeightOverride))).ToList();
 
         var images = new List<GeneratedImage>();
         var warnings = new List<string>();
@@ -130,8 +124,9 @@ public sealed class Txt2ImgPipeline(StableDiffusionModel model)
                         string? path = null;
                         if (o.OutputDir is { } dir)
                         {
-                            path = OutputNaming.NextPath(dir, seeds[i]);
-                            PngFile.Write(path, img, new Dictionary<string, string> { ["parameters"] = p.ToInfotext() });
+                            path = OutputNaming.Reserve(dir, seeds[i]);
+                            try { PngFile.Write(path, img, new Dictionary<string, string> { ["parameters"] = p.ToInfotext() }); }
+                            catch { File.Delete(path); throw; }
                         }
                         images.Add(new GeneratedImage(img, seeds[i], p, path));
                     }
@@ -195,16 +190,4 @@ public sealed class Txt2ImgPipeline(StableDiffusionModel model)
         var img = (tiled ? VaeTiling.Default.Decode(model.Vae, x) : model.Vae.Decode(x)).to(ScalarType.Float32);
         return img.div_(2).add_(0.5).clamp_(0, 1).cpu().MoveToOuterDisposeScope();
     }
-
-    private static string ResolveLoraTag(string name, string loraDir)
-    {
-        foreach (var ext in new[] { ".safetensors", ".pt", ".ckpt" })
-        {
-            var p = Path.Combine(loraDir, name + ext);
-            if (File.Exists(p)) return p;
-        }
-        if (File.Exists(name)) return name;
-        throw new SdLoraException($"<lora:{name}> not found: no {name}.safetensors in {Path.GetFullPath(loraDir)}; put the file there or pass --lora-dir");
-    }
 }
-

@@ -1,3 +1,4 @@
+// Why we keep this (not Microsoft.ML.Tokenizers' BpeTokenizer): same ids, but twice as slow on everyday prompts and 0.25 s slower to load; CLIP's cleaning and word pattern have no library at all (docs/libraries.md).
 using System.Collections.Concurrent;
 using System.IO.Compression;
 using System.Reflection;
@@ -132,6 +133,28 @@ public sealed class ClipTokenizer
         if (merges.Count == 0)
             throw new SdLoraException($"{source}: no BPE merges found; the merges file is empty or damaged");
         return merges;
+    }
+
+    /// <summary>
+    /// Writes this vocabulary as a transformers <c>CLIPTokenizer</c> folder (<c>vocab.json</c>, <c>merges.txt</c>,
+    /// <c>tokenizer_config.json</c>, <c>special_tokens_map.json</c>), which <see cref="FromDiffusersFolder"/> reads back.
+    /// </summary>
+    public void WriteDiffusersFolder(string tokenizerDir)
+    {
+        Directory.CreateDirectory(tokenizerDir);
+        var vocab = new Dictionary<string, int>(_tokens.Length);
+        for (int id = 0; id < _tokens.Length; id++) if (_tokens[id] is { } t) vocab[t] = id;
+        var json = new JsonSerializerOptions { Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
+        File.WriteAllText(Path.Combine(tokenizerDir, "vocab.json"), JsonSerializer.Serialize(vocab, json), new UTF8Encoding(false));
+        var merges = new StringBuilder("#version: 0.2\n");
+        foreach (var ((a, b), _) in _mergeRanks.OrderBy(kv => kv.Value)) merges.Append(a).Append(' ').Append(b).Append('\n');
+        File.WriteAllText(Path.Combine(tokenizerDir, "merges.txt"), merges.ToString(), new UTF8Encoding(false));
+        static string Special(string content) =>
+            $$"""{"content": "{{content}}", "lstrip": false, "normalized": true, "rstrip": false, "single_word": false}""";
+        File.WriteAllText(Path.Combine(tokenizerDir, "special_tokens_map.json"),
+            $$"""{"bos_token": {{Special(StartOfText)}}, "eos_token": {{Special(EndOfText)}}, "pad_token": "{{EndOfText}}", "unk_token": {{Special(EndOfText)}}}""" + "\n");
+        File.WriteAllText(Path.Combine(tokenizerDir, "tokenizer_config.json"),
+            $$"""{"bos_token": {{Special(StartOfText)}}, "clean_up_tokenization_spaces": true, "eos_token": {{Special(EndOfText)}}, "errors": "replace", "model_max_length": 77, "pad_token": "{{EndOfText}}", "tokenizer_class": "CLIPTokenizer", "unk_token": {{Special(EndOfText)}}}""" + "\n");
     }
 
     /// <summary>BPE ids of <paramref name="text"/>, without BOS/EOS and without truncation.</summary>

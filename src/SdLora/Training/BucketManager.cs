@@ -37,7 +37,7 @@ public sealed class BucketManager
     }
 
     public static BucketManager FromConfig(TrainingConfig c) =>
-        new(c.Resolution, c.MinBucketReso, c.MaxBucketReso, c.BucketResoSteps, c.EnableBucket, c.BucketNoUpscale);
+        new(c.Resolution, c.EffectiveMinBucketReso, c.EffectiveMaxBucketReso, c.BucketResoSteps, c.EnableBucket, c.BucketNoUpscale);
 
     /// <summary>
     /// The bucket set, as kohya's make_bucket_resolutions: the square of the same area, plus for every width

@@ -34,6 +34,6 @@ public sealed record DatasetOptions(
     ZipLimits? ZipLimits = null)
 {
     public static DatasetOptions FromConfig(TrainingConfig c, string? zipCacheRoot = null) =>
-        new(c.Data ?? throw new SdLoraException("--data is required"), c.InstancePrompt, c.RegData, c.ClassData, c.ClassPrompt,
+        new(c.Data ?? throw new SdLoraException("data is required") { Setting = "data" }, c.InstancePrompt, c.RegData, c.ClassData, c.ClassPrompt,
             c.NumRepeats, c.CaptionExtension, zipCacheRoot);
 }

@@ -52,24 +52,24 @@ public sealed partial class DreamBoothDataset
     {
         var unreadable = new List<UnreadableImage>();
         var notes = new List<string>();
-        var root = Resolve(o.Data, "--data", o);
-        var (layout, subsets) = Discover(root, "--data", o.InstancePrompt, o.NumRepeats, isReg: false, o.CaptionExtension, unreadable, notes);
+        var root = Resolve(o.Data, "data", o);
+        var (layout, subsets) = Discover(root, "data", o.InstancePrompt, o.NumRepeats, isReg: false, o.CaptionExtension, unreadable, notes);
         var all = new List<DatasetSubset>(subsets);
         if (all.All(s => s.Images.Count == 0))
             throw new SdLoraException(unreadable.Count == 0
-                ? $"--data {o.Data}: no usable images (jpg, png, webp or bmp) found"
-                : $"--data {o.Data}: no usable images; {unreadable.Count} file(s) could not be read: {ListUnreadable(unreadable)}");
+                ? $"data {o.Data}: no usable images (jpg, png, webp or bmp) found"
+                : $"data {o.Data}: no usable images; {unreadable.Count} file(s) could not be read: {ListUnreadable(unreadable)}");
         if (o.RegData is not null)
         {
-            var regRoot = Resolve(o.RegData, "--reg-data", o);
-            var (_, reg) = Discover(regRoot, "--reg-data", o.ClassPrompt, 1, isReg: true, o.CaptionExtension, unreadable, notes);
-            if (reg.All(s => s.Images.Count == 0)) throw new SdLoraException($"--reg-data {o.RegData}: no usable class images found");
+            var regRoot = Resolve(o.RegData, "reg-data", o);
+            var (_, reg) = Discover(regRoot, "reg-data", o.ClassPrompt, 1, isReg: true, o.CaptionExtension, unreadable, notes);
+            if (reg.All(s => s.Images.Count == 0)) throw new SdLoraException($"reg-data {o.RegData}: no usable class images found");
             all.AddRange(reg);
         }
         if (o.ClassData is not null && Directory.Exists(o.ClassData) && ImageFiles(o.ClassData).Any())
         {
             if (o.ClassPrompt is null && o.RegData is null)
-                notes.Add($"--class-data {o.ClassData} ignored: pass --class-prompt to train with prior preservation");
+                notes.Add($"class-data {o.ClassData} ignored: set class-prompt to train with prior preservation");
             else if (o.ClassPrompt is not null)
             {
                 var images = LoadImages(o.ClassData, o.ClassPrompt, o.CaptionExtension, isReg: true, "class_images", unreadable);
@@ -85,7 +85,7 @@ public sealed partial class DreamBoothDataset
         if (File.Exists(path))
         {
             if (!path.EndsWith(".zip", StringComparison.OrdinalIgnoreCase))
-                throw new SdLoraException($"{flag} {path} is a file: pass the folder holding the images, or a .zip of it");
+                throw new SdLoraException($"{flag} {path} is a file: give the folder holding the images, or a .zip of it");
             var cache = o.ZipCacheRoot ?? Path.Combine(Path.GetTempPath(), "sdlora-zips");
             var dir = SafeZip.ExtractCached(path, cache, o.ZipLimits);
             return SingleWrapperFolder(dir);
@@ -109,7 +109,7 @@ public sealed partial class DreamBoothDataset
         var images = ImageFiles(root).ToList();
         var subdirs = SubDirectories(root).ToList();
         var kohyaDirs = subdirs.Where(d => TryParseKohyaFolder(Path.GetFileName(d), out _, out _)).ToList();
-        var promptFlag = isReg ? "--class-prompt" : "--instance-prompt";
+        var promptFlag = isReg ? "class-prompt" : "instance-prompt";
         string rootName = Path.GetFileName(root.TrimEnd(Path.DirectorySeparatorChar));
 
         if (images.Count > 0)
@@ -117,13 +117,13 @@ public sealed partial class DreamBoothDataset
             if (kohyaDirs.Count > 0)
                 throw new SdLoraException($"{flag} {root} holds both images and kohya sub-folders ({Quote(kohyaDirs)}): move the loose images into a '<repeats>_<prompt>' folder, or point {flag} at a folder with only images");
             if (prompt is null && TryParseKohyaFolder(rootName, out int r, out string tokens))
-                throw new SdLoraException($"{flag} {root} is one kohya subset folder ({r} repeats, prompt '{tokens}'): pass its parent folder {Path.GetDirectoryName(root)} instead, or add {promptFlag} to use it as a plain folder of images");
+                throw new SdLoraException($"{flag} {root} is one kohya subset folder ({r} repeats, prompt '{tokens}'): use its parent folder {Path.GetDirectoryName(root)} instead, or set {promptFlag} to use it as a plain folder of images");
             var loaded = LoadImages(root, prompt, captionExt, isReg, rootName, unreadable);
             if (prompt is null)
             {
                 var missing = MissingCaptions(root, captionExt, images);
                 if (missing.Count > 0)
-                    throw new SdLoraException($"{flag} {root}: {missing.Count} image(s) have no caption file (e.g. {Path.GetFileName(missing[0])}): pass {promptFlag} \"a photo of sks dog\", add same-name {captionExt} files, or use kohya folders named like '10_sks dog'");
+                    throw new SdLoraException($"{flag} {root}: {missing.Count} image(s) have no caption file (e.g. {Path.GetFileName(missing[0])}): set {promptFlag} (e.g. \"a photo of sks dog\"), add same-name {captionExt} files, or use kohya folders named like '10_sks dog'");
             }
             return (DatasetLayout.PlainFolder, [new DatasetSubset(root, rootName, plainRepeats, isReg, loaded)]);
         }
@@ -131,7 +131,7 @@ public sealed partial class DreamBoothDataset
         if (kohyaDirs.Count > 0)
         {
             if (prompt is not null && !isReg)
-                throw new SdLoraException($"{flag} {root} is a kohya dataset root (sub-folders {Quote(kohyaDirs)}), but {promptFlag} asks for a plain folder of images: drop {promptFlag} (the folder names carry the prompt), or point {flag} at the folder that holds the photos");
+                throw new SdLoraException($"{flag} {root} is a kohya dataset root (sub-folders {Quote(kohyaDirs)}), but {promptFlag} asks for a plain folder of images: leave {promptFlag} unset (the folder names carry the prompt), or point {flag} at the folder that holds the photos");
             foreach (var other in subdirs.Except(kohyaDirs))
                 notes.Add($"{flag}: folder '{Path.GetFileName(other)}' ignored: kohya folders are named <repeats>_<prompt>, e.g. 10_sks dog");
             var subsets = new List<DatasetSubset>();
@@ -150,10 +150,10 @@ public sealed partial class DreamBoothDataset
         // No images here and no kohya folders: find out whether the user pointed one level too high.
         var kohyaRoots = subdirs.Where(d => SubDirectories(d).Any(s => TryParseKohyaFolder(Path.GetFileName(s), out _, out _))).ToList();
         if (kohyaRoots.Count > 0)
-            throw new SdLoraException($"{flag} {root} is one level above a kohya dataset: pass {flag} {kohyaRoots[0]} (the folder whose sub-folders are named like '10_sks dog')");
+            throw new SdLoraException($"{flag} {root} is one level above a kohya dataset: use {flag} {kohyaRoots[0]} (the folder whose sub-folders are named like '10_sks dog')");
         var imageDirs = subdirs.Where(d => ImageFiles(d).Any()).ToList();
         if (imageDirs.Count > 0)
-            throw new SdLoraException($"{flag} {root} has no images itself, but its sub-folder(s) {Quote(imageDirs)} do: pass {flag} {imageDirs[0]} with {promptFlag}, or rename the sub-folders kohya-style as <repeats>_<prompt> (e.g. '10_sks dog')");
+            throw new SdLoraException($"{flag} {root} has no images itself, but its sub-folder(s) {Quote(imageDirs)} do: use {flag} {imageDirs[0]} with {promptFlag}, or rename the sub-folders kohya-style as <repeats>_<prompt> (e.g. '10_sks dog')");
         throw new SdLoraException($"{flag} {root}: no images found (jpg, png, webp or bmp)");
     }
 
@@ -168,7 +168,7 @@ public sealed partial class DreamBoothDataset
         foreach (var path in ImageFiles(dir))
         {
             RgbImage img;
-            try { img = RgbImage.Load(path); }
+            try { img = RgbImage.Load(path, requireComplete: true); }
             catch (Exception e) when (e is SdLoraException or IOException or UnauthorizedAccessException or ArgumentException or InvalidOperationException)
             {
                 unreadable.Add(new UnreadableImage(path, ReasonOf(e, path)));

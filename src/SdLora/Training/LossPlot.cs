@@ -1,115 +1,99 @@
-using System.Globalization;
+using System.Reflection;
 using SkiaSharp;
 using SdLora.IO;
+using SP = ScottPlot;
 
 namespace SdLora.Training;
 
-/// <summary>Draws <c>loss.png</c>: raw loss and smoothed loss against the step, with ticked, labelled axes.</summary>
+/// <summary>
+/// Draws <c>loss.png</c> with ScottPlot: the raw loss per step and its <see cref="LossEma"/> smoothing, with a title,
+/// labelled axes and a legend. Text uses a font shipped inside the library, so the labels appear on machines that have
+/// no fonts installed (SkiaSharp's Linux build used here does not ask fontconfig).
+/// </summary>
 public static class LossPlot
 {
-    private const int W = 900, H = 500, Left = 80, Right = 24, Top = 44, Bottom = 56;
-    private static readonly SKColor RawColor = new(120, 170, 220), SmoothColor = new(214, 96, 24), AxisColor = new(40, 40, 40), GridColor = new(225, 225, 225);
+    public const int Width = 900, Height = 500;
+    public static readonly SKColor RawColor = new(120, 170, 220), SmoothedColor = new(214, 96, 24);
 
-    /// <summary>Renders the plot and writes it atomically to <paramref name="pngPath"/>; an empty list gives empty axes.</summary>
-    public static void Render(IReadOnlyList<LossRow> rows, string pngPath, string title = "training loss")
+    private static readonly Lazy<SKTypeface> Font = new(LoadFont);
+
+    /// <summary>
+    /// Renders the plot and writes it atomically to <paramref name="pngPath"/>. The smoothed line is recomputed from
+    /// the raw losses with the <see cref="LossEma"/> of weight <paramref name="smoothing"/> (the one definition the
+    /// log and the progress display use). Non-finite losses are left out; an empty list gives empty axes.
+    /// </summary>
+    public static void Render(IReadOnlyList<LossRow> rows, string pngPath, string title = "training loss", double smoothing = LossEma.DefaultWeight)
     {
-        var points = rows.Where(r => double.IsFinite(r.Loss)).ToList();
-        using var surface = SKSurface.Create(new SKImageInfo(W, H, SKColorType.Rgba8888, SKAlphaType.Premul))
-            ?? throw new InvalidOperationException("could not create a drawing surface");
-        var canvas = surface.Canvas;
-        canvas.Clear(SKColors.White);
+        var png = RenderPng(rows, title, smoothing);
+        AtomicFile.WriteAllBytes(pngPath, png);
+    }
 
-        double xMin = points.Count > 0 ? points[0].Step : 0, xMax = points.Count > 1 ? points[^1].Step : xMin + 1;
-        double yMin = points.Count > 0 ? points.Min(p => Math.Min(p.Loss, p.SmoothedLoss)) : 0;
-        double yMax = points.Count > 0 ? points.Max(p => Math.Max(p.Loss, p.SmoothedLoss)) : 1;
-        if (yMax - yMin < 1e-12) { yMin -= 0.5 * Math.Max(Math.Abs(yMin), 1e-3); yMax += 0.5 * Math.Max(Math.Abs(yMax), 1e-3); }
-        var yTicks = NiceTicks(yMin, yMax, 6);
-        var xTicks = NiceTicks(xMin, xMax, 8);
-        yMin = Math.Min(yMin, yTicks[0]); yMax = Math.Max(yMax, yTicks[^1]);
-
-        float plotW = W - Left - Right, plotH = H - Top - Bottom;
-        float X(double s) => Left + (float)((s - xMin) / (xMax - xMin) * plotW);
-        float Y(double v) => Top + plotH - (float)((v - yMin) / (yMax - yMin) * plotH);
-
-        using var grid = new SKPaint { Color = GridColor, StrokeWidth = 1, IsAntialias = false };
-        using var axis = new SKPaint { Color = AxisColor, StrokeWidth = 1.5f, IsAntialias = true, Style = SKPaintStyle.Stroke };
-        foreach (var t in yTicks)
+    /// <summary>The PNG bytes of the plot (<see cref="Width"/> x <see cref="Height"/>).</summary>
+    public static byte[] RenderPng(IReadOnlyList<LossRow> rows, string title = "training loss", double smoothing = LossEma.DefaultWeight)
+    {
+        var (steps, raw, smoothed) = Series(rows, smoothing);
+        var plot = new SP.Plot();
+        try
         {
-            float y = Y(t);
-            canvas.DrawLine(Left, y, Left + plotW, y, grid);
-            canvas.DrawLine(Left - 5, y, Left, y, axis);
-            var label = Format(t, yTicks);
-            StrokeFont.Draw(canvas, label, Left - 9 - StrokeFont.Measure(label, 11), y - 5.5f, 11, AxisColor);
+            plot.FigureBackground.Color = SP.Colors.White;
+            plot.DataBackground.Color = SP.Colors.White;
+            plot.Grid.MajorLineColor = new SP.Color(225, 225, 225);
+
+            var rawLine = plot.Add.ScatterLine(steps, raw, ToColor(RawColor));
+            rawLine.LineWidth = 1.2f;
+            var smoothLine = plot.Add.ScatterLine(steps, smoothed, ToColor(SmoothedColor));
+            smoothLine.LineWidth = 2.4f;
+            if (steps.Length == 1) rawLine.MarkerSize = smoothLine.MarkerSize = 6; // one step: a dot, not an invisible line
+
+            var typeface = Font.Value;
+            plot.Axes.Title.Label.Text = title;
+            plot.Axes.Title.Label.FontSize = 16;
+            plot.Axes.Bottom.Label.Text = "step";
+            plot.Axes.Left.Label.Text = "loss";
+            foreach (var label in new[] { plot.Axes.Title.Label, plot.Axes.Bottom.Label, plot.Axes.Left.Label, plot.Axes.Bottom.TickLabelStyle, plot.Axes.Left.TickLabelStyle })
+            {
+                label.Font = typeface;
+                label.Bold = false;
+            }
+
+            plot.Legend.IsVisible = true;
+            plot.Legend.Alignment = SP.Alignment.UpperRight;
+            plot.Legend.DisplayPlottableLegendItems = false;
+            plot.Legend.ManualItems.Add(LegendEntry("loss", RawColor, 2, typeface));
+            plot.Legend.ManualItems.Add(LegendEntry($"smoothed (EMA {smoothing.ToString("0.###", System.Globalization.CultureInfo.InvariantCulture)})", SmoothedColor, 3, typeface));
+
+            if (steps.Length == 0) plot.Axes.SetLimits(0, 1, 0, 1);
+            else plot.Axes.AutoScale();
+            return plot.GetImageBytes(Width, Height, SP.ImageFormat.Png);
         }
-        foreach (var t in xTicks.Where(t => t >= xMin && t <= xMax))
+        finally
         {
-            float x = X(t);
-            canvas.DrawLine(x, Top, x, Top + plotH, grid);
-            canvas.DrawLine(x, Top + plotH, x, Top + plotH + 5, axis);
-            var label = Format(t, xTicks);
-            StrokeFont.Draw(canvas, label, x - StrokeFont.Measure(label, 11) / 2, Top + plotH + 10, 11, AxisColor);
+            plot.Dispose();
         }
-        canvas.DrawRect(Left, Top, plotW, plotH, axis);
-
-        canvas.Save();
-        canvas.ClipRect(new SKRect(Left, Top, Left + plotW, Top + plotH));
-        DrawSeries(canvas, points, p => p.Loss, X, Y, RawColor, 1.2f);
-        DrawSeries(canvas, points, p => p.SmoothedLoss, X, Y, SmoothColor, 2.4f);
-        canvas.Restore();
-
-        StrokeFont.Draw(canvas, title, W / 2f - StrokeFont.Measure(title, 16) / 2, 14, 16, AxisColor);
-        StrokeFont.Draw(canvas, "step", Left + plotW / 2 - StrokeFont.Measure("step", 13) / 2, H - 24, 13, AxisColor);
-        StrokeFont.Draw(canvas, "loss", 18, Top + plotH / 2 + StrokeFont.Measure("loss", 13) / 2, 13, AxisColor, vertical: true);
-        Legend(canvas, Left + plotW - 150, Top + 12);
-
-        using var image = surface.Snapshot();
-        using var png = image.Encode(SKEncodedImageFormat.Png, 100);
-        AtomicFile.WriteAllBytes(pngPath, png.AsSpan());
     }
 
-    private static void DrawSeries(SKCanvas canvas, List<LossRow> rows, Func<LossRow, double> value, Func<double, float> x, Func<double, float> y, SKColor color, float width)
+    /// <summary>The plotted series: steps, raw losses and their <see cref="LossEma"/> (finite losses only).</summary>
+    public static (double[] Steps, double[] Raw, double[] Smoothed) Series(IReadOnlyList<LossRow> rows, double smoothing = LossEma.DefaultWeight)
     {
-        if (rows.Count == 0) return;
-        using var paint = new SKPaint { Color = color, StrokeWidth = width, IsAntialias = true, Style = SKPaintStyle.Stroke, StrokeJoin = SKStrokeJoin.Round };
-        using var path = new SKPath();
-        path.MoveTo(x(rows[0].Step), y(value(rows[0])));
-        foreach (var r in rows.Skip(1)) path.LineTo(x(r.Step), y(value(r)));
-        if (rows.Count == 1) canvas.DrawCircle(x(rows[0].Step), y(value(rows[0])), width + 1, paint);
-        canvas.DrawPath(path, paint);
+        var finite = rows.Where(r => double.IsFinite(r.Loss)).ToArray();
+        var raw = finite.Select(r => r.Loss).ToArray();
+        return (finite.Select(r => (double)r.Step).ToArray(), raw, LossEma.Smooth(raw, smoothing));
     }
 
-    private static void Legend(SKCanvas canvas, float x, float y)
+    private static SP.LegendItem LegendEntry(string text, SKColor color, float width, SKTypeface typeface)
     {
-        using var box = new SKPaint { Color = new SKColor(255, 255, 255, 230), Style = SKPaintStyle.Fill };
-        using var border = new SKPaint { Color = GridColor, Style = SKPaintStyle.Stroke };
-        canvas.DrawRect(x, y, 138, 44, box);
-        canvas.DrawRect(x, y, 138, 44, border);
-        using var raw = new SKPaint { Color = RawColor, StrokeWidth = 2, IsAntialias = true };
-        using var smooth = new SKPaint { Color = SmoothColor, StrokeWidth = 3, IsAntialias = true };
-        canvas.DrawLine(x + 8, y + 13, x + 32, y + 13, raw);
-        StrokeFont.Draw(canvas, "loss", x + 40, y + 8, 10, AxisColor);
-        canvas.DrawLine(x + 8, y + 32, x + 32, y + 32, smooth);
-        StrokeFont.Draw(canvas, "smoothed", x + 40, y + 27, 10, AxisColor);
+        var item = new SP.LegendItem { LabelText = text, LineColor = ToColor(color), LineWidth = width };
+        item.LabelStyle.Font = typeface;
+        return item;
     }
 
-    /// <summary>About <paramref name="count"/> round tick values (1, 2, 5 x 10^k steps) covering [min, max].</summary>
-    public static double[] NiceTicks(double min, double max, int count)
-    {
-        double raw = (max - min) / Math.Max(1, count - 1);
-        double mag = Math.Pow(10, Math.Floor(Math.Log10(raw)));
-        double step = new[] { 1.0, 2.0, 2.5, 5.0, 10.0 }.Select(m => m * mag).First(s => s >= raw);
-        double start = Math.Floor(min / step) * step, end = Math.Ceiling(max / step) * step;
-        var ticks = new List<double>();
-        for (double t = start; t <= end + step * 1e-9; t += step) ticks.Add(Math.Round(t / step) * step);
-        return ticks.ToArray();
-    }
+    private static SP.Color ToColor(SKColor c) => new(c.Red, c.Green, c.Blue);
 
-    private static string Format(double v, double[] ticks)
+    private static SKTypeface LoadFont()
     {
-        double step = ticks.Length > 1 ? ticks[1] - ticks[0] : 1;
-        int decimals = 0;
-        while (decimals < 6 && Math.Abs(step * Math.Pow(10, decimals) - Math.Round(step * Math.Pow(10, decimals))) > 1e-6) decimals++;
-        if (Math.Abs(v) >= 1e5 || (v != 0 && Math.Abs(v) < 1e-4)) return v.ToString("0.0e+0", CultureInfo.InvariantCulture);
-        return v.ToString("F" + decimals, CultureInfo.InvariantCulture);
+        const string name = "SdLora.Training.DejaVuSans-Latin1.ttf";
+        using var stream = Assembly.GetExecutingAssembly().GetManifestResourceStream(name)
+            ?? throw new InvalidOperationException($"embedded resource {name} missing from the build");
+        return SKTypeface.FromStream(stream) ?? throw new InvalidOperationException($"embedded font {name} could not be read");
     }
 }

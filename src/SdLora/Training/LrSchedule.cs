@@ -33,7 +33,7 @@ public sealed record LrSchedule(string Name, int TotalSteps, int WarmupSteps = 0
                 double remaining = 1.0 - (double)(step - WarmupSteps) / Math.Max(1, TotalSteps - WarmupSteps);
                 return ((BaseLr - EndLr) * Math.Pow(remaining, Power) + EndLr) / BaseLr;
             default:
-                throw new SdLoraException($"--lr-scheduler '{Name}' is not supported: use {string.Join(", ", TrainingConfig.Schedulers)}");
+                throw new SdLoraException($"lr-scheduler '{Name}' is not supported: use {string.Join(", ", TrainingConfig.Schedulers)}");
         }
     }
 }

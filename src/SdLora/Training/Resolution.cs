@@ -15,7 +15,7 @@ public readonly record struct Resolution(int Width, int Height)
             int w = int.Parse(parts[0]);
             return new Resolution(w, parts.Length == 2 ? int.Parse(parts[1]) : w);
         }
-        throw new SdLoraException($"--resolution '{text}' is not a size: use 512 or 512,768 (width,height)");
+        throw new SdLoraException($"resolution '{text}' is not a size: use 512 or 512,768 (width,height)") { Setting = "resolution" };
     }
 
     public override string ToString() => $"{Width},{Height}";

@@ -14,7 +14,7 @@ public static class SamplePrompts
 {
     public static List<SamplePrompt> Read(string path, int width, int height, long seed)
     {
-        if (!File.Exists(path)) throw new SdLoraException($"--sample-prompts {path}: file not found (one prompt per line, e.g. 'a photo of sks dog --n blurry --s 20')");
+        if (!File.Exists(path)) throw new SdLoraException($"sample-prompts {path}: file not found (one prompt per line, e.g. 'a photo of sks dog --n blurry --s 20')");
         var lines = File.ReadAllLines(path);
         var prompts = new List<SamplePrompt>();
         for (int i = 0; i < lines.Length; i++)
@@ -23,7 +23,7 @@ public static class SamplePrompts
             if (line.Length == 0 || line.StartsWith('#')) continue;
             prompts.Add(Parse(line, width, height, seed + prompts.Count, $"{path}:{i + 1}"));
         }
-        if (prompts.Count == 0) throw new SdLoraException($"--sample-prompts {path}: no prompts (every line is empty or a # comment)");
+        if (prompts.Count == 0) throw new SdLoraException($"sample-prompts {path}: no prompts (every line is empty or a # comment)");
         return prompts;
     }
 

@@ -3,9 +3,9 @@ using System.Globalization;
 namespace SdLora.Training;
 
 /// <summary>
-/// Every option of a DreamBooth-LoRA run. Property names map to kebab-case flags and TOML keys
-/// (<c>TrainBatchSize</c> -> <c>--train-batch-size</c>); kohya's snake_case names are accepted too (see
-/// <see cref="TrainingConfigLoader"/>). Defaults follow the kohya colab: rank 32 / alpha 16, constant LR
+/// Every setting of a DreamBooth-LoRA run. <see cref="TrainingSettings"/> describes each one (name, kohya name,
+/// description, allowed values); the names are kebab-case forms of the property names (<c>TrainBatchSize</c> ->
+/// <c>train-batch-size</c>), which TOML files, <c>run.json</c> and the command line use. Defaults follow the kohya colab: rank 32 / alpha 16, constant LR
 /// 1e-4 (UNet) and 5e-5 (text encoder), 512 px, 10 repeats, 10 epochs, AdamW.
 /// </summary>
 public sealed partial record TrainingConfig
@@ -48,8 +48,10 @@ public sealed partial record TrainingConfig
     // ---- resolution and buckets ----
     public Resolution Resolution { get; init; } = Resolution.Square(512);
     public bool EnableBucket { get; init; } = true;
-    public int MinBucketReso { get; init; } = 256;
-    public int MaxBucketReso { get; init; } = 1024;
+    /// <summary>Smallest bucket side; null: 256, or the resolution's shorter side when that is smaller.</summary>
+    public int? MinBucketReso { get; init; }
+    /// <summary>Largest bucket side; null: 1024, or the resolution's longer side when that is larger.</summary>
+    public int? MaxBucketReso { get; init; }
     public int BucketResoSteps { get; init; } = 64;
     public bool BucketNoUpscale { get; init; }
     public bool RandomCrop { get; init; }
@@ -114,11 +116,11 @@ public sealed partial record TrainingConfig
     public bool GradientCheckpointing { get; init; }
     public bool CacheLatents { get; init; } = true;
     public bool CacheLatentsToDisk { get; init; }
-    /// <summary>torch CPU threads; null leaves torch's choice (one per core). Small models on busy machines run faster with 1.</summary>
-    public int? Threads { get; init; }
 
     // ---- saving ----
     public int? SaveEveryNEpochs { get; init; }
+    /// <summary>Keep only this many of the most recent epoch LoRA files (kohya's <c>save_last_n_epochs</c>); null keeps all.</summary>
+    public int? SaveLastNEpochs { get; init; }
     public int? SampleEveryNEpochs { get; init; }
     public bool Resume { get; init; }
     public bool Overwrite { get; init; }
@@ -128,6 +130,9 @@ public sealed partial record TrainingConfig
     public bool TrainUnet => !NetworkTrainTextEncoderOnly;
     public bool TrainTextEncoder => !NetworkTrainUnetOnly && EffectiveTextEncoderLr > 0;
     public bool WithPriorPreservation => ClassPrompt is not null || RegData is not null;
+    /// <summary>kohya's default range 256..1024, widened to hold the resolution when that lies outside (a 64 px run has 64 px buckets).</summary>
+    public int EffectiveMinBucketReso => MinBucketReso ?? Math.Min(256, Math.Max(BucketResoSteps, Math.Min(Resolution.Width, Resolution.Height) / BucketResoSteps * BucketResoSteps));
+    public int EffectiveMaxBucketReso => MaxBucketReso ?? Math.Max(1024, (Math.Max(Resolution.Width, Resolution.Height) + BucketResoSteps - 1) / BucketResoSteps * BucketResoSteps);
 
     public static readonly string[] Optimizers = ["AdamW", "Lion", "Prodigy"];
     public static readonly string[] Schedulers = ["constant", "constant_with_warmup", "cosine", "cosine_with_restarts", "linear", "polynomial"];
@@ -143,7 +148,7 @@ public sealed partial record TrainingConfig
         foreach (var a in OptimizerArgs)
         {
             int eq = a.IndexOf('=');
-            if (eq <= 0) throw new SdLoraException($"--optimizer-args '{a}' is not key=value (e.g. weight_decay=0.01)");
+            if (eq <= 0) throw new SdLoraException($"optimizer-args '{a}' is not key=value (e.g. weight_decay=0.01)") { Setting = "optimizer-args" };
             d[a[..eq].Trim()] = a[(eq + 1)..].Trim();
         }
         return d;
@@ -175,14 +180,18 @@ public sealed partial record TrainingConfig
     public ComputeOptions ResolveCompute(Func<CpuKernelProbeResult>? cpuProbe) =>
         ComputeOptions.Resolve(Device, MixedPrecision is "bf16" or "fp16" ? MixedPrecision : Dtype, cpuProbe);
 
-    /// <summary>Checks every value and throws <see cref="SdLoraException"/> naming the first bad option.</summary>
+    /// <summary>
+    /// Checks every value and throws <see cref="SdLoraException"/> naming the first bad setting (by its
+    /// <see cref="TrainingSettings"/> name, with <see cref="SdLoraException.Setting"/> set).
+    /// </summary>
+    /// <param name="requirePaths">false to check values only (a form being filled in, a model lent by a host).</param>
     public TrainingConfig Validate(bool requirePaths = true)
     {
         if (requirePaths)
         {
-            if (string.IsNullOrWhiteSpace(Model)) throw new SdLoraException("--model is required: a .safetensors/.ckpt checkpoint or a diffusers folder");
-            if (string.IsNullOrWhiteSpace(Data)) throw new SdLoraException("--data is required: a folder of images, a kohya dataset root (10_sks dog sub-folders) or a .zip");
-            if (string.IsNullOrWhiteSpace(Output)) throw new SdLoraException("--output is required: the folder the LoRA, loss.csv and state/ are written to");
+            if (string.IsNullOrWhiteSpace(Model)) Fail("model", "model is required: a .safetensors/.ckpt checkpoint or a diffusers folder");
+            if (string.IsNullOrWhiteSpace(Data)) Fail("data", "data is required: a folder of images, a kohya dataset root (10_sks dog sub-folders) or a .zip");
+            if (string.IsNullOrWhiteSpace(Output)) Fail("output", "output is required: the folder the LoRA, loss.csv and state/ are written to");
         }
         Positive("learning-rate", LearningRate);
         if (UnetLr is { } u) NonNegative("unet-lr", u);
@@ -198,73 +207,80 @@ public sealed partial record TrainingConfig
         if (ClassImageSampler is { } sampler)
         {
             try { Sampling.SamplerCatalog.Get(sampler); }
-            catch (SdLoraException bad) { throw new SdLoraException($"--class-image-sampler: {bad.Message}"); }
+            catch (SdLoraException bad) { Fail("class-image-sampler", $"class-image-sampler: {bad.Message}"); }
         }
         NonNegative("prior-loss-weight", PriorLossWeight);
         AtLeast("keep-tokens", KeepTokens, 0);
         if (CaptionDropout is < 0 or > 1 || double.IsNaN(CaptionDropout))
-            throw new SdLoraException($"--caption-dropout must be between 0 and 1 (got {Fmt(CaptionDropout)})");
+            Fail("caption-dropout", $"caption-dropout must be between 0 and 1 (got {Fmt(CaptionDropout)})");
         AtLeast("network-dim", NetworkDim, 1);
         Positive("network-alpha", NetworkAlpha);
         if (ConvDim is { } cd) AtLeast("conv-dim", cd, 1);
         if (ConvAlpha is { } ca) Positive("conv-alpha", ca);
-        if (NetworkDropout is { } nd && (nd < 0 || nd >= 1)) throw new SdLoraException($"--network-dropout must be in [0, 1) (got {Fmt(nd)})");
+        if (NetworkDropout is { } nd && (nd < 0 || nd >= 1)) Fail("network-dropout", $"network-dropout must be in [0, 1) (got {Fmt(nd)})");
         if (NetworkTrainUnetOnly && NetworkTrainTextEncoderOnly)
-            throw new SdLoraException("--network-train-unet-only and --network-train-text-encoder-only exclude each other: pass at most one");
-        if (ClipSkip is < 1 or > 12) throw new SdLoraException($"--clip-skip must be between 1 and 12 (got {ClipSkip}); 2 is the usual choice for anime models");
+            Fail("network-train-text-encoder-only", "network-train-unet-only and network-train-text-encoder-only exclude each other: set at most one");
+        if (ClipSkip is < 1 or > 12) Fail("clip-skip", $"clip-skip must be between 1 and 12 (got {ClipSkip}); 2 is the usual choice for anime models");
         NonNegative("noise-offset", NoiseOffset);
         if (MinSnrGamma is { } g) Positive("min-snr-gamma", g);
         if (Resolution.Width < 64 || Resolution.Height < 64 || Resolution.Width % 8 != 0 || Resolution.Height % 8 != 0)
-            throw new SdLoraException($"--resolution must be at least 64 and a multiple of 8 (got {Resolution})");
+            Fail("resolution", $"resolution must be at least 64 and a multiple of 8 (got {Resolution})");
         AtLeast("bucket-reso-steps", BucketResoSteps, 8);
-        if (BucketResoSteps % 8 != 0) throw new SdLoraException($"--bucket-reso-steps must be a multiple of 8 (got {BucketResoSteps}); 64 is usual");
-        AtLeast("min-bucket-reso", MinBucketReso, BucketResoSteps);
-        if (MaxBucketReso < MinBucketReso) throw new SdLoraException($"--max-bucket-reso ({MaxBucketReso}) must be >= --min-bucket-reso ({MinBucketReso})");
-        if (EnableBucket && (Math.Max(Resolution.Width, Resolution.Height) > MaxBucketReso || Math.Min(Resolution.Width, Resolution.Height) < MinBucketReso))
-            throw new SdLoraException($"--resolution {Resolution} lies outside the bucket range {MinBucketReso}..{MaxBucketReso}: widen --min-bucket-reso/--max-bucket-reso");
+        if (BucketResoSteps % 8 != 0) Fail("bucket-reso-steps", $"bucket-reso-steps must be a multiple of 8 (got {BucketResoSteps}); 64 is usual");
+        if (MinBucketReso is { } minReso) AtLeast("min-bucket-reso", minReso, BucketResoSteps);
+        if (EffectiveMaxBucketReso < EffectiveMinBucketReso)
+            Fail("max-bucket-reso", $"max-bucket-reso ({EffectiveMaxBucketReso}) must be >= min-bucket-reso ({EffectiveMinBucketReso})");
+        if (EnableBucket && (Math.Max(Resolution.Width, Resolution.Height) > EffectiveMaxBucketReso || Math.Min(Resolution.Width, Resolution.Height) < EffectiveMinBucketReso))
+            Fail("resolution", $"resolution {Resolution} lies outside the bucket range {EffectiveMinBucketReso}..{EffectiveMaxBucketReso}: " +
+                 "widen min-bucket-reso/max-bucket-reso (or leave them unset to follow the resolution)");
         if (!Optimizers.Contains(Optimizer, StringComparer.OrdinalIgnoreCase))
-            throw new SdLoraException(Optimizer.Contains("8bit", StringComparison.OrdinalIgnoreCase)
-                ? $"--optimizer {Optimizer} needs bitsandbytes, which has no .NET build: use AdamW (same update, full-precision state)"
-                : $"--optimizer '{Optimizer}' is not supported: use {string.Join(", ", Optimizers)}");
-        if (!Schedulers.Contains(LrScheduler)) throw new SdLoraException($"--lr-scheduler '{LrScheduler}' is not supported: use {string.Join(", ", Schedulers)}");
+            Fail("optimizer", Optimizer.Contains("8bit", StringComparison.OrdinalIgnoreCase)
+                ? $"optimizer {Optimizer} needs bitsandbytes, which has no .NET build: use AdamW (same update, full-precision state)"
+                : $"optimizer '{Optimizer}' is not supported: use {string.Join(", ", Optimizers)}");
+        if (!Schedulers.Contains(LrScheduler)) Fail("lr-scheduler", $"lr-scheduler '{LrScheduler}' is not supported: use {string.Join(", ", Schedulers)}");
         NonNegative("lr-warmup-steps", LrWarmupSteps);
         if (LrWarmupSteps >= 1 && LrWarmupSteps != Math.Floor(LrWarmupSteps))
-            throw new SdLoraException($"--lr-warmup-steps must be a whole number of steps or a ratio below 1 (got {Fmt(LrWarmupSteps)})");
+            Fail("lr-warmup-steps", $"lr-warmup-steps must be a whole number of steps or a ratio below 1 (got {Fmt(LrWarmupSteps)})");
         AtLeast("lr-scheduler-num-cycles", LrSchedulerNumCycles, 1);
         Positive("lr-scheduler-power", LrSchedulerPower);
         if (WeightDecay is { } wd) NonNegative("weight-decay", wd);
-        if (Beta1 is { } b1 && b1 is < 0 or >= 1) throw new SdLoraException($"--beta1 must be in [0, 1) (got {Fmt(b1)})");
-        if (Beta2 is { } b2 && b2 is < 0 or >= 1) throw new SdLoraException($"--beta2 must be in [0, 1) (got {Fmt(b2)})");
+        if (Beta1 is { } b1 && b1 is < 0 or >= 1) Fail("beta1", $"beta1 must be in [0, 1) (got {Fmt(b1)})");
+        if (Beta2 is { } b2 && b2 is < 0 or >= 1) Fail("beta2", $"beta2 must be in [0, 1) (got {Fmt(b2)})");
         if (Epsilon is { } e) Positive("epsilon", e);
         ParsedOptimizerArgs();
-        if (MixedPrecision is not ("no" or "fp16" or "bf16")) throw new SdLoraException($"--mixed-precision '{MixedPrecision}' is not supported: use no, fp16 or bf16");
-        if (SavePrecision is not ("fp32" or "fp16" or "bf16" or "float")) throw new SdLoraException($"--save-precision '{SavePrecision}' is not supported: use fp32, fp16 or bf16");
-        if (!ComputeOptions.IsAuto(Dtype)) ComputeOptions.ParseDType(Dtype);
+        if (MixedPrecision is not ("no" or "fp16" or "bf16")) Fail("mixed-precision", $"mixed-precision '{MixedPrecision}' is not supported: use no, fp16 or bf16");
+        if (SavePrecision is not ("fp32" or "fp16" or "bf16" or "float")) Fail("save-precision", $"save-precision '{SavePrecision}' is not supported: use fp32, fp16 or bf16");
+        if (!ComputeOptions.IsAuto(Dtype))
+        {
+            try { ComputeOptions.ParseDType(Dtype); }
+            catch (SdLoraException) { Fail("dtype", $"dtype '{Dtype}' is not supported: use auto, fp32, bf16 or fp16"); }
+        }
         if (Device.Trim().ToLowerInvariant() is not ("cpu" or "cuda") && !Device.StartsWith("cuda:", StringComparison.OrdinalIgnoreCase))
-            throw new SdLoraException($"--device '{Device}' is not known: use cpu, cuda or cuda:N");
-        if (Threads is { } th) AtLeast("threads", th, 1);
+            Fail("device", $"device '{Device}' is not known: use cpu, cuda or cuda:N");
         if (SaveEveryNEpochs is { } se) AtLeast("save-every-n-epochs", se, 1);
+        if (SaveLastNEpochs is { } sl) AtLeast("save-last-n-epochs", sl, 1);
         if (SampleEveryNEpochs is { } sa) AtLeast("sample-every-n-epochs", sa, 1);
         if (RandomCrop && CacheLatents)
-            throw new SdLoraException("--random-crop gives a new crop every epoch, which cached latents can't follow: add --cache-latents false, or drop --random-crop");
-        if (Resume && Overwrite) throw new SdLoraException("--resume and --overwrite exclude each other: --resume continues the run in --output, --overwrite discards it");
+            Fail("random-crop", "random-crop gives a new crop every epoch, which cached latents can't follow: set cache-latents false, or drop random-crop");
+        if (Resume && Overwrite) Fail("overwrite", "resume and overwrite exclude each other: resume continues the run in the output folder, overwrite discards it");
         if (string.IsNullOrWhiteSpace(OutputName) || OutputName.IndexOfAny(Path.GetInvalidFileNameChars()) >= 0 || OutputName.Contains('/'))
-            throw new SdLoraException($"--output-name '{OutputName}' is not a valid file name");
-        if (!CaptionExtension.StartsWith('.')) throw new SdLoraException($"--caption-extension must start with a dot (got '{CaptionExtension}'), e.g. .txt");
+            Fail("output-name", $"output-name '{OutputName}' is not a valid file name");
+        if (!CaptionExtension.StartsWith('.')) Fail("caption-extension", $"caption-extension must start with a dot (got '{CaptionExtension}'), e.g. .txt");
         return this;
     }
 
     internal static string Fmt(double v) => v.ToString("R", CultureInfo.InvariantCulture);
-    private static void Positive(string flag, double v)
+    private static void Fail(string setting, string message) => throw new SdLoraException(message) { Setting = setting };
+    private static void Positive(string setting, double v)
     {
-        if (!(v > 0) || double.IsInfinity(v)) throw new SdLoraException($"--{flag} must be > 0 (got {Fmt(v)})");
+        if (!(v > 0) || double.IsInfinity(v)) Fail(setting, $"{setting} must be > 0 (got {Fmt(v)})");
     }
-    private static void NonNegative(string flag, double v)
+    private static void NonNegative(string setting, double v)
     {
-        if (!(v >= 0) || double.IsInfinity(v)) throw new SdLoraException($"--{flag} must be >= 0 (got {Fmt(v)})");
+        if (!(v >= 0) || double.IsInfinity(v)) Fail(setting, $"{setting} must be >= 0 (got {Fmt(v)})");
     }
-    private static void AtLeast(string flag, int v, int min)
+    private static void AtLeast(string setting, int v, int min)
     {
-        if (v < min) throw new SdLoraException($"--{flag} must be >= {min} (got {v})");
+        if (v < min) Fail(setting, $"{setting} must be >= {min} (got {v})");
     }
 }

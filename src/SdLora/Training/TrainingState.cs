@@ -49,7 +49,7 @@ public static class TrainingStateStore
         try { return JsonSerializer.Deserialize<TrainingState>(File.ReadAllText(path), RunFolder.JsonOptions) ?? throw new JsonException("empty"); }
         catch (Exception e) when (e is JsonException or IOException)
         {
-            throw new SdLoraException($"--resume: {path} is not readable ({e.Message}); start a new run with --overwrite");
+            throw new SdLoraException($"resume: {path} is not readable ({e.Message}); start a new run with overwrite") { Setting = "resume" };
         }
     }
 
@@ -64,10 +64,10 @@ public static class TrainingStateStore
             {
                 string down = m.LoraName + ".lora_down.weight", up = m.LoraName + ".lora_up.weight";
                 if (!f.Contains(down) || !f.Contains(up))
-                    throw new SdLoraException($"--resume: {f.Path} has no weights for {m.LoraName}: the saved run trained other layers; resume with the same network settings or start over with --overwrite");
+                    throw new SdLoraException($"resume: {f.Path} has no weights for {m.LoraName}: the saved run trained other layers; resume with the same network settings or start over with overwrite") { Setting = "resume" };
                 var d = f.Load(down); var u = f.Load(up);
                 if (!d.shape.SequenceEqual(m.DownWeight.shape) || !u.shape.SequenceEqual(m.UpWeight.shape))
-                    throw new SdLoraException($"--resume: {m.LoraName} in {f.Path} has another shape (different --network-dim?); resume with the same settings or start over with --overwrite");
+                    throw new SdLoraException($"resume: {m.LoraName} in {f.Path} has another shape (different network-dim?); resume with the same settings or start over with overwrite") { Setting = "resume" };
                 m.SetWeights(d, u);
             }
         }
@@ -78,20 +78,20 @@ public static class TrainingStateStore
     {
         if (File.Exists(Path.Combine(run.StateDir, StateJson))) return run.StateDir;
         if (File.Exists(Path.Combine(run.StateDir + ".old", StateJson))) return run.StateDir + ".old";
-        throw new SdLoraException($"--resume: {run.StateDir} holds no state.json; start a new run with --overwrite");
+        throw new SdLoraException($"resume: {run.StateDir} holds no state.json; start a new run with overwrite") { Setting = "resume" };
     }
 
     /// <summary>The settings that must not change across a resume (paths to outputs, run length and save cadence may).</summary>
     public static TrainingConfig ResumeRelevant(TrainingConfig c) => c with
     {
         Output = null, Resume = false, Overwrite = false, MaxTrainEpochs = 1, MaxTrainSteps = null, SaveEveryNEpochs = null,
-        SampleEveryNEpochs = null, SamplePrompts = null, Device = "cpu", ClassData = null, Threads = null,
+        SaveLastNEpochs = null, SampleEveryNEpochs = null, SamplePrompts = null, Device = "cpu", ClassData = null,
     };
 
     public static string ConfigHash(TrainingConfig c) =>
         Convert.ToHexString(SHA256.HashData(Encoding.UTF8.GetBytes(JsonSerializer.Serialize(ResumeRelevant(c), RunFolder.JsonOptions))))[..16].ToLowerInvariant();
 
-    /// <summary>Flag names whose values differ between two configs (for the resume error message).</summary>
+    /// <summary>Settings whose values differ between two configs, as <c>name old -> new</c> (for the resume error message).</summary>
     public static List<string> Differences(TrainingConfig saved, TrainingConfig now)
     {
         var a = JsonSerializer.SerializeToElement(ResumeRelevant(saved), RunFolder.JsonOptions);
@@ -100,7 +100,7 @@ public static class TrainingStateStore
         foreach (var p in a.EnumerateObject())
         {
             string other = b.TryGetProperty(p.Name, out var v) ? v.GetRawText() : "null";
-            if (p.Value.GetRawText() != other) diffs.Add($"--{p.Name} {p.Value.GetRawText()} -> {other}");
+            if (p.Value.GetRawText() != other) diffs.Add($"{p.Name} {p.Value.GetRawText()} -> {other}");
         }
         return diffs;
     }

@@ -1,43 +1,31 @@
-using System.CommandLine;
-using System.CommandLine.Help;
-using SdLora.Cli.Commands;
 using Xunit;
 
 namespace SdLora.Tests.Benchmarks;
 
 public class BenchCommandTests
 {
-    /// <summary>The root command as Program.cs builds it, with the help action that appends the training flags for <c>train</c>.</summary>
-    private static RootCommand Root()
-    {
-        var root = new RootCommand("sdlora");
-        foreach (var command in CommandCatalog.All()) root.Subcommands.Add(command);
-        foreach (var help in root.Options.OfType<HelpOption>())
-            if (help.Action is { } standard) help.Action = new TrainHelpAction(standard);
-        return root;
-    }
-
     [Fact]
     public void Bench_train_help_lists_only_its_own_options()
     {
-        var parse = Root().Parse(["bench", "train", "--help"]);
-        Assert.IsNotType<TrainHelpAction>(parse.Action);
-        var output = new StringWriter();
-        Assert.Equal(0, parse.Invoke(new InvocationConfiguration { Output = output }));
-        var help = output.ToString();
+        var run = SdLora.Tests.Cli.CliRunner.Run("bench", "train", "--help");
+        Assert.Equal(0, run.ExitCode);
         foreach (var option in new[] { "--dtype", "--checkpointing", "--steps", "--size", "--rank", "--threads", "--cpu-low-precision" })
-            Assert.Contains(option, help);
-        Assert.DoesNotContain("Training flags", help);
-        Assert.DoesNotContain("--instance-prompt", help);
+            Assert.Contains(option, run.Out);
+        Assert.DoesNotContain("--instance-prompt", run.Out);
+        Assert.DoesNotContain("--learning-rate", run.Out);
     }
 
     [Fact]
-    public void Every_bench_command_takes_threads_except_load()
+    public void Every_bench_command_takes_threads_from_the_global_option()
     {
-        var bench = Root().Subcommands.Single(c => c.Name == "bench");
+        using var cli = SdLora.Cli.CliContext.Plain(new StringWriter());
+        var root = SdLora.Cli.SdLoraCli.CreateRoot(cli);
+        var threads = root.Options.Single(o => o.Name == SdLora.Cli.SdLoraCli.ThreadsOption);
+        Assert.True(threads.Recursive);
+        var bench = root.Subcommands.Single(c => c.Name == "bench");
         Assert.Equal(["unet", "load", "generate", "train", "caption", "vae", "workflow"], bench.Subcommands.Select(c => c.Name));
-        foreach (var command in bench.Subcommands.Where(c => c.Name != "load"))
-            Assert.Contains(command.Options, o => o.Name == "--threads");
+        foreach (var command in bench.Subcommands)
+            Assert.Empty(root.Parse(["bench", command.Name, "--threads", "1", "--help"]).Errors);
     }
 
     [Theory]
@@ -56,9 +44,9 @@ public class BenchCommandTests
     [Fact]
     public void Doctor_json_reports_cpu_flags_probe_choice_and_cache_path()
     {
-        var output = new StringWriter();
-        Assert.Equal(0, Root().Parse(["doctor", "--json"]).Invoke(new InvocationConfiguration { Output = output }));
-        using var doc = System.Text.Json.JsonDocument.Parse(output.ToString());
+        var run = SdLora.Tests.Cli.CliRunner.Run("doctor", "--json");
+        Assert.True(run.ExitCode == 0, run.ToString());
+        using var doc = System.Text.Json.JsonDocument.Parse(run.Out);
         var r = doc.RootElement;
         Assert.False(string.IsNullOrEmpty(r.GetProperty("cpu").GetProperty("model").GetString()));
         Assert.Equal(System.Text.Json.JsonValueKind.Array, r.GetProperty("cpu").GetProperty("flags").ValueKind);
@@ -66,14 +54,16 @@ public class BenchCommandTests
         Assert.Contains(r.GetProperty("dtype_auto").GetString(), new[] { "fp32", "bf16" });
         Assert.Equal(CpuKernelProbeCache.DefaultPath, r.GetProperty("cache").GetString());
         // What doctor reports is what generate would pick: both come from the same cached probe.
-        var auto = SdLora.Cli.Commands.CliCompute.Resolve("cpu", "auto", _ => { });
+        using var cli = SdLora.Cli.CliContext.Plain(new StringWriter(), new StringWriter());
+        var auto = SdLora.Cli.Commands.CliCompute.Resolve("cpu", "auto", cli);
         Assert.Equal(r.GetProperty("dtype_auto").GetString(), ComputeOptions.DTypeName(auto.DType));
     }
 
     [Fact]
     public void Every_bench_command_offers_json()
     {
-        var bench = Root().Subcommands.Single(c => c.Name == "bench");
+        using var cli = SdLora.Cli.CliContext.Plain(new StringWriter());
+        var bench = SdLora.Cli.SdLoraCli.CreateRoot(cli).Subcommands.Single(c => c.Name == "bench");
         foreach (var command in bench.Subcommands)
             Assert.Contains(command.Options, o => o.Name == "--json");
     }
@@ -81,10 +71,9 @@ public class BenchCommandTests
     [Fact]
     public void Bench_vae_json_is_one_object_with_what_ran_dtype_time_work_ceiling_efficiency_memory_and_cpu()
     {
-        var output = new StringWriter();
-        int rc = Root().Parse(["bench", "vae", "--size", "64", "--no-encode", "--dtype", "fp32", "--json"]).Invoke(new InvocationConfiguration { Output = output });
-        Assert.Equal(0, rc);
-        using var doc = System.Text.Json.JsonDocument.Parse(output.ToString());
+        var run = SdLora.Tests.Cli.CliRunner.Run("bench", "vae", "--size", "64", "--no-encode", "--dtype", "fp32", "--json");
+        Assert.True(run.ExitCode == 0, run.ToString());
+        using var doc = System.Text.Json.JsonDocument.Parse(run.Out);
         var r = doc.RootElement;
         Assert.Equal("vae", r.GetProperty("benchmark").GetString());
         Assert.Contains("64x64", r.GetProperty("what").GetString());

@@ -134,6 +134,34 @@ public sealed class BlipGenerationTests(GoldenBlip blip) : IClassFixture<GoldenB
         for (int b = 0; b < batch; b++)
             Assert.Equal(decoded[b].GetProperty("text").GetString(), blip.Captioner.Tokenizer.Decode(result.Sequences[b]));
     }
+
+    // The fixtures' cases never reach their min_length, so this pins the rule on its own: with no minimum the model
+    // ends some caption early; raising the minimum past that point must keep [SEP] out of every position before it,
+    // in greedy and in beam search alike.
+    [SkippableTheory]
+    [InlineData(1)]
+    [InlineData(3)]
+    public void Min_length_keeps_the_end_token_out_until_the_minimum(int numBeams)
+    {
+        using var scope = torch.NewDisposeScope();
+        using var f = Fixtures.Open("blip/generate");
+        long sep = blip.Model.Config.Text.SepTokenId;
+        var pixels = f.Load("pixel_values");
+        long[] start = f.Load("prompt_input_ids")[0].data<long>().ToArray();
+        static int FirstEnd(long[] row, long sep, int from) { for (int i = from; i < row.Length; i++) if (row[i] == sep) return i; return int.MaxValue; }
+
+        var free = BlipGenerator.Generate(blip.Model, pixels, start, new BlipGenerationOptions { MaxLength = 40, NumBeams = numBeams });
+        int earliest = free.Sequences.Min(r => FirstEnd(r, sep, start.Length));
+        Assert.True(earliest < 37, $"precondition: without a minimum some caption ends early (earliest end at {earliest})");
+
+        int minLength = earliest + 3;
+        var bounded = BlipGenerator.Generate(blip.Model, pixels, start, new BlipGenerationOptions { MaxLength = 40, MinLength = minLength, NumBeams = numBeams });
+        foreach (var row in bounded.Sequences)
+        {
+            Assert.True(row.Length >= minLength, $"sequence of {row.Length} tokens is shorter than min length {minLength}");
+            Assert.True(FirstEnd(row, sep, start.Length) >= minLength, $"[SEP] at {FirstEnd(row, sep, start.Length)} before min length {minLength}");
+        }
+    }
 }
 
 public sealed class BlipGenerationOptionsTests

@@ -27,8 +27,8 @@ public sealed class DatasetCaptionerTests(TinyBlip blip) : IClassFixture<TinyBli
         using var dir = Fixtures.TempDir();
         MakeDataset(dir.Path);
         var output = new StringWriter();
-        var console = AnsiConsole.Create(new AnsiConsoleSettings { Out = new AnsiConsoleOutput(output), Ansi = AnsiSupport.No, Interactive = InteractionSupport.No });
-        var root = new RootCommand { CaptionCommand.Create(console) };
+        using var cli = SdLora.Cli.CliContext.Plain(output);
+        var root = new RootCommand { CaptionCommand.Create(cli) };
         int rc = root.Parse(["caption", dir.Path, "--model", TinyBlip.ModelDir, "--prefix", "sks dog, ", "--max-length", "20", "--dtype", "fp32"]).Invoke();
 
         Assert.Equal(0, rc);
@@ -53,7 +53,7 @@ public sealed class DatasetCaptionerTests(TinyBlip blip) : IClassFixture<TinyBli
         var reports = new List<CaptionProgress>();
         var options = new BlipCaptionOptions { Generation = new BlipGenerationOptions { MaxLength = 20, MinLength = 5 } };
         var summary = DatasetCaptioner.Run(dir.Path, blip.Captioner, options,
-            new DatasetCaptionOptions { Extension = "caption", Overwrite = true }, new SyncProgress(reports));
+            new DatasetCaptionOptions { Extension = "caption", Overwrite = true }, new SyncProgress<CaptionProgress>(reports.Add));
         Assert.Equal(1, summary.Captioned);
         Assert.Equal("uniform portrait uniform uniform she uniform c portrait play uniform truck in\n", File.ReadAllText(Path.Combine(sub, "00.caption")));
         Assert.Single(reports);
@@ -88,10 +88,5 @@ public sealed class DatasetCaptionerTests(TinyBlip blip) : IClassFixture<TinyBli
         var e = Assert.Throws<SdLoraException>(() => DatasetCaptioner.NormalizeExtension(".png"));
         Assert.Contains("use .txt or .caption", e.Message);
         Assert.Equal(".caption", DatasetCaptioner.NormalizeExtension("caption"));
-    }
-
-    private sealed class SyncProgress(List<CaptionProgress> into) : IProgress<CaptionProgress>
-    {
-        public void Report(CaptionProgress value) => into.Add(value);
     }
 }

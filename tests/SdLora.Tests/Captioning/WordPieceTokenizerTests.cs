@@ -56,6 +56,28 @@ public sealed class WordPieceTokenizerGoldenTests
 
 public sealed class WordPieceTokenizerTests
 {
+    private static WordPieceTokenizer Tokenizer => WordPieceTokenizer.FromFolder(Fixtures.CopiedSet("blip/model"));
+
+    // Rules of transformers' BasicTokenizer (the BLIP reference) that Microsoft.ML.Tokenizers' BertTokenizer does
+    // not follow (see docs/libraries.md): every ASCII symbol is punctuation, a piece missing from the vocab is
+    // [UNK] (never dropped), tabs and Unicode space separators split words, format characters (Cf) are removed.
+    [Fact]
+    public void Symbols_emoji_and_numerals_missing_from_the_vocab_become_unk_not_nothing()
+    {
+        Assert.Equal(["[UNK]", "5", "[UNK]", "2", "[UNK]", "[UNK]"], Tokenizer.Tokenize("$5^2`~"));
+        Assert.Equal([.. Tokenizer.Tokenize("emoji"), "[UNK]", "dog"], Tokenizer.Tokenize("emoji \U0001F436 dog"));
+        Assert.Equal(["[UNK]", "[UNK]", "[UNK]"], Tokenizer.Tokenize("\u216B \u00BD \u00B2"));
+    }
+
+    [Fact]
+    public void Tab_and_no_break_space_separate_words_and_zero_width_space_is_removed()
+    {
+        Assert.Equal(["dog", "cat"], Tokenizer.Tokenize("dog\tcat"));
+        Assert.Equal(["dog", "cat"], Tokenizer.Tokenize("dog\u00A0cat"));
+        Assert.Equal(Tokenizer.Tokenize("dogcat"), Tokenizer.Tokenize("dog\u200Bcat"));
+        Assert.Equal(Tokenizer.Tokenize("dog cat"), Tokenizer.Tokenize("dog \u0000\uFFFD cat"));
+    }
+
     [Fact]
     public void Word_longer_than_100_characters_becomes_one_unk()
     {

@@ -112,6 +112,31 @@ public class TorchCheckpointTests
         Assert.Contains("refuses to load: the pickle asks for 'builtins.eval'", e.Message);
     }
 
+    // torch's own namespace holds code runners too (torch.load re-enters unpickling, torch.hub downloads and runs
+    // code, torch.jit compiles); only the storage types and tensor rebuilders may be named. Near misses of
+    // allowed names (another module, a prefix) must not slip through either.
+    [Theory]
+    [InlineData("torch", "load")]
+    [InlineData("torch.hub", "load")]
+    [InlineData("torch.jit", "load")]
+    [InlineData("torch", "as_tensor")]
+    [InlineData("torch._utils", "_rebuild_device_tensor_from_numpy")]
+    [InlineData("torch.storage", "FloatStorage")]
+    [InlineData("torch", "FloatStorageX")]
+    [InlineData("collections", "defaultdict")]
+    [InlineData("numpy", "load")]
+    [InlineData("pytorch_lightning.callbacks", "LambdaCallback")]
+    public void Globals_outside_the_allow_list_are_refused_even_inside_torch(string module, string name)
+    {
+        using var dir = Fixtures.TempDir();
+        var path = dir.File("evil.ckpt");
+        var w = new PickleWriter();
+        w.Str(module).Str(name).Op(0x93).Stop();
+        TorchZipWriter.Write(path, w.ToArray(), new Dictionary<string, byte[]>());
+        var e = Assert.Throws<SdLoraException>(() => TorchCheckpoint.Open(path));
+        Assert.Contains($"refuses to load: the pickle asks for '{module}.{name}'", e.Message);
+    }
+
     [Fact]
     public void Unknown_opcode_is_reported_with_its_position()
     {

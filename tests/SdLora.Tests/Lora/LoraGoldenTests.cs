@@ -88,7 +88,7 @@ public class LoraGoldenTests(TinyModels models) : IClassFixture<TinyModels>
         var merged = tmp.File("merged.safetensors");
         var yaml = Fixtures.Golden("tiny-sd15-ldm.safetensors")[..^".safetensors".Length] + ".yaml";
         if (File.Exists(yaml)) File.Copy(yaml, tmp.File("merged.yaml"));
-        LoraCheckpointMerge.Merge(Fixtures.Golden("tiny-sd15-ldm.safetensors"), [new LoraWeightSpec(LoraPath, multiplier)], merged);
+        LoraCheckpointMerge.Merge(Fixtures.Golden("tiny-sd15-ldm.safetensors"), [new LoraUse(LoraPath, multiplier)], merged);
         using (var src = SdLora.IO.SafetensorsFile.Open(Fixtures.Golden("tiny-sd15-ldm.safetensors")))
         using (var dst = SdLora.IO.SafetensorsFile.Open(merged))
             Assert.Equal(src.Keys.OrderBy(k => k, StringComparer.Ordinal), dst.Keys.OrderBy(k => k, StringComparer.Ordinal));

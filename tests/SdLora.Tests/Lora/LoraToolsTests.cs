@@ -14,7 +14,7 @@ public class LoraToolsTests
         using var dir = Fixtures.TempDir();
         var outDir = dir.File("merged");
         var lora = Fixtures.CopiedSet("lora_kohya_tiny.safetensors");
-        var report = LoraCheckpointMerge.Merge(Fixtures.CopiedSet("tiny-sd15"), [LoraWeightSpec.Parse(lora + ":0.5")], outDir);
+        var report = LoraCheckpointMerge.Merge(Fixtures.CopiedSet("tiny-sd15"), [LoraUse.Parse(lora + ":0.5")], outDir);
         Assert.Empty(report.Matches[0].UnmatchedKeys);
         Assert.Equal(210, report.LayersChanged);
         Assert.True(File.Exists(Path.Combine(outDir, "vae", "config.json")));
@@ -32,15 +32,15 @@ public class LoraToolsTests
         Fixtures.AssertClose(expected, actual, 1e-3, "merged fp16 weight"); // stored F16: one rounding
         Assert.True(torch.equal(before.Load("conv_in.weight"), after.Load("conv_in.weight")).all().item<bool>());
 
-        var ex = Assert.Throws<SdLoraException>(() => LoraCheckpointMerge.Merge(Fixtures.CopiedSet("tiny-sd15"), [new LoraWeightSpec(lora)], outDir));
+        var ex = Assert.Throws<SdLoraException>(() => LoraCheckpointMerge.Merge(Fixtures.CopiedSet("tiny-sd15"), [new LoraUse(lora)], outDir));
         Assert.Contains("already exists", ex.Message);
     }
 
     [Fact]
     public void Lora_weight_spec_parses_optional_weight()
     {
-        Assert.Equal(new LoraWeightSpec("a.safetensors", 0.7), LoraWeightSpec.Parse("a.safetensors:0.7"));
-        Assert.Equal(new LoraWeightSpec(@"C:\x\a.safetensors", 1.0), LoraWeightSpec.Parse(@"C:\x\a.safetensors"));
+        Assert.Equal(new LoraUse("a.safetensors", 0.7), LoraUse.Parse("a.safetensors:0.7"));
+        Assert.Equal(new LoraUse(@"C:\x\a.safetensors", 1.0), LoraUse.Parse(@"C:\x\a.safetensors"));
     }
 
     private static Dictionary<string, Tensor> FakeCheckpoint(int seed)

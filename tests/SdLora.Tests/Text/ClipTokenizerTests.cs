@@ -138,3 +138,40 @@ public class ClipTokenizerTests
         Assert.Contains("line 2", ex.Message);
     }
 }
+
+/// <summary>
+/// sdlora keeps its own BPE merge loop (see docs/libraries.md); this pins it to an independent, maintained
+/// byte-level BPE (Microsoft.ML.Tokenizers with the <c>&lt;/w&gt;</c> suffix) on many words no fixture has.
+/// </summary>
+public class ClipBpeCrossCheckTests
+{
+    [Fact]
+    public void Bpe_merges_equal_microsoft_ml_tokenizers_byte_level_bpe_on_random_words()
+    {
+        var dir = Fixtures.Golden("tiny-sd15/tokenizer");
+        var vocab = System.Text.Json.JsonSerializer.Deserialize<Dictionary<string, int>>(File.ReadAllText(Path.Combine(dir, "vocab.json")))!;
+        var merges = File.ReadLines(Path.Combine(dir, "merges.txt")).Skip(1).Where(l => l.Length > 0).ToList();
+        var reference = Microsoft.ML.Tokenizers.BpeTokenizer.Create(new Microsoft.ML.Tokenizers.BpeOptions(vocab)
+        {
+            Merges = merges, EndOfWordSuffix = "</w>", ByteLevel = true,
+        });
+
+        // Each string is one CLIP word that cleaning leaves alone: a letter run (Latin, accented, CJK, Greek) or a
+        // run of symbols and emoji, so the two sides see the same BPE input.
+        var letters = "abcdefghijklmnopqrstuvwxyzéèêüöäßçñøåæœ東京猫犬夜景αβγδ".EnumerateRunes().Select(r => r.ToString()).ToArray();
+        var symbols = ".,!?()[]{}:;/%$#@*+=<>~^`\"-_|\\🐶🔥👍🎉✨★→".EnumerateRunes().Select(r => r.ToString()).ToArray();
+        var rng = new Random(20240611);
+        int checkedWords = 0;
+        for (int i = 0; i < 20_000; i++)
+        {
+            var pool = i % 4 == 3 ? symbols : letters;
+            // Mostly common letters, so real merges happen; sometimes anything from the pool.
+            var word = string.Concat(Enumerable.Range(0, rng.Next(1, 16)).Select(_ => pool[rng.Next(rng.Next(4) == 0 ? pool.Length : Math.Min(26, pool.Length))]));
+            var expected = reference.EncodeToIds(word, considerPreTokenization: false, considerNormalization: false);
+            var actual = ClipTokenizer.Default.Encode(word);
+            Assert.True(expected.SequenceEqual(actual), $"'{word}': ML.Tokenizers [{string.Join(",", expected)}] vs sdlora [{string.Join(",", actual)}]");
+            checkedWords++;
+        }
+        Assert.Equal(20_000, checkedWords);
+    }
+}

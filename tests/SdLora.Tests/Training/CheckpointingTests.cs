@@ -8,7 +8,6 @@ using static TorchSharp.torch;
 
 namespace SdLora.Tests.Training;
 
-[Collection(SerialTrainingCollection.Name)]
 public class CheckpointingTests
 {
     [Fact]

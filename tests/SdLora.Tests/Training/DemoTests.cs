@@ -1,40 +1,114 @@
 using SdLora.Cli.Commands;
+using SdLora.Imaging;
 using SdLora.IO;
+using SdLora.Pipelines;
+using SdLora.Tests.Cli;
 using SdLora.Training;
+using TorchSharp;
 using Xunit;
 
 namespace SdLora.Tests.Training;
 
-[Collection(SerialTrainingCollection.Name)]
 public class DemoTests
 {
+    private static string Assets => Path.Combine(Fixtures.RepoRoot, "assets");
+
+    /// <summary>Splits a printed shell line into arguments (double quotes with backslash escapes, as the demo writes them).</summary>
+    private static List<string> ShellWords(string line)
+    {
+        var words = new List<string>();
+        var current = new System.Text.StringBuilder();
+        bool quoted = false, any = false;
+        for (int i = 0; i < line.Length; i++)
+        {
+            char ch = line[i];
+            if (quoted && ch == '\\' && i + 1 < line.Length && !OperatingSystem.IsWindows()) { current.Append(line[++i]); continue; }
+            if (ch == '"') { quoted = !quoted; any = true; continue; }
+            if (ch == ' ' && !quoted)
+            {
+                if (any || current.Length > 0) words.Add(current.ToString());
+                current.Clear(); any = false;
+                continue;
+            }
+            current.Append(ch);
+        }
+        if (any || current.Length > 0) words.Add(current.ToString());
+        return words;
+    }
+
     [Fact]
     [Trait("Category", "Slow")]
-    public void Demo_makes_class_images_lora_loss_plot_and_samples_and_reruns_over_itself()
+    public void Demo_trains_reruns_over_itself_and_prints_a_generate_command_that_runs()
     {
         using var dir = Fixtures.TempDir();
-        var output = dir.File("sdlora-demo");
-        // A class-image cache of this test's own: the user's cache may already hold the tiny model's class images.
-        var config = DemoCommand.Config(output, steps: 4, assetsDir: Path.Combine(Fixtures.RepoRoot, "assets")) with { ClassImageCache = dir.File("cache") };
-        var r = new DreamBoothLoraTrainer(config).Train();
-        Assert.Equal(4, r.ClassImagesGenerated);
+        var output = dir.File("sdlora demo"); // a space, so the printed command must quote it
+        // The thread count the process already has: the demo would otherwise set 1, and tests share the process.
+        var threads = torch.get_num_threads().ToString();
+        var first = CliRunner.Run("demo", "--out", output, "--max-train-steps", "4", "--threads", threads);
+        Assert.True(first.ExitCode == 0, first.ToString());
         Assert.Equal(4, ClassImageFolder.CountExisting(Path.Combine(output, "class_images")));
-        Assert.True(File.Exists(Path.Combine(output, DemoCommand.DemoOutputName + ".safetensors")));
         Assert.True(File.Exists(Path.Combine(output, "loss.png")));
-        Assert.Equal(2, r.Samples.Count);
-        Assert.All(r.Samples, s => Assert.True(File.Exists(s)));
-        using (var lora = SafetensorsFile.Open(r.LoraPath!))
+        Assert.Equal(2, Directory.GetFiles(Path.Combine(output, "samples"), "*.png").Length);
+        using (var lora = SafetensorsFile.Open(Path.Combine(output, DemoCommand.DemoOutputName + ".safetensors")))
         {
             Assert.Equal("4", lora.Metadata["ss_steps"]);
             Assert.Equal("5", lora.Metadata["ss_num_train_images"]);
             Assert.Contains(lora.Keys, k => k.StartsWith("lora_te_"));
         }
 
-        // A second demo replaces the first (and reuses its class images).
-        var again = DemoCommand.Config(output, steps: 2, assetsDir: Path.Combine(Fixtures.RepoRoot, "assets")) with { ClassImageCache = dir.File("cache") };
-        Assert.True(again.Overwrite);
-        var r2 = new DreamBoothLoraTrainer(again).Train();
-        Assert.Equal(0, r2.ClassImagesGenerated);
-        Assert.Equal(2, r2.Steps);
+        // A second demo replaces the first (reusing its class images); the old spelling --steps still works.
+        var again = CliRunner.Run("demo", "--output", output, "--steps", "2", "--threads", threads);
+        Assert.True(again.ExitCode == 0, again.ToString());
+        Assert.DoesNotContain("class images generated", again.Out);
+        using (var lora = SafetensorsFile.Open(Path.Combine(output, DemoCommand.DemoOutputName + ".safetensors")))
+            Assert.Equal("2", lora.Metadata["ss_steps"]);
+
+        // The closing generate command runs as printed and uses the LoRA just trained.
+        var line = again.Out.Split('\n').Select(l => l.Trim()).Single(l => l.StartsWith("sdlora generate "));
+        var words = ShellWords(line);
+        Assert.Equal("sdlora", words[0]);
+        var generated = CliRunner.Run([.. words.Skip(1), "--threads", threads]);
+        Assert.True(generated.ExitCode == 0, generated.ToString());
+        var png = Assert.Single(Directory.GetFiles(Path.Combine(output, "generated"), "*.png"));
+        var parameters = GenerationParameters.Parse(PngFile.ReadText(png)["parameters"]);
+        Assert.Contains(parameters.LoraHashes, h => h.Key == DemoCommand.DemoOutputName);
+        Assert.Contains(again.Out.Split('\n'), l => l.Trim().StartsWith("sdlora train --model v1-5-pruned-emaonly.safetensors"));
+    }
+
+    [Fact]
+    public void Demo_refuses_a_folder_holding_another_run_before_writing_anything_and_names_only_its_own_options()
+    {
+        using var dir = Fixtures.TempDir();
+        var run = RunFolder.Prepare(dir.File("taken"), resume: false, overwrite: false);
+        run.WriteRunJson(new TrainingConfig { OutputName = "my-dog" });
+        Directory.CreateDirectory(run.StateDir);
+        File.WriteAllText(Path.Combine(run.StateDir, "state.json"), "{}");
+
+        var e = Assert.Throws<SdLoraException>(() => DemoCommand.Prepare(dir.File("taken"), 4, Assets));
+        Assert.Equal($"--out {dir.File("taken")} holds a training run that is not a demo (the demo replaces only its own runs): choose another folder with --out", e.Message);
+        Assert.False(File.Exists(Path.Combine(dir.File("taken"), "sample_prompts.txt")));
+
+        var cli = CliRunner.Run("demo", "--out", dir.File("taken"));
+        Assert.Equal(2, cli.ExitCode);
+        Assert.DoesNotContain("--resume", cli.Err);
+        Assert.DoesNotContain("--overwrite", cli.Err);
+        Assert.False(File.Exists(Path.Combine(dir.File("taken"), "sample_prompts.txt")));
+    }
+
+    [Fact]
+    public void Demo_settings_validate_and_a_fresh_or_unsaved_folder_is_fine()
+    {
+        using var dir = Fixtures.TempDir();
+        var fresh = DemoCommand.Prepare(dir.File("new"), 40, Assets);
+        Assert.False(fresh.Overwrite);
+        Assert.True(File.Exists(fresh.SamplePrompts));
+        Assert.Equal(2, SamplePrompts.Read(fresh.SamplePrompts!, 128, 128, 1).Count);
+        fresh.Validate();
+
+        // What a demo stopped during its class images leaves: run.json, no saved state.
+        Directory.CreateDirectory(dir.File("unsaved"));
+        File.WriteAllText(Path.Combine(dir.File("unsaved"), "run.json"), "{}");
+        var unsaved = DemoCommand.Prepare(dir.File("unsaved"), 40, Assets);
+        Assert.False(unsaved.Overwrite);
     }
 }

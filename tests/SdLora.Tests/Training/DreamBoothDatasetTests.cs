@@ -68,7 +68,7 @@ public class DreamBoothDatasetTests
         var img = tmp.File("img");
         TrainingTestData.WritePngs(Path.Combine(img, "10_sks dog"), 1);
         var ex = Assert.Throws<SdLoraException>(() => DreamBoothDataset.Load(new DatasetOptions(img, InstancePrompt: "a photo of sks dog")));
-        Assert.Equal($"--data {img} is a kohya dataset root (sub-folders '10_sks dog'), but --instance-prompt asks for a plain folder of images: drop --instance-prompt (the folder names carry the prompt), or point --data at the folder that holds the photos", ex.Message);
+        Assert.Equal($"data {img} is a kohya dataset root (sub-folders '10_sks dog'), but instance-prompt asks for a plain folder of images: leave instance-prompt unset (the folder names carry the prompt), or point data at the folder that holds the photos", ex.Message);
     }
 
     [Fact]
@@ -78,7 +78,7 @@ public class DreamBoothDatasetTests
         var sub = Path.Combine(tmp.File("img"), "10_sks dog");
         TrainingTestData.WritePngs(sub, 2);
         var ex = Assert.Throws<SdLoraException>(() => DreamBoothDataset.Load(new DatasetOptions(sub)));
-        Assert.Equal($"--data {sub} is one kohya subset folder (10 repeats, prompt 'sks dog'): pass its parent folder {tmp.File("img")} instead, or add --instance-prompt to use it as a plain folder of images", ex.Message);
+        Assert.Equal($"data {sub} is one kohya subset folder (10 repeats, prompt 'sks dog'): use its parent folder {tmp.File("img")} instead, or set instance-prompt to use it as a plain folder of images", ex.Message);
     }
 
     [Fact]
@@ -87,7 +87,7 @@ public class DreamBoothDatasetTests
         using var tmp = Fixtures.TempDir();
         TrainingTestData.WritePngs(Path.Combine(tmp.Path, "project", "img", "10_sks dog"), 1);
         var ex = Assert.Throws<SdLoraException>(() => DreamBoothDataset.Load(new DatasetOptions(tmp.File("project"))));
-        Assert.Equal($"--data {tmp.File("project")} is one level above a kohya dataset: pass --data {Path.Combine(tmp.Path, "project", "img")} (the folder whose sub-folders are named like '10_sks dog')", ex.Message);
+        Assert.Equal($"data {tmp.File("project")} is one level above a kohya dataset: use data {Path.Combine(tmp.Path, "project", "img")} (the folder whose sub-folders are named like '10_sks dog')", ex.Message);
     }
 
     [Fact]
@@ -96,7 +96,7 @@ public class DreamBoothDatasetTests
         using var tmp = Fixtures.TempDir();
         TrainingTestData.WritePngs(Path.Combine(tmp.Path, "data", "photos"), 2);
         var ex = Assert.Throws<SdLoraException>(() => DreamBoothDataset.Load(new DatasetOptions(tmp.File("data"), InstancePrompt: "sks")));
-        Assert.StartsWith($"--data {tmp.File("data")} has no images itself, but its sub-folder(s) 'photos' do: pass --data {Path.Combine(tmp.Path, "data", "photos")}", ex.Message);
+        Assert.StartsWith($"data {tmp.File("data")} has no images itself, but its sub-folder(s) 'photos' do: use data {Path.Combine(tmp.Path, "data", "photos")}", ex.Message);
     }
 
     [Fact]
@@ -105,14 +105,14 @@ public class DreamBoothDatasetTests
         using var tmp = Fixtures.TempDir();
         File.WriteAllText(tmp.File("notes.txt"), "hi");
         var ex = Assert.Throws<SdLoraException>(() => DreamBoothDataset.Load(new DatasetOptions(tmp.Path, InstancePrompt: "sks")));
-        Assert.Equal($"--data {tmp.Path}: no images found (jpg, png, webp or bmp)", ex.Message);
+        Assert.Equal($"data {tmp.Path}: no images found (jpg, png, webp or bmp)", ex.Message);
     }
 
     [Fact]
     public void Missing_folder_is_a_clear_error()
     {
         var ex = Assert.Throws<SdLoraException>(() => DreamBoothDataset.Load(new DatasetOptions("/nonexistent/sdlora/x")));
-        Assert.Equal("--data /nonexistent/sdlora/x: folder not found", ex.Message);
+        Assert.Equal("data /nonexistent/sdlora/x: folder not found", ex.Message);
     }
 
     [Fact]
@@ -132,12 +132,29 @@ public class DreamBoothDatasetTests
     }
 
     [Fact]
+    public void Truncated_jpeg_is_skipped_and_listed_like_an_unreadable_one()
+    {
+        using var tmp = Fixtures.TempDir();
+        TrainingTestData.CopyPhotos("dog", tmp.Path, 2);
+        var photos = Directory.GetFiles(tmp.Path, "*.jpg").Order().ToList();
+        // An interrupted download: the first 60 % of a real photo. Its header is fine; its pixels stop part-way.
+        var bytes = File.ReadAllBytes(photos[1]);
+        File.WriteAllBytes(photos[1], bytes[..(bytes.Length * 6 / 10)]);
+        var ds = DreamBoothDataset.Load(new DatasetOptions(tmp.Path, InstancePrompt: "sks"));
+        Assert.Equal([photos[0]], ds.Subsets[0].Images.Select(i => i.Path));
+        var skipped = Assert.Single(ds.Unreadable);
+        Assert.Equal(photos[1], skipped.Path);
+        Assert.Contains("cut short", skipped.Reason);
+        Assert.Contains(photos[1], ds.Summary());
+    }
+
+    [Fact]
     public void Only_corrupt_images_is_an_error_listing_them()
     {
         using var tmp = Fixtures.TempDir();
         File.WriteAllBytes(tmp.File("a.png"), [1, 2, 3]);
         var ex = Assert.Throws<SdLoraException>(() => DreamBoothDataset.Load(new DatasetOptions(tmp.Path, InstancePrompt: "sks")));
-        Assert.StartsWith($"--data {tmp.Path}: no usable images; 1 file(s) could not be read: a.png: not a readable image", ex.Message);
+        Assert.StartsWith($"data {tmp.Path}: no usable images; 1 file(s) could not be read: a.png: not a readable image", ex.Message);
     }
 
     [Fact]
@@ -146,7 +163,7 @@ public class DreamBoothDatasetTests
         using var tmp = Fixtures.TempDir();
         TrainingTestData.WritePngs(tmp.Path, 2);
         var ex = Assert.Throws<SdLoraException>(() => DreamBoothDataset.Load(new DatasetOptions(tmp.Path)));
-        Assert.Contains("2 image(s) have no caption file (e.g. img00.png): pass --instance-prompt", ex.Message);
+        Assert.Contains("2 image(s) have no caption file (e.g. img00.png): set instance-prompt", ex.Message);
     }
 
     [Fact]

@@ -64,8 +64,11 @@ public class LatentCacheTests
         using var cache = new LatentCache();
         var key = new LatentCacheKey("abc");
         Assert.False(cache.TryGet(key, out _));
-        cache.Put(key, torch.ones(1, 4, 8, 8));
+        var latent = torch.arange(256, dtype: ScalarType.Float32).reshape(1, 4, 8, 8);
+        cache.Put(key, latent);
         Assert.True(cache.TryGet(key, out var t));
+        Assert.Equal(latent.data<float>().ToArray(), t.data<float>().ToArray());
         Assert.Equal(new long[] { 1, 4, 8, 8 }, t.shape);
+        Assert.False(cache.TryGet(new LatentCacheKey("abd"), out _));
     }
 }

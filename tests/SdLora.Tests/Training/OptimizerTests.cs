@@ -49,6 +49,41 @@ public class OptimizerTests
     }
 
     [Fact]
+    public void AdamW_is_bit_identical_to_torchsharp_torch_optim_AdamW_with_groups_and_a_schedule()
+    {
+        // sdlora keeps its own AdamW for the resumable safetensors state (docs/libraries.md); the update itself must
+        // stay exactly the library's. Same kernels in the same order, so equality is exact on any CPU.
+        var gen = new torch.Generator(7);
+        long[][] shapes = [[4, 32], [32, 4], [4, 48], [48, 4], [7]];
+        var ours = shapes.Select(s => new Parameter(torch.randn(s, generator: gen))).ToArray();
+        var theirs = ours.Select(p => new Parameter(p.detach().clone())).ToArray();
+        using var adamw = new AdamW([new ParamGroup("unet", ours[..3], 1e-3), new ParamGroup("te", ours[3..], 5e-4)], 0.9, 0.999, 1e-8, 0.01);
+        var reference = torch.optim.AdamW(
+        [
+            new TorchSharp.Modules.AdamW.ParamGroup(theirs[..3], lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01),
+            new TorchSharp.Modules.AdamW.ParamGroup(theirs[3..], lr: 5e-4, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01),
+        ]);
+        var groups = reference.ParamGroups.ToArray();
+        for (int step = 1; step <= 25; step++)
+        {
+            using (torch.no_grad())
+                for (int i = 0; i < ours.Length; i++)
+                {
+                    var grad = torch.randn(shapes[i], generator: gen) * (1.0 / step);
+                    ours[i].grad = grad.clone();
+                    theirs[i].grad = grad;
+                }
+            double multiplier = 0.5 * (1 + Math.Cos(Math.PI * step / 25)); // cosine schedule
+            adamw.Step(multiplier);
+            groups[0].LearningRate = 1e-3 * multiplier;
+            groups[1].LearningRate = 5e-4 * multiplier;
+            reference.step();
+            for (int i = 0; i < ours.Length; i++)
+                Assert.True(ours[i].eq(theirs[i]).all().item<bool>(), $"step {step}, parameter {i} differs from torch.optim.AdamW");
+        }
+    }
+
+    [Fact]
     public void Per_group_learning_rates_and_schedule_multiplier_apply()
     {
         var a = Param(0f); var b = Param(0f);
@@ -142,7 +177,7 @@ public class OptimizerTests
         Assert.Equal(0.99, o.Beta2);
         Assert.Equal(0.01, o.WeightDecay);
         var ex = Assert.Throws<SdLoraException>(() => OptimizerFactory.Create(cfg with { Optimizer = "AdamW", OptimizerArgs = ["momentum=0.9"] }, [new ParamGroup("u", [p], 1.0)]));
-        Assert.StartsWith("--optimizer-args 'momentum' is not a setting of AdamW", ex.Message);
+        Assert.StartsWith("optimizer-args 'momentum' is not a setting of AdamW", ex.Message);
     }
 
     [Fact]

@@ -47,6 +47,33 @@ public class SafeZipTests
         Assert.False(Directory.Exists(tmp.File("out")));
     }
 
+    // A '..' anywhere in the path is refused, not only at the start, and whichever slash the zip tool wrote;
+    // a name that merely begins with dots is an ordinary file.
+    [Theory]
+    [InlineData("img/../b.txt")]
+    [InlineData("img/../../evil.txt")]
+    [InlineData("img/5_sks dog/../../../evil.txt")]
+    [InlineData("img\\..\\..\\evil.txt")]
+    public void Zip_entry_with_dotdot_inside_its_path_is_refused(string entry)
+    {
+        using var tmp = Fixtures.TempDir();
+        var zip = MakeZip(tmp.File("evil.zip"), ("img/ok.txt", [1]), (entry, [1, 2]));
+        var ex = Assert.Throws<SdLoraException>(() => SafeZip.Extract(zip, tmp.File("out")));
+        Assert.Equal($"{zip}: entry '{entry}' climbs out of the folder with '..'; refusing to unpack this zip", ex.Message);
+        Assert.False(Directory.Exists(tmp.File("out")));
+        Assert.False(File.Exists(tmp.File("evil.txt")));
+    }
+
+    [Fact]
+    public void Zip_entry_whose_name_starts_with_dots_is_unpacked()
+    {
+        using var tmp = Fixtures.TempDir();
+        var zip = MakeZip(tmp.File("ok.zip"), ("img/..notes.txt", [7]), ("...txt", [8]));
+        SafeZip.Extract(zip, tmp.File("out"));
+        Assert.Equal(new byte[] { 7 }, File.ReadAllBytes(Path.Combine(tmp.File("out"), "img", "..notes.txt")));
+        Assert.Equal(new byte[] { 8 }, File.ReadAllBytes(Path.Combine(tmp.File("out"), "...txt")));
+    }
+
     [Fact]
     public void Zip_entry_with_absolute_path_is_refused()
     {

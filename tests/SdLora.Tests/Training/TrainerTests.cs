@@ -10,7 +10,6 @@ using static TorchSharp.torch;
 
 namespace SdLora.Tests.Training;
 
-[Collection(SerialTrainingCollection.Name)]
 public class TrainerTests
 {
     /// <summary>A 64 px run of the tiny model on <paramref name="images"/> bundled dog photos (1 repeat each).</summary>
@@ -92,7 +91,7 @@ public class TrainerTests
         new DreamBoothLoraTrainer(cfg).Train();
         var e = Assert.Throws<SdLoraException>(() => new DreamBoothLoraTrainer(cfg).Train());
         Assert.Contains("already holds a training run", e.Message);
-        Assert.Contains("--resume", e.Message);
+        Assert.Contains("set resume to continue it", e.Message);
         var r = Assert.Throws<SdLoraException>(() => new DreamBoothLoraTrainer(cfg with { Resume = true, NetworkDim = 8 }).Train());
         Assert.Contains("settings differ", r.Message);
         Assert.Contains("network-dim", r.Message);

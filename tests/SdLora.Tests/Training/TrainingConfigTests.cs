@@ -64,6 +64,8 @@ public class TrainingConfigTests
             optimizer_type = "Lion"
             max_train_epochs = 4
             network_module = "networks.lora"
+            save_model_as = "safetensors"
+            xformers = true
             """);
         var notes = new List<string>();
         var c = TrainingConfigLoader.Load(toml, null, notes: notes);
@@ -73,7 +75,7 @@ public class TrainingConfigTests
         Assert.Equal(0.05, c.CaptionDropout);
         Assert.Equal("Lion", c.Optimizer);
         Assert.Equal(4, c.MaxTrainEpochs);
-        Assert.Contains(notes, n => n.Contains("network_module"));
+        Assert.Equal([$"{toml}: xformers: not needed (sdlora uses torch's scaled-dot-product attention); ignored"], notes);
     }
 
     [Fact]
@@ -83,7 +85,7 @@ public class TrainingConfigTests
         var toml = tmp.File("bad.toml");
         File.WriteAllText(toml, "learning-rat = 1e-4\n");
         var ex = Assert.Throws<SdLoraException>(() => TrainingConfigLoader.Load(toml, Paths()));
-        Assert.Equal($"{toml}: unknown option 'learning-rat' (did you mean 'learning-rate'?)", ex.Message);
+        Assert.Equal($"{toml}: unknown setting 'learning-rat' (did you mean 'learning-rate'?)", ex.Message);
     }
 
     [Fact]
@@ -97,27 +99,29 @@ public class TrainingConfigTests
     }
 
     [Theory]
-    [InlineData("learning-rate", "-1", "--learning-rate must be > 0 (got -1)")]
-    [InlineData("train-batch-size", "0", "--train-batch-size must be >= 1 (got 0)")]
-    [InlineData("caption-dropout", "1.5", "--caption-dropout must be between 0 and 1 (got 1.5)")]
-    [InlineData("lr-scheduler", "step", "--lr-scheduler 'step' is not supported: use constant, constant_with_warmup, cosine, cosine_with_restarts, linear, polynomial")]
-    [InlineData("optimizer", "AdamW8bit", "--optimizer AdamW8bit needs bitsandbytes, which has no .NET build: use AdamW (same update, full-precision state)")]
-    [InlineData("network-dim", "abc", "command line: --network-dim must be a whole number (got 'abc')")]
-    [InlineData("resolution", "big", "--resolution 'big' is not a size: use 512 or 512,768 (width,height)")]
-    [InlineData("clip-skip", "0", "--clip-skip must be between 1 and 12 (got 0); 2 is the usual choice for anime models")]
-    public void Bad_values_name_the_flag(string flag, string value, string message)
+    [InlineData("learning-rate", "-1", "learning-rate must be > 0 (got -1)")]
+    [InlineData("learning_rate", "-1", "learning-rate must be > 0 (got -1)")]
+    [InlineData("train-batch-size", "0", "train-batch-size must be >= 1 (got 0)")]
+    [InlineData("caption-dropout", "1.5", "caption-dropout must be between 0 and 1 (got 1.5)")]
+    [InlineData("lr-scheduler", "step", "lr-scheduler 'step' is not supported: use constant, constant_with_warmup, cosine, cosine_with_restarts, linear, polynomial")]
+    [InlineData("optimizer", "AdamW8bit", "optimizer AdamW8bit needs bitsandbytes, which has no .NET build: use AdamW (same update, full-precision state)")]
+    [InlineData("network-dim", "abc", "network-dim must be a whole number (got 'abc')")]
+    [InlineData("resolution", "big", "resolution 'big' is not a size: use 512 or 512,768 (width,height)")]
+    [InlineData("clip-skip", "0", "clip-skip must be between 1 and 12 (got 0); 2 is the usual choice for anime models")]
+    public void Bad_values_name_the_setting_not_a_flag_spelling(string key, string value, string message)
     {
         var o = Paths();
-        o[flag] = value;
+        o[key] = value;
         var ex = Assert.Throws<SdLoraException>(() => TrainingConfigLoader.Load(null, o));
         Assert.Equal(message, ex.Message);
+        Assert.Equal(TrainingSettings.Get(key).Name, ex.Setting);
     }
 
     [Fact]
     public void Missing_data_is_reported()
     {
         var ex = Assert.Throws<SdLoraException>(() => TrainingConfigLoader.Load(null, new Dictionary<string, object?> { ["model"] = "m" }));
-        Assert.StartsWith("--data is required", ex.Message);
+        Assert.StartsWith("data is required", ex.Message);
     }
 
     [Fact]
@@ -144,30 +148,13 @@ public class TrainingConfigTests
     }
 }
 
-public class TrainingCommandLineTests
+public class TrainingConfigValidationTests
 {
-    [Fact]
-    public void Command_line_tokens_become_explicit_overrides()
-    {
-        var (config, o) = TrainingConfigLoader.ParseCommandLine(
-            ["--config", "train.toml", "--learning-rate", "3e-4", "--shuffle-caption", "--enable-bucket", "false", "--resolution=640,512", "--data", "img"]);
-        Assert.Equal("train.toml", config);
-        Assert.Equal("3e-4", o["learning-rate"]);
-        Assert.Equal("true", o["shuffle-caption"]);
-        Assert.Equal("false", o["enable-bucket"]);
-        Assert.Equal("640,512", o["resolution"]);
-        var c = TrainingConfigLoader.Load(null, new Dictionary<string, object?>(o) { ["model"] = "m", ["output"] = "o" });
-        Assert.Equal(3e-4, c.LearningRate);
-        Assert.True(c.ShuffleCaption);
-        Assert.False(c.EnableBucket);
-        Assert.Equal(new Resolution(640, 512), c.Resolution);
-    }
-
     [Fact]
     public void Random_crop_with_cached_latents_is_refused()
     {
         var ex = Assert.Throws<SdLoraException>(() => new TrainingConfig { RandomCrop = true }.Validate(requirePaths: false));
-        Assert.StartsWith("--random-crop gives a new crop every epoch", ex.Message);
+        Assert.StartsWith("random-crop gives a new crop every epoch", ex.Message);
         new TrainingConfig { RandomCrop = true, CacheLatents = false }.Validate(requirePaths: false);
     }
 }

@@ -1,3 +1,4 @@
+// Why we keep this (not TorchSharp's torch.optim.AdamW, whose update is bit-identical): our state resumes from named safetensors on the base Lion and Prodigy share; TorchSharp keeps it per parameter handle in its own binary format (docs/libraries.md).
 using static TorchSharp.torch;
 
 namespace SdLora.Training.Optimizers;

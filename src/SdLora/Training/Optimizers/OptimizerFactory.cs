@@ -23,15 +23,15 @@ public static class OptimizerFactory
             "prodigy" => new Prodigy(groups, b1(0.9), b2(0.999), args.TryGetValue("beta3", out var b3) ? Num("beta3", b3) : null,
                 eps(1e-8), wd(0), flag("decouple", true), flag("use_bias_correction", false), flag("safeguard_warmup", false),
                 arg("d0", 1e-6), arg("d_coef", 1.0), arg("growth_rate", double.PositiveInfinity)),
-            _ => throw new SdLoraException($"--optimizer '{c.Optimizer}' is not supported: use {string.Join(", ", TrainingConfig.Optimizers)}"),
+            _ => throw new SdLoraException($"optimizer '{c.Optimizer}' is not supported: use {string.Join(", ", TrainingConfig.Optimizers)}"),
         };
         var known = new HashSet<string>(StringComparer.OrdinalIgnoreCase) { "betas", "weight_decay", "eps", "beta3", "decouple", "use_bias_correction", "safeguard_warmup", "d0", "d_coef", "growth_rate" };
         foreach (var k in args.Keys)
-            if (!known.Contains(k)) throw new SdLoraException($"--optimizer-args '{k}' is not a setting of {c.Optimizer}: use {string.Join(", ", known)}");
+            if (!known.Contains(k)) throw new SdLoraException($"optimizer-args '{k}' is not a setting of {c.Optimizer}: use {string.Join(", ", known)}");
         return opt;
     }
 
     private static double Num(string key, string text) =>
         double.TryParse(text.Trim(), NumberStyles.Float, CultureInfo.InvariantCulture, out var v) ? v
-            : throw new SdLoraException($"--optimizer-args {key}={text} is not a number");
+            : throw new SdLoraException($"optimizer-args {key}={text} is not a number");
 }

@@ -90,7 +90,7 @@ public abstract class TrainingOptimizer : IDisposable
                 && int.TryParse(parts[0][1..], out int g) && int.TryParse(parts[1][1..], out int p))
             {
                 if (g >= Groups.Count || p >= Groups[g].Parameters.Count || !Groups[g].Parameters[p].shape.SequenceEqual(t.shape))
-                    throw new SdLoraException($"optimizer state '{key}' does not match the network being trained (different --network-dim or modules?): start without --resume or with the same settings");
+                    throw new SdLoraException($"optimizer state '{key}' does not match the network being trained (different network-dim or modules?): start without resume or with the same settings");
                 var target = State(g, p, parts[2]);
                 using var noGrad = torch.no_grad();
                 target.copy_(t);

@@ -1,0 +1,51 @@
+using SdLora.Models;
+using SdLora.Sampling;
+using SdLora.Training;
+using TorchSharp;
+using Xunit;
+using static TorchSharp.torch;
+
+namespace SdLora.Tests.Training;
+
+public class DiffusionLossTests
+{
+    /// <summary>
+    /// The per-example weights (prior-loss weight for class images) scale each example's MSE before the batch mean.
+    /// The reference is computed here from the definition (noising by hand with alphas_cumprod), not through the code
+    /// under test, and with weights other than 1 so that a loss that ignored them would fail.
+    /// </summary>
+    [Fact]
+    public void Example_weights_scale_each_examples_mse_before_the_batch_mean()
+    {
+        using var scope = torch.NewDisposeScope();
+        using var unet = Fixtures.LoadTinyPart(Fixtures.CopiedTinyModel, "unet", "diffusion_pytorch_model.safetensors", json => new UNet2DConditionModel(UNetConfig.FromDiffusersJson(json)));
+        var schedule = NoiseSchedule.StableDiffusion1;
+        using var g = new Generator(11, CPU);
+        var latents = torch.randn([3, 4, 8, 8], generator: g);
+        var noise = torch.randn([3, 4, 8, 8], generator: g);
+        var context = torch.randn([3, 77, unet.Config.CrossAttentionDim], generator: g);
+        long[] steps = [50, 400, 900];
+        var timesteps = torch.tensor(steps);
+        float[] w = [0.25f, 1f, 3f];
+
+        using var noGrad = torch.no_grad();
+        var rows = new double[3];
+        for (int i = 0; i < 3; i++)
+        {
+            double acp = schedule.AlphaCumprodAt((int)steps[i]);
+            var noisy = Math.Sqrt(acp) * latents[i..(i + 1)] + Math.Sqrt(1 - acp) * noise[i..(i + 1)];
+            var pred = unet.forward(noisy, timesteps[i..(i + 1)], context[i..(i + 1)]);
+            rows[i] = (pred - noise[i..(i + 1)]).pow(2).mean().item<float>();
+        }
+        double expected = Enumerable.Range(0, 3).Sum(i => w[i] * rows[i]) / 3;
+
+        using var weighted = DiffusionLoss.Compute(unet, schedule, latents, noise, timesteps, context, torch.tensor(w), new());
+        using var plain = DiffusionLoss.Compute(unet, schedule, latents, noise, timesteps, context, null, new());
+        double tol = 1e-5 * Math.Max(1, Math.Abs(expected));
+        Assert.InRange(weighted.Loss.item<float>(), expected - tol, expected + tol);
+        Assert.InRange(plain.Loss.item<float>(), rows.Average() - tol, rows.Average() + tol);
+        var per = weighted.PerExample.data<float>().ToArray();
+        for (int i = 0; i < 3; i++)
+            Assert.InRange(per[i], w[i] * rows[i] - tol, w[i] * rows[i] + tol);
+    }
+}
