@@ -26,7 +26,13 @@ public sealed record ServeOptions
     /// <summary>Bearer token (also accepted once as <c>?token=</c>, then kept in a cookie).</summary>
     public string? Token { get; init; }
     public string Device { get; init; } = "cpu";
-    public string DType { get; init; } = "fp32";
+    /// <summary>auto (bf16 where this CPU computes it faster, decided by <see cref="CpuProbe"/>; else fp32), fp32, bf16 or fp16.</summary>
+    public string DType { get; init; } = "auto";
+    /// <summary>
+    /// How <c>auto</c> (and CPU bf16) learn this CPU's bf16 speed: the program passes its cached probe. Null: no
+    /// measurement, so auto is fp32 and CPU bf16 keeps fp32 arithmetic. Set by the program, never by a request.
+    /// </summary>
+    public Func<CpuKernelProbeResult>? CpuProbe { get; init; }
     public UploadLimits Uploads { get; init; } = new();
     /// <summary>Checkpoints offered besides the models folder (name -> path), e.g. the bundled tiny model. Set by the program, never by a request.</summary>
     public IReadOnlyDictionary<string, string> ExtraCheckpoints { get; init; } = new Dictionary<string, string>();
@@ -49,7 +55,10 @@ public sealed record ServeOptions
         if (Auth is not null && Token is not null) throw new SdLoraException("--auth and --token exclude each other: pick one");
         if (!IsLoopback && Auth is null && Token is null)
             throw new SdLoraException($"--listen {Listen} would open the server to other machines without a password: add --auth USER:PASS or --token T (or keep the default 127.0.0.1)");
-        ComputeOptions.ParseDType(DType);
+        if (!ComputeOptions.IsAuto(DType)) ComputeOptions.ParseDType(DType);
         return this;
     }
+
+    /// <summary>The server's precision for this machine: <paramref name="dtype"/> (default <see cref="DType"/>) resolved with <see cref="CpuProbe"/>.</summary>
+    public ComputeOptions Compute(string? dtype = null, string? device = null) => ComputeOptions.Resolve(device ?? Device, dtype ?? DType, CpuProbe);
 }

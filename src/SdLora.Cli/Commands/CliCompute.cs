@@ -1,3 +1,5 @@
+using Spectre.Console;
+
 namespace SdLora.Cli.Commands;
 
 /// <summary>
@@ -10,10 +12,13 @@ public static class CliCompute
     public const string DTypeDescription =
         "compute precision: auto (default: bf16 where this CPU computes it faster than fp32, else fp32; see `sdlora doctor`), fp32, bf16 or fp16";
 
-    /// <summary>Resolves the names; <paramref name="note"/> (default: the context's note on standard error) hears what auto chose and why.</summary>
+    /// <summary>
+    /// Resolves the names; <paramref name="note"/> hears what auto chose and why (default: a grey line with the
+    /// command's output, so standard error keeps to warnings and errors).
+    /// </summary>
     public static ComputeOptions Resolve(string device, string dtype, CliContext cli, Action<string>? note = null)
     {
-        note ??= cli.Note;
+        note ??= new Action<string>(m => cli.Console.MarkupLineInterpolated($"[grey]{m}[/]"));
         CpuKernelProbeResult? measured = null;
         bool fromCache = false;
         var compute = ComputeOptions.Resolve(device, dtype, () =>

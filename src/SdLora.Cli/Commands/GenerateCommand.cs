@@ -41,7 +41,6 @@ public static class GenerateCommand
         compute.AddTo(cmd);
         cmd.SetAction(r =>
         {
-            var computeOptions = compute.Read(r, cli);
             var options = new Txt2ImgOptions
             {
                 Prompt = r.GetValue(prompt)!, NegativePrompt = r.GetValue(negative)!, Width = r.GetValue(width), Height = r.GetValue(height),
@@ -60,8 +59,9 @@ public static class GenerateCommand
             foreach (var l in options.Loras)
                 if (!File.Exists(l.Path)) throw new SdLoraException($"LoRA {l.Path} not found; check the path (or use <lora:NAME:WEIGHT> with NAME.safetensors in --lora-dir)");
             var modelPath = CliOptions.ResolveModel(r.GetValue(model), cli);
+            var computeOptions = compute.Read(r, cli);
             var loadClock = System.Diagnostics.Stopwatch.StartNew();
-            using var sd = cli.Status($"loading {modelPath}", () => StableDiffusionModel.Load(modelPath, r.GetValue(config), computeOptions, ct: cli.Cancellation));
+            using var sd = cli.Status($"loading {modelPath}", () => StableDiffusionModel.Load(modelPath, r.GetValue(config), computeOptions));
             double loadSeconds = loadClock.Elapsed.TotalSeconds;
             long loadRss = ProcessMemoryInfo.ResidentBytes(), loadPeak = ProcessMemoryInfo.PeakResidentBytes();
             string? latentsPath = r.GetValue(initLatents);

@@ -24,8 +24,11 @@ public static class ServeCommand
         compute.AddTo(cmd);
         cmd.SetAction(async (r, ct) =>
         {
+            // dtype auto: the server measures (or reads the cached) CPU probe once, when a job first needs it.
+            var probe = new Lazy<CpuKernelProbeResult>(() => CliCompute.CachedProbe(cli.Cancellation).Result);
             var options = new ServeOptions
             {
+                CpuProbe = () => probe.Value,
                 Data = r.GetValue(data)!, Models = r.GetValue(models), Port = r.GetValue(port), Listen = r.GetValue(listen)!,
                 Auth = r.GetValue(auth), Token = r.GetValue(token), Device = r.GetValue(compute.Device)!, DType = r.GetValue(compute.DType)!,
                 // The bundled tiny random-weight model is offered too, so every page can be tried without downloads.

@@ -26,7 +26,7 @@ public sealed class CaptionJob(DataFolders folders, Datasets datasets, ServeOpti
         var a = context.Args<CaptionArgs>();
         var dir = datasets.PathOf(a.Dataset);
         context.Progress(new JobProgress("loading BLIP", 0, 1));
-        using var blip = BlipCaptioner.Load(folders.Blip, ComputeOptions.Parse(options.Device, options.DType), context.Token);
+        using var blip = BlipCaptioner.Load(folders.Blip, options.Compute(), context.Token);
         // kohya's settings (at most 75 tokens), within what the model's position table holds.
         var defaults = new BlipCaptionOptions();
         var captionOptions = defaults with { Generation = defaults.Generation with { MaxLength = Math.Min(defaults.Generation.MaxLength, blip.Model.Config.Text.MaxPositionEmbeddings) } };

@@ -111,7 +111,8 @@ public sealed class TrainJob(DataFolders folders, Datasets datasets, ModelCatalo
         AtomicFile.WriteAllText(marker, context.Record.Id);
 
         // The session trains on the hosted model (loaded once, shared with generation) and hands it back clean.
-        var compute = ComputeOptions.Parse(config.Device, config.MixedPrecision is "bf16" or "fp16" ? config.MixedPrecision : config.Dtype);
+        // dtype auto (the form's default) resolves as the server's own precision does, from the same CPU probe.
+        var compute = options.Compute(config.MixedPrecision is "bf16" or "fp16" ? config.MixedPrecision : config.Dtype, config.Device);
         context.Progress(new JobProgress("loading model", 0, 1, Path.GetFileName(config.Model)));
         using var lease = host.Borrow(config.Model!, compute, context.Token);
         var session = new LoraTrainingSession(config, lease.Model);

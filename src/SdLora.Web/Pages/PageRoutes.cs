@@ -154,7 +154,7 @@ public static class PageRoutes
         ("learning-rate", "Learning rate (UNet)", "1e-4", ""),
         ("text-encoder-lr", "Text encoder LR", "5e-5", "0 = UNet only"),
         ("train-batch-size", "Batch size", "1", ""),
-        ("num-class-images", "Class images", "100", "with a class prompt"),
+        ("num-class-images", "Class images", "", "8 on the CPU, 100 on a GPU"),
         ("seed", "Seed", "42", ""),
         ("save-every-n-epochs", "Save every N epochs", "", ""),
         ("sample-every-n-epochs", "Sample every N epochs", "", ""),
@@ -180,7 +180,7 @@ public static class PageRoutes
         ("caption-dropout", "Caption dropout", "0", ""),
         ("min-bucket-reso", "Min bucket", "256", ""),
         ("max-bucket-reso", "Max bucket", "1024", ""),
-        ("dtype", "Model dtype", "fp32", ""),
+        ("dtype", "Model dtype", "auto", "auto, fp32, bf16"),
     ];
 
     private static readonly (string Flag, string Label, bool On)[] AdvancedSwitches =

@@ -24,6 +24,7 @@ public class TrainerTests
             MinBucketReso = 64, MaxBucketReso = 128, BucketResoSteps = 64, MaxTrainSteps = steps,
             NetworkDim = 4, NetworkAlpha = 4, LearningRate = 1e-3, TextEncoderLr = 1e-4, SavePrecision = "fp32", Seed = 7,
             Dtype = "fp32", // exact numbers on every CPU (auto would pick bf16 where it is faster)
+            ClassImageCache = dir.File("class-image-cache"), // the test's own: the user's cache may hold the tiny model's class images
         };
     }
 
