@@ -29,6 +29,9 @@ public class DocsCommandsTests
             "downloaded here, and takes hours of CPU with any model; the README trains and generates the same way on the bundled tiny model at 128 px"),
         new("sdlora serve", c => SdloraArgs(c) is ["serve", ..],
             "starts a server that runs until it is stopped; tests/SdLora.Web.Tests start the same server in-process and drive it (API and a real Chromium)"),
+        new("sdlora bench", c => SdloraArgs(c) is ["bench", ..],
+            "the benchmarks build the full-size SD1.5 architecture (1.07 G parameters, a 2 GB checkpoint for load and workflow) and " +
+            "take minutes of CPU each; their numbers are docs/PERFORMANCE.md's, and BenchCommandTests runs bench vae and the --json output at a small size"),
         new("sdlora demo", c => c.Text == "sdlora demo",
             "the same program run as the README's `dotnet run --project src/SdLora.Cli -c Release -- demo`, which this test runs"),
     ];
