@@ -27,7 +27,7 @@ public static class BenchCaptionCommand
                 .Select(s => int.TryParse(s, out var b) && b > 0 ? b : throw new SdLoraException($"--batch-sizes: '{s}' is not a positive number")).ToArray();
             int imageSize = parse.GetValue(size);
             var config = BlipConfig.Large with { Vision = BlipConfig.Large.Vision with { ImageSize = imageSize } };
-            var compute = computeArguments.Read(parse, cli);
+            var compute = computeArguments.Read(parse, cli, BenchJson.Note(cli, asJson));
             var progress = BenchJson.Progress(cli, asJson);
             progress.Report("measuring dense matmul throughput");
             var matmul = UNetBenchmark.MeasureCeiling([compute.DType], cli.Cancellation);

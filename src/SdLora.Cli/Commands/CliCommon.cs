@@ -61,11 +61,11 @@ public sealed class ComputeArguments
 
     /// <summary>
     /// The choice for this machine (<c>auto</c> and CPU bf16 decided by the cached CPU kernel probe); notes what auto
-    /// chose and choices that work but surprise (fp16 on a CPU).
+    /// chose (to <paramref name="note"/>, default a grey line with the output) and choices that work but surprise (fp16 on a CPU).
     /// </summary>
-    public ComputeOptions Read(ParseResult parse, CliContext cli)
+    public ComputeOptions Read(ParseResult parse, CliContext cli, Action<string>? note = null)
     {
-        var compute = CliCompute.Resolve(parse.GetValue(Device)!, parse.GetValue(DType)!, cli);
+        var compute = CliCompute.Resolve(parse.GetValue(Device)!, parse.GetValue(DType)!, cli, note);
         cli.NoteCompute(compute);
         return compute;
     }

@@ -84,4 +84,14 @@ public class BenchCommandTests
         Assert.Equal(System.Text.Json.JsonValueKind.Array, r.GetProperty("cpu").GetProperty("flags").ValueKind);
         Assert.Equal(TorchSharp.torch.get_num_threads(), r.GetProperty("threads").GetInt32());
     }
+
+    [Fact]
+    public void Bench_json_stays_one_object_on_stdout_when_dtype_auto_explains_its_choice()
+    {
+        var run = SdLora.Tests.Cli.CliRunner.Run("bench", "vae", "--size", "64", "--no-encode", "--json");
+        Assert.True(run.ExitCode == 0, run.ToString());
+        using var doc = System.Text.Json.JsonDocument.Parse(run.Out);
+        Assert.Equal("auto", doc.RootElement.GetProperty("dtype_requested").GetString());
+        Assert.Contains(doc.RootElement.GetProperty("dtype").GetString(), new[] { "fp32", "bf16" });
+    }
 }
