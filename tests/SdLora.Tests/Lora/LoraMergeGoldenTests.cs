@@ -28,7 +28,7 @@ public class LoraMergeGoldenTests
         using var tmp = Fixtures.TempDir();
         var merged = tmp.File("merged.safetensors");
         File.Copy(Fixtures.Golden("tiny-sd15-ldm.yaml"), tmp.File("merged.yaml"));
-        LoraCheckpointMerge.Merge(Fixtures.Golden("tiny-sd15-ldm.safetensors"), weights.Select(w => new LoraWeightSpec(LoraPath, w)).ToList(), merged);
+        LoraCheckpointMerge.Merge(Fixtures.Golden("tiny-sd15-ldm.safetensors"), weights.Select(w => new LoraUse(LoraPath, w)).ToList(), merged);
         using var model = StableDiffusionModel.Load(merged);
         using var g = Fixtures.Open("lora");
         using var scope = torch.NewDisposeScope();
