@@ -31,10 +31,10 @@ public sealed partial record TrainingConfig
         {
             ["ss_session_id"] = Random.Shared.NextInt64(0, 1L << 31).ToString(CultureInfo.InvariantCulture),
             ["ss_training_started_at"] = N(trainingStartedAt.ToUnixTimeMilliseconds() / 1000.0),
-            ["ss_output_name"] = OutputName,
+            ["ss_output_name"] = EffectiveOutputName,
             ["ss_learning_rate"] = N(LearningRate),
-            ["ss_unet_lr"] = TrainUnet ? N(EffectiveUnetLr) : "None",
-            ["ss_text_encoder_lr"] = TrainTextEncoder ? N(EffectiveTextEncoderLr) : "None",
+            ["ss_unet_lr"] = NetworkTrainsUnet ? N(EffectiveUnetLr) : "None",
+            ["ss_text_encoder_lr"] = NetworkTrainsTextEncoder ? N(EffectiveTextEncoderLr) : "None",
             ["ss_num_train_images"] = data.NumTrainImages.ToString(CultureInfo.InvariantCulture),
             ["ss_num_reg_images"] = data.NumRegImages.ToString(CultureInfo.InvariantCulture),
             ["ss_num_batches_per_epoch"] = data.NumBatchesPerEpoch.ToString(CultureInfo.InvariantCulture),
