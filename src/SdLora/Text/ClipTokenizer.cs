@@ -102,6 +102,35 @@ public sealed class ClipTokenizer
         return new ClipTokenizer(this, words);
     }
 
+    /// <summary>
+    /// Writes this tokenizer as transformers' <c>CLIPTokenizer</c> folder (<c>vocab.json</c>, <c>merges.txt</c>,
+    /// <c>tokenizer_config.json</c>, <c>special_tokens_map.json</c>), as a diffusers model's <c>tokenizer/</c> holds it.
+    /// Words added with <see cref="WithAddedTokens"/> are not written (they belong to an embedding, not to the model).
+    /// </summary>
+    public void WriteDiffusersFolder(string dir, int maxLength = 77)
+    {
+        Directory.CreateDirectory(dir);
+        var vocab = new StringBuilder("{");
+        bool first = true;
+        foreach (var (token, id) in _ids.OrderBy(kv => kv.Value))
+        {
+            if (!first) vocab.Append(',');
+            vocab.Append(JsonSerializer.Serialize(token)).Append(':').Append(id);
+            first = false;
+        }
+        IO.AtomicFile.WriteAllText(Path.Combine(dir, "vocab.json"), vocab.Append('}').ToString());
+        var merges = new StringBuilder("#version: 0.2\n");
+        foreach (var ((a, b), _) in _mergeRanks.OrderBy(kv => kv.Value)) merges.Append(a).Append(' ').Append(b).Append('\n');
+        IO.AtomicFile.WriteAllText(Path.Combine(dir, "merges.txt"), merges.ToString());
+        static string Special(string content) =>
+            $"{{\"content\": {JsonSerializer.Serialize(content)}, \"lstrip\": false, \"normalized\": true, \"rstrip\": false, \"single_word\": false}}";
+        IO.AtomicFile.WriteAllText(Path.Combine(dir, "special_tokens_map.json"),
+            $"{{\"bos_token\": {Special(StartOfText)}, \"eos_token\": {Special(EndOfText)}, \"pad_token\": \"{EndOfText}\", \"unk_token\": {Special(EndOfText)}}}\n");
+        IO.AtomicFile.WriteAllText(Path.Combine(dir, "tokenizer_config.json"),
+            $"{{\"bos_token\": {Special(StartOfText)}, \"clean_up_tokenization_spaces\": true, \"eos_token\": {Special(EndOfText)}, \"errors\": \"replace\", " +
+            $"\"model_max_length\": {maxLength}, \"pad_token\": \"{EndOfText}\", \"tokenizer_class\": \"CLIPTokenizer\", \"unk_token\": {Special(EndOfText)}}}\n");
+    }
+
     /// <summary>The ids of the words added with <see cref="WithAddedTokens"/>, by word (lower case).</summary>
     public IReadOnlyDictionary<string, int> AddedTokens => _added;
 

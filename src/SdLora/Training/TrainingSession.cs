@@ -113,8 +113,9 @@ public abstract class TrainingSession
     /// <summary>The session for the config's <see cref="TrainingConfig.Method"/>: LoRA, DreamBooth fine-tuning or textual inversion.</summary>
     public static TrainingSession Create(TrainingConfig config, StableDiffusionModel? model = null) => config.Method switch
     {
-        TrainingConfig.MethodLora => new LoraTrainingSession(config, model),
-        var m => throw new SdLoraException($"method {m} is not available in this build") { Setting = "method" },
+        TrainingConfig.MethodTextualInversion => new TextualInversionTrainingSession(config, model),
+        TrainingConfig.MethodDreamBooth => new DreamBoothTrainingSession(config, model),
+        _ => new LoraTrainingSession(config, model),
     };
 
     /// <summary>The settings as given (the session's working copy also records where class images went).</summary>

@@ -21,6 +21,7 @@ public sealed record ParamGroup(string Name, IReadOnlyList<Parameter> Parameters
 public abstract class TrainingOptimizer : IDisposable
 {
     private readonly Dictionary<(int Group, int Param), Dictionary<string, Tensor>> _state = [];
+    private readonly HashSet<int> _frozen = [];
 
     public IReadOnlyList<ParamGroup> Groups { get; }
     /// <summary>Steps taken so far (restored by <see cref="LoadStateDict"/>).</summary>
@@ -49,6 +50,16 @@ public abstract class TrainingOptimizer : IDisposable
     }
 
     protected abstract void Update(double lrMultiplier);
+
+    /// <summary>
+    /// Stops training the group called <paramref name="groupName"/> (kohya's <c>stop_text_encoder_training</c>): its
+    /// parameters are left alone from now on, whatever their gradients; their state is kept (and saved).
+    /// </summary>
+    public void Freeze(string groupName)
+    {
+        for (int g = 0; g < Groups.Count; g++)
+            if (Groups[g].Name == groupName) _frozen.Add(g);
+    }
 
     public void ZeroGrad()
     {
@@ -89,6 +100,7 @@ public abstract class TrainingOptimizer : IDisposable
     /// </summary>
     protected IEnumerable<(int Index, Tensor Param, Tensor Grad)> WithGradients(int group)
     {
+        if (_frozen.Contains(group)) yield break;
         var parameters = Groups[group].Parameters;
         for (int i = 0; i < parameters.Count; i++)
         {
