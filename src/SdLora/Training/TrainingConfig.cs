@@ -204,13 +204,8 @@ public sealed partial record TrainingConfig
         return result;
     }
 
-    /// <summary>The method's canonical name (<c>db</c>, <c>full</c>, <c>ti</c>, <c>textual_inversion</c> are accepted); unknown names are kept for <see cref="Validate"/> to refuse.</summary>
-    public static string NormalizeMethod(string method) => method.Trim().ToLowerInvariant().Replace('_', '-') switch
-    {
-        "db" or "full" or "finetune" or "fine-tune" => MethodDreamBooth,
-        "ti" or "embedding" => MethodTextualInversion,
-        var m => m,
-    };
+    /// <summary>The method's canonical spelling (any case; <c>textual_inversion</c> too); unknown names are kept for <see cref="Validate"/> to refuse.</summary>
+    public static string NormalizeMethod(string method) => method.Trim().ToLowerInvariant().Replace('_', '-');
     public static readonly string[] Schedulers = ["constant", "constant_with_warmup", "cosine", "cosine_with_restarts", "linear", "polynomial"];
 
     /// <summary>Warmup steps for a run of <paramref name="totalSteps"/> (a ratio below 1 is scaled, as kohya does).</summary>
