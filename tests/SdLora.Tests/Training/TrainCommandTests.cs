@@ -9,7 +9,7 @@ namespace SdLora.Tests.Training;
 
 public class TrainCommandTests
 {
-    private static (TrainingConfig Config, List<string> Notes) Parse(params string[] args)
+    internal static (TrainingConfig Config, List<string> Notes) Parse(params string[] args)
     {
         var options = new TrainOptions();
         var command = new Command("train");
