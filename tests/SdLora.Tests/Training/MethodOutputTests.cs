@@ -1,6 +1,7 @@
 using SdLora.Checkpoints;
 using SdLora.Imaging;
 using SdLora.IO;
+using SdLora.Lora;
 using SdLora.Pipelines;
 using SdLora.Text;
 using SdLora.Training;
@@ -75,6 +76,19 @@ public class MethodOutputTests
         // Samples name the fine-tuned model and its hash.
         var sample = GenerationParameters.Parse(PngFile.ReadText(result.Samples.Single(s => s.Contains("_final_")))["parameters"]);
         Assert.Equal(("sks", ModelHashes.A1111ShortHash(result.OutputFile!)), (sample.Model, sample.ModelHash));
+
+        // DreamBooth -> lora extract -> a small LoRA: on the base model it moves the output toward the fine-tune's.
+        var extracted = dir.File("extracted.safetensors");
+        using (var baseFile = LoraModelSource.Open(input))
+        using (var tunedFile = LoraModelSource.Open(result.OutputFile!))
+            LoraSvd.ExtractToFile(baseFile, tunedFile, extracted, new LoraExtractOptions { Rank = 8, ConvRank = 8, ClampQuantile = 1 });
+        using var target = UNetOutput(tuned);
+        using var network = LoraNetwork.FromFile(extracted, model.UNet, model.TextEncoder);
+        network.Attach();
+        using var withLora = UNetOutput(model);
+        network.Detach();
+        double Distance(Tensor t) => (t - target).pow(2).mean().item<float>();
+        Assert.True(Distance(withLora) < 0.5 * Distance(before), $"extracted LoRA: distance to the fine-tune {Distance(before):G4} -> {Distance(withLora):G4}");
     }
 
     [Fact]

@@ -106,14 +106,16 @@ public abstract class TrainingOptimizer : IDisposable
         {
             var p = parameters[i];
             if (p.grad is not { } grad) continue;
+            // The caller's temporaries for this parameter die before the next one: a full fine-tune's would otherwise
+            // add up to several copies of the model within one step.
+            using var scope = torch.NewDisposeScope();
             if (IsFullPrecision(p))
             {
                 yield return (i, p, grad);
                 continue;
             }
             var master = State(group, i, "master", () => p.detach().to(ScalarType.Float32));
-            using (var grad32 = grad.to(ScalarType.Float32))
-                yield return (i, master, grad32);
+            yield return (i, master, grad.to(ScalarType.Float32));
             p.copy_(master);
         }
     }
