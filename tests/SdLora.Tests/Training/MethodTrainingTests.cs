@@ -118,13 +118,14 @@ public class MethodTrainingTests(ITestOutputHelper output)
     }
 
     /// <summary>
-    /// The same fine-tune with and without prior preservation (a generated class image of "a photo of dog"): what the
-    /// class prompt generates moves less from the base model's generation with it than without it, and the model keeps
-    /// fitting the class image.
+    /// The same fine-tune with and without prior preservation (a generated class image of "a photo of dog"). Without it,
+    /// what the class prompt generates drifts toward the instance image (every dog becomes this dog); with it, the class
+    /// prompt's generation stays further from the instance image. Measured as the latent distance between the class
+    /// prompt's DDIM generation (fixed start noise) and the instance image.
     /// </summary>
     [Fact]
     [Trait("Category", "Slow")]
-    public void Dreambooth_with_prior_preservation_moves_class_prompt_generations_less()
+    public void Dreambooth_with_prior_preservation_moves_class_prompt_generations_less_toward_the_instance()
     {
         using var dir = Fixtures.TempDir();
         const string classPrompt = "a photo of dog";
@@ -138,26 +139,16 @@ public class MethodTrainingTests(ITestOutputHelper output)
         using var baseModel = StableDiffusionModel.Load(plain.Model!);
         using var probe = new ConceptProbe(baseModel, Directory.GetFiles(plain.Data!).Single());
         using var context = ConceptProbe.Context(baseModel, classPrompt);
-        using var reference = probe.Generate(baseModel, context);
-        double Moved(string checkpoint)
+        double ToInstance(StableDiffusionModel model) => probe.Measure(model, context).Mse;
+        double DistanceOf(string checkpoint)
         {
             using var model = StableDiffusionModel.Load(checkpoint);
-            using var generated = probe.Generate(model, context);
-            return (generated - reference).pow(2).mean().item<float>();
+            return ToInstance(model);
         }
-        double movedWithout = Moved(withoutPrior.OutputFile!), movedWith = Moved(withPrior.OutputFile!);
-        output.WriteLine($"class-prompt generation moved {movedWithout:F4} without prior preservation, {movedWith:F4} with it");
-        Assert.True(movedWith < 0.97 * movedWithout, $"class-prompt generation moved {movedWith:F4} with prior preservation vs {movedWithout:F4} without");
-
-        using var classProbe = new ConceptProbe(baseModel, Directory.GetFiles(Path.Combine(prior.Output!, "class_images"), "*.png").Single());
-        double ClassLoss(string checkpoint)
-        {
-            using var model = StableDiffusionModel.Load(checkpoint);
-            return classProbe.Measure(model, context).Loss;
-        }
-        double classLossWithout = ClassLoss(withoutPrior.OutputFile!), classLossWith = ClassLoss(withPrior.OutputFile!);
-        output.WriteLine($"loss on the class image {classLossWithout:F4} without prior preservation, {classLossWith:F4} with it");
-        Assert.True(classLossWith < classLossWithout, $"loss on the class image {classLossWith:F4} with prior preservation vs {classLossWithout:F4} without");
+        double before = ToInstance(baseModel), without = DistanceOf(withoutPrior.OutputFile!), with = DistanceOf(withPrior.OutputFile!);
+        output.WriteLine($"class-prompt generation's distance to the instance image: base {before:F4}, without prior preservation {without:F4}, with it {with:F4}");
+        Assert.True(without < before, $"without prior preservation the class prompt drifts toward the instance ({before:F4} -> {without:F4})");
+        Assert.True(with > without, $"with prior preservation the class prompt stays further from the instance ({with:F4} vs {without:F4})");
     }
 
     /// <summary>
