@@ -50,14 +50,16 @@ public class MethodTrainingTests(ITestOutputHelper output)
     /// resumed runs end with the straight run's weights and losses.
     /// </summary>
     [Theory]
-    [InlineData(TrainingConfig.MethodLora)]
-    [InlineData(TrainingConfig.MethodDreamBooth)]
-    [InlineData(TrainingConfig.MethodTextualInversion)]
-    public void Resumes_exactly_after_cancel_and_after_a_kill(string method)
+    [InlineData(TrainingConfig.MethodLora, "no")]
+    [InlineData(TrainingConfig.MethodDreamBooth, "no")]
+    [InlineData(TrainingConfig.MethodDreamBooth, "bf16")] // bf16 weights trained through fp32 masters, which resume too
+    [InlineData(TrainingConfig.MethodTextualInversion, "no")]
+    public void Resumes_exactly_after_cancel_and_after_a_kill(string method, string mixedPrecision)
     {
         using var dir = Fixtures.TempDir();
-        var straight = ForMethod(method, dir, 2, 4, "straight") with { SaveEveryNEpochs = 1 };
+        var straight = ForMethod(method, dir, 2, 4, "straight") with { SaveEveryNEpochs = 1, MixedPrecision = mixedPrecision };
         if (method == TrainingConfig.MethodDreamBooth) straight = straight with { TrainTextEncoder = true, StopTextEncoderTraining = 3, TextEncoderLr = 1e-4 };
+        if (mixedPrecision == "bf16") straight = straight with { Optimizer = "Adafactor" };
         var killedAt = dir.File("killed");
         var a = TrainingSession.Create(straight).Run(new SyncProgress<TrainingProgress>(p =>
         {
@@ -81,6 +83,12 @@ public class MethodTrainingTests(ITestOutputHelper output)
         Assert.Equal(4, d.Steps);
 
         var expected = StateWeights(a.OutputDir);
+        if (mixedPrecision == "bf16")
+        {
+            Assert.All(expected.Values, t => Assert.Equal(ScalarType.BFloat16, t.dtype));
+            using var optimizerState = SafetensorsFile.Open(Path.Combine(a.OutputDir, "state", "optimizer.safetensors"));
+            Assert.Contains(optimizerState.Keys, k => k.EndsWith(".master"));
+        }
         foreach (var resumed in new[] { c, d })
         {
             Assert.Equal(4, resumed.Steps);
