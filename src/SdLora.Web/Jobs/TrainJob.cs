@@ -120,8 +120,8 @@ public sealed class TrainJob(DataFolders folders, Datasets datasets, ModelCatalo
         string? library = null;
         if (!result.Cancelled && result.LoraPath is { } lora)
         {
-            library = CopyToLibrary(lora, config.OutputName);
-            context.Log($"LoRA ready: {Path.GetFileName(lora)}; use it as <lora:{config.OutputName}:0.8>");
+            library = CopyToLibrary(lora, config.EffectiveOutputName);
+            context.Log($"LoRA ready: {Path.GetFileName(lora)}; use it as <lora:{config.EffectiveOutputName}:0.8>");
         }
         else if (result.Cancelled) context.Log($"stopped at step {result.Steps}: state saved, Resume continues from here");
         return new TrainResult(a.Run, result.LoraPath is null ? null : Path.GetRelativePath(dir, result.LoraPath), library, result.Steps, result.TotalSteps,
