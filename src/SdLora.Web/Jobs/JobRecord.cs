@@ -32,6 +32,10 @@ public sealed record JobRecord
     public JsonElement? Result { get; init; }
     /// <summary>For training jobs: the run folder's name.</summary>
     public string? Run { get; init; }
+    /// <summary>The worker (process) that runs or last ran the job.</summary>
+    public string? Worker { get; init; }
+    /// <summary>The files this job made, relative to the data root (images, LoRAs, the run folder's LoRA and state).</summary>
+    public IReadOnlyList<string> Files { get; init; } = [];
 }
 
 /// <summary>One line of a job's <c>events.jsonl</c>: a log message, a progress record, or a state change.</summary>

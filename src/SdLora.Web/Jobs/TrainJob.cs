@@ -124,6 +124,11 @@ public sealed class TrainJob(DataFolders folders, Datasets datasets, ModelCatalo
             context.Log($"LoRA ready: {Path.GetFileName(lora)}; use it as <lora:{config.OutputName}:0.8>");
         }
         else if (result.Cancelled) context.Log($"stopped at step {result.Steps}: state saved, Resume continues from here");
+        var made = new List<string> { Path.Combine(dir, "run.json"), Path.Combine(dir, "loss.csv"), Path.Combine(dir, "state") };
+        if (result.LoraPath is { } trained) made.Add(trained);
+        if (library is not null) made.Add(Path.Combine(folders.Loras, library + ".safetensors"));
+        made.AddRange(result.Samples);
+        context.Owns(made.Where(p => File.Exists(p) || Directory.Exists(p)));
         return new TrainResult(a.Run, result.LoraPath is null ? null : Path.GetRelativePath(dir, result.LoraPath), library, result.Steps, result.TotalSteps,
             result.Cancelled, result.SmoothedLoss, result.Samples.Select(s => Path.GetRelativePath(dir, s)).ToList(), result.ClassImagesGenerated);
     }
