@@ -1,4 +1,5 @@
 using System.Collections.Concurrent;
+using System.Data.Common;
 using System.Text.Json;
 using Hangfire;
 using Hangfire.Common;
@@ -132,7 +133,15 @@ public sealed class JobEngine : IHostedService, IDisposable
         record = record with { Queue = QueueFor(record.Args) };
         _store.Create(record);
         _store.Append(record.Id, "state", JobStates.Queued);
-        var engineId = Client.Create(Job.FromExpression<JobRunner>(r => r.Run(record.Id, CancellationToken.None)), new EnqueuedState(record.Queue));
+        string engineId;
+        try { engineId = WithDatabase(() => Client.Create(Job.FromExpression<JobRunner>(r => r.Run(record.Id, CancellationToken.None)), new EnqueuedState(record.Queue))); }
+        catch (DbException e)
+        {
+            var message = $"the job database is unavailable ({JobRunner.OneLine(e)}): try again in a moment";
+            _store.Update(record.Id, r => r with { State = JobStates.Failed, Finished = DateTimeOffset.UtcNow, Error = message });
+            _store.Append(record.Id, "state", JobStates.Failed);
+            throw new ApiException(503, message);
+        }
         return _store.Update(record.Id, r => r with { EngineId = engineId });
     }
 
@@ -151,7 +160,7 @@ public sealed class JobEngine : IHostedService, IDisposable
             record = _store.Update(id, r => r with { State = JobStates.Cancelled, Finished = DateTimeOffset.UtcNow });
             _store.Append(id, "state", JobStates.Cancelled);
         }
-        if (record.EngineId is { } engineId) Client.Delete(engineId);
+        if (record.EngineId is { } engineId) WithDatabase(() => Client.Delete(engineId));
         return record;
     }
 
@@ -161,8 +170,13 @@ public sealed class JobEngine : IHostedService, IDisposable
         // A running job's runner writes its final state (and result) itself: until then it is running, even when
         // Hangfire already shows the job deleted (cancel) while it saves its state.
         if (JobStates.IsFinal(record.State) || record.State == JobStates.Running || record.EngineId is null || _storage is null) return record.State;
-        using var connection = _storage.GetConnection();
-        var name = connection.GetStateData(record.EngineId)?.Name;
+        string? name;
+        try
+        {
+            using var connection = _storage.GetConnection();
+            name = connection.GetStateData(record.EngineId)?.Name;
+        }
+        catch (DbException) { return record.State; } // the database is away for a moment: the record's view
         if (name == ProcessingState.StateName) return JobStates.Running;
         if (name == SucceededState.StateName) return JobStates.Succeeded;
         if (name == FailedState.StateName) return JobStates.Failed;
@@ -179,8 +193,21 @@ public sealed class JobEngine : IHostedService, IDisposable
         if (!_options.SharedJobs || args.ValueKind != JsonValueKind.Object || !args.TryGetProperty("model", out var m) || m.GetString() is not { Length: > 0 } model)
             return Queue;
         var modelQueue = ModelQueue(Queue, model);
-        var servers = _storage!.GetMonitoringApi().Servers();
+        var servers = WithDatabase(() => _storage!.GetMonitoringApi().Servers());
         return servers.Any(s => s.Queues.Contains(modelQueue)) ? modelQueue : Queue;
+    }
+
+    /// <summary>
+    /// Runs a short database call, again after a moment when the connection broke (PostgreSQL restarted: the first use
+    /// of each pooled connection fails once) or the server is briefly away.
+    /// </summary>
+    private static T WithDatabase<T>(Func<T> call)
+    {
+        for (int attempt = 1; ; attempt++)
+        {
+            try { return call(); }
+            catch (DbException) when (attempt < 4) { Thread.Sleep(250 * attempt * attempt); }
+        }
     }
 
     /// <summary>The queue name of a model on a device kind: lowercase letters and digits, the rest as '-'.</summary>
@@ -207,7 +234,7 @@ public sealed class JobEngine : IHostedService, IDisposable
             var taken = new List<FileLease>();
             string? heldBy = null;
             using (var connection = _storage!.GetConnection())
-            using (connection.AcquireDistributedLock("sdlora:leases", TimeSpan.FromSeconds(30)))
+            using (WithDatabase(() => connection.AcquireDistributedLock("sdlora:leases", TimeSpan.FromSeconds(30))))
             {
                 foreach (var folder in folders)
                 {

@@ -100,7 +100,7 @@ public sealed class TrainJob(DataFolders folders, Datasets datasets, ModelCatalo
         if (a.Resume || ours && hasState)
         {
             config = RunFolder.ReadRunJson(Path.Combine(dir, "run.json")) with { Resume = true, Overwrite = false, Device = options.Device };
-            context.Log(a.Resume ? "resuming the run from its saved state" : "continuing after a server restart from the last saved state");
+            context.Log(a.Resume ? "resuming the run from its saved state" : "continuing from the last saved state: the previous attempt was cut off (server restart or lost worker)");
         }
         else
         {
