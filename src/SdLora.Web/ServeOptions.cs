@@ -50,6 +50,8 @@ public sealed record ServeOptions
     public TimeSpan TakeoverAfter { get; init; } = TimeSpan.FromMinutes(2);
     /// <summary>How many times a job is started at most (worker lost, or an unexpected error), before it fails for good.</summary>
     public int MaxAttempts { get; init; } = 3;
+    /// <summary>Wait before the first retry of a job that hit an unexpected error; the n-th waits n² times this.</summary>
+    public TimeSpan RetryDelay { get; init; } = TimeSpan.FromSeconds(5);
 
     /// <summary>True when the jobs live in a database other processes share (PostgreSQL).</summary>
     public bool SharedJobs => Jobs is not null;

@@ -44,9 +44,11 @@ public sealed class JobEngine : IHostedService, IDisposable
         // to give up, and fails a bad setting at once (JobFailedException: it would fail the same way again).
         _filters.Add(new AutomaticRetryAttribute
         {
-            Attempts = options.MaxAttempts, LogEvents = false, DelaysInSeconds = [2, 10, 30, 60, 120], ExceptOn = [typeof(JobFailedException)],
+            Attempts = options.MaxAttempts, LogEvents = false, ExceptOn = [typeof(JobFailedException)],
+            DelayInSecondsByAttemptFunc = attempt => (int)Math.Ceiling(options.RetryDelay.TotalSeconds * attempt * attempt),
         });
         _filters.Add(new KeepHistoryFilter());
+        _filters.Add(new KeepQueueFilter(store));
     }
 
     /// <summary>The Hangfire queue of this server's device ("cpu", "cuda", ...).</summary>
@@ -85,7 +87,8 @@ public sealed class JobEngine : IHostedService, IDisposable
             ServerCheckInterval = TimeSpan.FromSeconds(Math.Clamp(_options.TakeoverAfter.TotalSeconds / 2, 1, 300)),
             ServerTimeout = _options.TakeoverAfter * 2,
             CancellationCheckInterval = TimeSpan.FromSeconds(1),
-            SchedulePollingInterval = TimeSpan.FromSeconds(5),
+            // Retries wait in the schedule; a short queue poll (tests) polls the schedule more often too.
+            SchedulePollingInterval = TimeSpan.FromSeconds(Math.Clamp(_options.QueuePollInterval.TotalSeconds * 5, 1, 5)),
             // On stop, a running job's token fires at once (StopTimeout 0): training saves its state and the job goes
             // back to the queue; it gets this long to do so before Hangfire gives up on it.
             StopTimeout = TimeSpan.Zero,
@@ -194,7 +197,9 @@ public sealed class JobEngine : IHostedService, IDisposable
             return Queue;
         var modelQueue = ModelQueue(Queue, model);
         var servers = WithDatabase(() => _storage!.GetMonitoringApi().Servers());
-        return servers.Any(s => s.Queues.Contains(modelQueue)) ? modelQueue : Queue;
+        // Only live servers count: a killed worker stays listed until the engine's watchdog removes it.
+        var alive = DateTime.UtcNow - _options.TakeoverAfter * 2;
+        return servers.Any(s => s.Queues.Contains(modelQueue) && (s.Heartbeat ?? s.StartedAt) > alive) ? modelQueue : Queue;
     }
 
     /// <summary>
@@ -302,6 +307,20 @@ public sealed class JobEngine : IHostedService, IDisposable
     {
         public override object ActivateJob(Type jobType) =>
             jobType == typeof(JobRunner) ? new JobRunner(engine, engine._store) : base.ActivateJob(jobType);
+    }
+
+    /// <summary>
+    /// A retried job goes back to its own queue (device kind or model), not Hangfire's "default" one, which no worker of
+    /// ours serves: the queue is in our record.
+    /// </summary>
+    private sealed class KeepQueueFilter(JobStore store) : JobFilterAttribute, IElectStateFilter
+    {
+        public void OnStateElection(ElectStateContext context)
+        {
+            if (context.CandidateState is EnqueuedState enqueued && context.BackgroundJob?.Job?.Args is [string id, ..]
+                && store.Get(id)?.Queue is { } queue && enqueued.Queue != queue)
+                enqueued.Queue = queue;
+        }
     }
 
     /// <summary>Keeps finished jobs in Hangfire's storage for a year (the default is a day); our records keep them for good.</summary>
