@@ -3,6 +3,7 @@ using System.Net;
 using System.Net.Http.Json;
 using System.Net.Sockets;
 using System.Text.Json;
+using Microsoft.Extensions.DependencyInjection;
 using SdLora.IO;
 using SdLora.Web.Jobs;
 using TorchSharp;
@@ -163,6 +164,35 @@ public class ClusterTests(ITestOutputHelper output)
             output.WriteLine(Logs());
             WebHarness.DeleteData(data);
         }
+    }
+
+    [PostgresFact]
+    public async Task A_job_for_a_model_goes_to_the_worker_serving_that_models_queue_else_to_the_device_queue()
+    {
+        var url = Environment.GetEnvironmentVariable(UrlVariable)!;
+        var data = Path.Combine(Path.GetTempPath(), "sdlora-routing-" + Guid.NewGuid().ToString("N")[..8]);
+        try
+        {
+            ServeOptions Shared(ServeOptions o, string queue) => o with { Jobs = url, Queues = [queue], TakeoverAfter = Takeover };
+            await using var general = await WebHarness.Start(data, o => Shared(o, "cpu"));
+            var generalName = general.App.Services.GetRequiredService<JobEngine>().WorkerName;
+            string modelWorkerName;
+            await using (var modelWorker = await WebHarness.Start(data, o => Shared(o, JobEngine.ModelQueue("cpu", "tiny-sd15"))))
+            {
+                modelWorkerName = modelWorker.App.Services.GetRequiredService<JobEngine>().WorkerName;
+                await WebHarness.Until(async () => (await general.Get("/api/workers")).EnumerateArray().Any(w => w.GetProperty("name").GetString() == modelWorkerName),
+                    TimeSpan.FromSeconds(30), "the model worker to announce itself");
+                var id = (await general.Post("/api/generate", new { prompt = "routed", steps = 1, width = 64, height = 64, seed = 1, model = "tiny-sd15" }, 202)).GetProperty("id").GetString()!;
+                var job = await general.WaitJob(id, TimeSpan.FromMinutes(1));
+                Assert.Equal(("succeeded", "cpu-tiny-sd15", modelWorkerName),
+                    (job.GetProperty("state").GetString(), job.GetProperty("queue").GetString(), job.GetProperty("worker").GetString()));
+            }
+            // Nobody serves the model's queue any more: its jobs go to the device queue.
+            var next = (await general.Post("/api/generate", new { prompt = "general", steps = 1, width = 64, height = 64, seed = 2, model = "tiny-sd15" }, 202)).GetProperty("id").GetString()!;
+            var done = await general.WaitJob(next, TimeSpan.FromMinutes(1));
+            Assert.Equal(("succeeded", "cpu", generalName), (done.GetProperty("state").GetString(), done.GetProperty("queue").GetString(), done.GetProperty("worker").GetString()));
+        }
+        finally { WebHarness.DeleteData(data); }
     }
 
     [Fact]

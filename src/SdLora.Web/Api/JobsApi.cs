@@ -27,6 +27,8 @@ public static class JobsApi
         api.MapGet("", (JobEngine engine, int? limit) =>
             engine.Store.All().Take(Math.Clamp(limit ?? 100, 1, 1000)).Select(r => View(engine, r)).ToList());
         api.MapGet("/{id}", (string id, JobEngine engine) => View(engine, Get(engine, id)));
+        app.MapGet("/api/workers", (JobEngine engine) => engine.Workers()).WithTags("jobs")
+            .WithDescription("The processes taking jobs from this queue (this server and, with --jobs postgres://..., every sdlora worker): name, queues, last heartbeat.");
         api.MapPost("/{id}/cancel", (string id, JobEngine engine) => View(engine, engine.Cancel(Get(engine, id).Id)));
         api.MapGet("/{id}/log", (string id, JobEngine engine) =>
             Results.Text(string.Join("\n", engine.Store.EventsAfter(Get(engine, id).Id, 0).Where(e => e.Kind == "log")

@@ -11,6 +11,9 @@ using Microsoft.Extensions.Logging;
 
 namespace SdLora.Web.Jobs;
 
+/// <summary>A process taking jobs: the engine's name for it, its queues, when it started and last said it was alive.</summary>
+public sealed record WorkerInfo(string Name, IReadOnlyList<string> Queues, DateTimeOffset Started, DateTimeOffset? Heartbeat);
+
 /// <summary>
 /// The job queue, on Hangfire: its storage holds the queue and job states durably (the embedded SQLite file
 /// <c>DATA/jobs.db</c> on one machine, or a shared PostgreSQL database for a server and many workers), and one
@@ -196,10 +199,21 @@ public sealed class JobEngine : IHostedService, IDisposable
         if (!_options.SharedJobs || args.ValueKind != JsonValueKind.Object || !args.TryGetProperty("model", out var m) || m.GetString() is not { Length: > 0 } model)
             return Queue;
         var modelQueue = ModelQueue(Queue, model);
-        var servers = WithDatabase(() => _storage!.GetMonitoringApi().Servers());
-        // Only live servers count: a killed worker stays listed until the engine's watchdog removes it.
+        // Only live workers count: a killed one stays listed until the engine's watchdog removes it.
+        return Workers().Any(w => w.Queues.Contains(modelQueue)) ? modelQueue : Queue;
+    }
+
+    /// <summary>The live processes taking jobs from this queue, with their queues (the engine's server list).</summary>
+    public IReadOnlyList<WorkerInfo> Workers()
+    {
+        if (_storage is null) return [];
         var alive = DateTime.UtcNow - _options.TakeoverAfter * 2;
-        return servers.Any(s => s.Queues.Contains(modelQueue) && (s.Heartbeat ?? s.StartedAt) > alive) ? modelQueue : Queue;
+        return WithDatabase(() => _storage.GetMonitoringApi().Servers())
+            .Where(s => (s.Heartbeat ?? s.StartedAt) > alive)
+            // Hangfire names a server "NAME:PID:GUID"; NAME is our WorkerName.
+            .Select(s => new WorkerInfo(s.Name.Split(':')[0], s.Queues.ToList(), new DateTimeOffset(DateTime.SpecifyKind(s.StartedAt, DateTimeKind.Utc)),
+                s.Heartbeat is { } h ? new DateTimeOffset(DateTime.SpecifyKind(h, DateTimeKind.Utc)) : null))
+            .OrderBy(w => w.Name, StringComparer.Ordinal).ToList();
     }
 
     /// <summary>
