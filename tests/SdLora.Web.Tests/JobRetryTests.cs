@@ -29,11 +29,9 @@ public class JobRetryTests
         var engine = web.App.Services.GetRequiredService<JobEngine>();
         var id = engine.Enqueue("flaky", "flaky job", "io").Id;
         var job = await web.WaitJob(id, TimeSpan.FromMinutes(1));
-        Assert.Equal("failed", job.GetProperty("state").GetString());
-        Assert.Equal(3, job.GetProperty("attempts").GetInt32());
-        Assert.Equal(3, flaky.Runs);
-        Assert.Equal("gave up after 3 attempts: IOException: the shared folder went away (run 3)", job.GetProperty("error").GetString());
         var log = await web.Client.GetStringAsync($"/api/jobs/{id}/log");
+        Assert.True(job.GetProperty("state").GetString() == "failed" && job.GetProperty("attempts").GetInt32() == 3 && flaky.Runs == 3, $"{job}\n{log}");
+        Assert.Equal("gave up after 3 attempts: IOException: the shared folder went away (run 3)", job.GetProperty("error").GetString());
         Assert.Contains("attempt 1 of 3 failed: IOException: the shared folder went away (run 1); it is retried", log);
         Assert.Contains("gave up after 3 attempts", await web.Client.GetStringAsync($"/jobs/{id}"));
 

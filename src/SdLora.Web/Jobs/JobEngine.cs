@@ -185,7 +185,9 @@ public sealed class JobEngine : IHostedService, IDisposable
         catch (DbException) { return record.State; } // the database is away for a moment: the record's view
         if (name == ProcessingState.StateName) return JobStates.Running;
         if (name == SucceededState.StateName) return JobStates.Succeeded;
-        if (name == FailedState.StateName) return JobStates.Failed;
+        // A failure the runner recorded (Error set, record not final) is one attempt of a retry still to come; only a
+        // failure outside the runner (the job could not even start) ends the job here.
+        if (name == FailedState.StateName) return record.Error is null ? JobStates.Failed : JobStates.Queued;
         if (name == DeletedState.StateName) return JobStates.Cancelled;
         return record.State == JobStates.Running ? JobStates.Running : JobStates.Queued;
     }

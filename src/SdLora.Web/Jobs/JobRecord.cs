@@ -26,7 +26,10 @@ public sealed record JobRecord
     public string State { get; init; } = JobStates.Queued;
     public DateTimeOffset? Started { get; init; }
     public DateTimeOffset? Finished { get; init; }
+    /// <summary>How many times the job was started.</summary>
     public int Attempts { get; init; }
+    /// <summary>Starts that ended in an orderly hand-over (server or worker stopping): they do not count against the attempt limit.</summary>
+    public int Handovers { get; init; }
     public bool CancelRequested { get; init; }
     public string? Error { get; init; }
     public JsonElement? Result { get; init; }

@@ -23,9 +23,9 @@ public sealed class JobRunner(JobEngine engine, JobStore store)
             // The previous holder may have finished or been told to stop while we waited.
             record = store.Get(jobId)!;
             if (record.CancelRequested || JobStates.IsFinal(record.State)) return;
-            if (record.Attempts >= engine.MaxAttempts)
+            if (Counted(record) >= engine.MaxAttempts)
             {
-                Finish(jobId, JobStates.Failed, null, $"gave up after {record.Attempts} attempts: {record.Error ?? "the worker running it stopped (killed, powered off or cut off)"}");
+                Finish(jobId, JobStates.Failed, null, $"gave up after {Counted(record)} attempts: {record.Error ?? "the worker running it stopped (killed, powered off or cut off)"}");
                 return;
             }
             RunHeld(jobId, record, handler, serverToken, leases);
@@ -66,7 +66,7 @@ public sealed class JobRunner(JobEngine engine, JobStore store)
         {
             context.FlushProgress();
             // Not the job's fault: this start does not count against its attempts.
-            store.Update(jobId, r => r with { State = JobStates.Queued, Attempts = Math.Max(0, r.Attempts - 1) });
+            store.Update(jobId, r => r with { State = JobStates.Queued, Handovers = r.Handovers + 1 });
             store.Append(jobId, "log", "server stopping: the job goes back to the queue and continues when the server runs again");
             throw;
         }
@@ -82,13 +82,13 @@ public sealed class JobRunner(JobEngine engine, JobStore store)
             // A bad setting or input fails the same way again: at once. Anything else (a lost connection, a full disk)
             // is retried by the engine, a bounded number of times, with the last error shown meanwhile.
             bool userError = e is SdLoraException or ApiException or System.Text.Json.JsonException;
-            if (!userError && record.Attempts < engine.MaxAttempts)
+            if (!userError && Counted(record) < engine.MaxAttempts)
             {
                 store.Update(jobId, r => r with { State = JobStates.Queued, Error = message });
-                store.Append(jobId, "log", $"attempt {record.Attempts} of {engine.MaxAttempts} failed: {message}; it is retried");
+                store.Append(jobId, "log", $"attempt {Counted(record)} of {engine.MaxAttempts} failed: {message}; it is retried");
                 throw;
             }
-            if (!userError) message = $"gave up after {record.Attempts} attempts: {message}";
+            if (!userError) message = $"gave up after {Counted(record)} attempts: {message}";
             Finish(jobId, JobStates.Failed, null, message);
             throw new JobFailedException(message, e);
         }
@@ -97,6 +97,9 @@ public sealed class JobRunner(JobEngine engine, JobStore store)
             engine.Unregister(jobId);
         }
     }
+
+    /// <summary>The starts that count against the limit: all but orderly hand-overs.</summary>
+    private static int Counted(JobRecord r) => r.Attempts - r.Handovers;
 
     private void Finish(string jobId, string state, object? result, string? error)
     {
