@@ -334,6 +334,7 @@ public static class PageRoutes
               <div class="actions"><button id="cancel"{{(JobStates.IsFinal(v.State) ? " hidden" : "")}}>Cancel</button> <a href="/api/jobs/{{U(v.Id)}}/log">plain log</a></div>
               <p id="error" class="error">{{H(v.Error)}}</p>
               <div id="result"></div>
+              {{(v.Files is { Count: > 0 } files ? $"<details><summary>{files.Count} file(s) this job made</summary><pre class=\"log\">{H(string.Join("\n", files))}</pre></details>" : "")}}
               <h2>Log</h2>
               <pre id="log" class="log"></pre>
             </section>
