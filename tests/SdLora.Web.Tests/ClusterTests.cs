@@ -221,6 +221,19 @@ public class ClusterTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public void Takeover_durations_read_as_written_and_a_bad_one_names_the_option()
+    {
+        Assert.Equal(TimeSpan.FromSeconds(30), SdLora.Cli.Commands.ClusterArguments.ParseDuration("30s", "--takeover-after"));
+        Assert.Equal(TimeSpan.FromMinutes(2), SdLora.Cli.Commands.ClusterArguments.ParseDuration("2m", "--takeover-after"));
+        Assert.Equal(TimeSpan.FromMilliseconds(1500), SdLora.Cli.Commands.ClusterArguments.ParseDuration("1500ms", "--takeover-after"));
+        Assert.Equal(TimeSpan.FromHours(1), SdLora.Cli.Commands.ClusterArguments.ParseDuration("1h", "--takeover-after"));
+        Assert.Equal(TimeSpan.FromSeconds(45), SdLora.Cli.Commands.ClusterArguments.ParseDuration("45", "--takeover-after"));
+        foreach (var bad in new[] { "soon", "-5s", "0", "2 minutes" })
+            Assert.StartsWith($"--takeover-after '{bad}' is not a duration", Assert.Throws<SdLoraException>(() => SdLora.Cli.Commands.ClusterArguments.ParseDuration(bad, "--takeover-after")).Message);
+        Assert.Throws<SdLoraException>(() => new ServeOptions { TakeoverAfter = TimeSpan.FromSeconds(1) }.Validate());
+    }
+
+    [Fact]
     public void A_worker_takes_only_queues_of_its_device_kind()
     {
         Assert.Throws<SdLoraException>(() => new ServeOptions { Device = "cpu", Queues = ["cuda"] }.Validate());

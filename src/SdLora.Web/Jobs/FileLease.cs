@@ -61,7 +61,8 @@ public sealed class FileLease : IDisposable
                 if (current is not null && current.Owner != _owner) { _lost.Cancel(); return; }
                 Write(_path, new Content(_owner, _job, DateTimeOffset.UtcNow + _length));
             }
-            catch (IOException) { /* the shared folder hiccupped; the next beat tries again, well before expiry */ }
+            // The shared folder hiccupped: the next beat tries again, well before expiry (a timer must never throw).
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException) { }
         }
     }
 
