@@ -29,6 +29,11 @@ public class DocsCommandsTests
             "downloaded here, and takes hours of CPU with any model; the README trains and generates the same way on the bundled tiny model at 128 px"),
         new("sdlora serve", c => SdloraArgs(c) is ["serve", ..],
             "starts a server that runs until it is stopped; tests/SdLora.Web.Tests start the same server in-process and drive it (API and a real Chromium)"),
+        new("sdlora worker", c => SdloraArgs(c) is ["worker", ..],
+            "runs until stopped and needs a PostgreSQL queue; tests/SdLora.Web.Tests/ClusterTests.cs starts this command (two workers beside a server) " +
+            "against the throwaway PostgreSQL that .ci/run starts"),
+        new("dotnet test --filter Category=Cluster", c => c.Text.StartsWith("dotnet test ", StringComparison.Ordinal) && c.Text.Contains("Category=Cluster"),
+            "the cluster test itself, which .ci/run runs with its throwaway PostgreSQL; running tests from a test would recurse"),
         new("sdlora demo", c => c.Text == "sdlora demo",
             "the same program run as the README's `dotnet run --project src/SdLora.Cli -c Release -- demo`, which this test runs"),
     ];
