@@ -64,6 +64,7 @@ public sealed class GenerateJob(DataFolders folders, ModelCatalog catalog, Model
         foreach (var w in result.Warnings) context.Log("warning: " + w);
         var files = result.Images.Select(i => new GeneratedFile(Path.GetFileName(i.Path!), i.Seed, i.Parameters.ToInfotext())).ToList();
         foreach (var f in files) context.Log($"saved {f.File} (seed {f.Seed})");
+        context.Owns(result.Images.Select(i => i.Path!));
         return new GenerateResult(checkpoint.Name, files, result.Cancelled, result.Warnings);
     }
 }

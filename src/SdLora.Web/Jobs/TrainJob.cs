@@ -100,7 +100,7 @@ public sealed class TrainJob(DataFolders folders, Datasets datasets, ModelCatalo
         if (a.Resume || ours && hasState)
         {
             config = RunFolder.ReadRunJson(Path.Combine(dir, "run.json")) with { Resume = true, Overwrite = false, Device = options.Device };
-            context.Log(a.Resume ? "resuming the run from its saved state" : "continuing after a server restart from the last saved state");
+            context.Log(a.Resume ? "resuming the run from its saved state" : "continuing from the last saved state: the previous attempt was cut off (server restart or lost worker)");
         }
         else
         {
@@ -121,10 +121,15 @@ public sealed class TrainJob(DataFolders folders, Datasets datasets, ModelCatalo
         string? library = null;
         if (!result.Cancelled && result.LoraPath is { } lora)
         {
-            library = CopyToLibrary(lora, config.OutputName);
-            context.Log($"LoRA ready: {Path.GetFileName(lora)}; use it as <lora:{config.OutputName}:0.8>");
+            library = CopyToLibrary(lora, config.EffectiveOutputName);
+            context.Log($"LoRA ready: {Path.GetFileName(lora)}; use it as <lora:{config.EffectiveOutputName}:0.8>");
         }
         else if (result.Cancelled) context.Log($"stopped at step {result.Steps}: state saved, Resume continues from here");
+        var made = new List<string> { Path.Combine(dir, "run.json"), Path.Combine(dir, "loss.csv"), Path.Combine(dir, "state") };
+        if (result.LoraPath is { } trained) made.Add(trained);
+        if (library is not null) made.Add(Path.Combine(folders.Loras, library + ".safetensors"));
+        made.AddRange(result.Samples);
+        context.Owns(made.Where(p => File.Exists(p) || Directory.Exists(p)));
         return new TrainResult(a.Run, result.LoraPath is null ? null : Path.GetRelativePath(dir, result.LoraPath), library, result.Steps, result.TotalSteps,
             result.Cancelled, result.SmoothedLoss, result.Samples.Select(s => Path.GetRelativePath(dir, s)).ToList(), result.ClassImagesGenerated);
     }

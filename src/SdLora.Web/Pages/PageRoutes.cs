@@ -329,11 +329,12 @@ public static class PageRoutes
         var body = $$"""
             <h1>{{H(v.Title)}} <span id="state" class="state {{H(v.State)}}">{{H(v.State)}}</span></h1>
             <section class="panel">
-              <p class="muted">{{H(v.Type)}} job {{H(v.Id)}}, queued {{v.Created.ToLocalTime():yyyy-MM-dd HH:mm:ss}}{{(v.Run is { } run ? $" · run <a href=\"/runs/{U(run)}\">{H(run)}</a>" : "")}}</p>
+              <p class="muted">{{H(v.Type)}} job {{H(v.Id)}}, queued {{v.Created.ToLocalTime():yyyy-MM-dd HH:mm:ss}}{{(v.Run is { } run ? $" · run <a href=\"/runs/{U(run)}\">{H(run)}</a>" : "")}} · queue {{H(v.Queue)}}{{(v.Worker is { } w ? $" · worker {H(w)}" : "")}} · attempt {{v.Attempts}}</p>
               <div id="progress" class="progress" hidden><div class="bar"></div><span class="label"></span></div>
               <div class="actions"><button id="cancel"{{(JobStates.IsFinal(v.State) ? " hidden" : "")}}>Cancel</button> <a href="/api/jobs/{{U(v.Id)}}/log">plain log</a></div>
               <p id="error" class="error">{{H(v.Error)}}</p>
               <div id="result"></div>
+              {{(v.Files is { Count: > 0 } files ? $"<details><summary>{files.Count} file(s) this job made</summary><pre class=\"log\">{H(string.Join("\n", files))}</pre></details>" : "")}}
               <h2>Log</h2>
               <pre id="log" class="log"></pre>
             </section>

@@ -24,7 +24,7 @@ public sealed class DreamBoothLoraTrainer
 
     /// <summary>See <see cref="LoraTrainingSession.Run"/>.</summary>
     public TrainingResult Train(IProgress<TrainingProgress>? progress = null, CancellationToken ct = default) =>
-        new LoraTrainingSession(Config, cpuProbe: _cpuProbe).Run(progress, ct);
+        new LoraTrainingSession(Config) { CpuProbe = _cpuProbe }.Run(progress, ct);
 
     /// <summary>See <see cref="LoraTrainingSession.DrawNoise"/>.</summary>
     public static (Tensor Noise, Tensor Timesteps) DrawNoise(TrainingConfig c, int epoch, int batch, long[] shape, int numTrainTimesteps) =>
