@@ -254,7 +254,9 @@ public class ClusterTests(ITestOutputHelper output)
             Assert.Null(FileLease.TryAcquire(dir, "w2", "job", TimeSpan.FromSeconds(1)));
             Assert.Equal("w1", FileLease.Holder(dir));
             // Its holder dies (stops beating) and the lease runs out: what is on disk then.
-            File.WriteAllText(Path.Combine(dir, FileLease.FileName), $"{{\"owner\":\"dead\",\"job\":\"job\",\"expires\":\"{DateTimeOffset.UtcNow.AddSeconds(-1):O}\"}}");
+            // (Written under the lease's lock, as any writer of the lease does, so a beat of the first holder cannot interleave.)
+            using (new FileStream(Path.Combine(dir, FileLease.LockFileName), FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.None))
+                File.WriteAllText(Path.Combine(dir, FileLease.FileName), $"{{\"owner\":\"dead\",\"job\":\"job\",\"expires\":\"{DateTimeOffset.UtcNow.AddSeconds(-1):O}\"}}");
             using var second = FileLease.TryAcquire(dir, "w2", "job", TimeSpan.FromSeconds(5));
             Assert.NotNull(second);
             Assert.True(first!.Lost.WaitHandle.WaitOne(TimeSpan.FromSeconds(3)), "the old holder notices at its next beat");

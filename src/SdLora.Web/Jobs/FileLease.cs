@@ -13,6 +13,9 @@ namespace SdLora.Web.Jobs;
 public sealed class FileLease : IDisposable
 {
     public const string FileName = "lease.json";
+    /// <summary>Held (an exclusive advisory lock) around every read-then-write of the lease, so a beat cannot write
+    /// back a lease that another process took between the beat's read and its write.</summary>
+    public const string LockFileName = "lease.json.lock";
     private sealed record Content(string Owner, string Job, DateTimeOffset Expires);
 
     private readonly string _path;
@@ -44,10 +47,26 @@ public sealed class FileLease : IDisposable
     {
         Directory.CreateDirectory(folder);
         var path = Path.Combine(folder, FileName);
-        var current = Read(path);
-        if (current is not null && current.Owner != owner && current.Expires > DateTimeOffset.UtcNow) return null;
-        Write(path, new Content(owner, job, DateTimeOffset.UtcNow + length));
+        using (LockFor(path, TimeSpan.FromSeconds(10)) ?? throw new IOException($"{Path.Combine(folder, LockFileName)}: still locked after 10 s"))
+        {
+            var current = Read(path);
+            if (current is not null && current.Owner != owner && current.Expires > DateTimeOffset.UtcNow) return null;
+            Write(path, new Content(owner, job, DateTimeOffset.UtcNow + length));
+        }
         return new FileLease(path, owner, job, length);
+    }
+
+    /// <summary>The lease's lock, or null when another holder kept it for longer than <paramref name="wait"/>.</summary>
+    private static FileStream? LockFor(string leasePath, TimeSpan wait)
+    {
+        var lockPath = Path.Combine(Path.GetDirectoryName(leasePath)!, LockFileName);
+        var deadline = DateTime.UtcNow + wait;
+        while (true)
+        {
+            try { return new FileStream(lockPath, FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.None); }
+            catch (IOException) when (DateTime.UtcNow < deadline) { Thread.Sleep(10 + Random.Shared.Next(20)); }
+            catch (IOException) { return null; }
+        }
     }
 
     private void Renew()
@@ -57,6 +76,9 @@ public sealed class FileLease : IDisposable
             if (_disposed) return;
             try
             {
+                // Busy lock: skip this beat; the next comes well before expiry.
+                using var held = LockFor(_path, _length / 8);
+                if (held is null) return;
                 var current = Read(_path);
                 if (current is not null && current.Owner != _owner) { _lost.Cancel(); return; }
                 Write(_path, new Content(_owner, _job, DateTimeOffset.UtcNow + _length));
@@ -82,7 +104,11 @@ public sealed class FileLease : IDisposable
             if (_disposed) return;
             _disposed = true;
             _heartbeat.Dispose();
-            try { if (Read(_path)?.Owner == _owner) File.Delete(_path); }
+            try
+            {
+                using var held = LockFor(_path, TimeSpan.FromSeconds(2));
+                if (held is not null && Read(_path)?.Owner == _owner) File.Delete(_path);
+            }
             catch (IOException) { /* it expires by itself */ }
             _lost.Dispose();
         }
