@@ -25,8 +25,16 @@ public static class TrainCommand
         cmd.SetAction(r =>
         {
             var notes = new List<string>();
-            var config = options.ToConfig(r, notes, () => CliOptions.ResolveModel(null, cli));
-            foreach (var n in notes) cli.Note(n);
+            TrainingConfig config;
+            try
+            {
+                config = options.ToConfig(r, notes, () => CliOptions.ResolveModel(null, cli), beforeValidation: c =>
+                {
+                    // fp16 on a CPU works but crawls: say so first, as generate does (auto never picks fp16: no probe needed).
+                    if (c.Dtype == "fp16" || c.MixedPrecision == "fp16") cli.NoteCompute(c.ResolveCompute(null));
+                });
+            }
+            finally { foreach (var n in notes) cli.Note(n); }
             return Run(cli, config, verbose: r.GetValue(verbose));
         });
         return cmd;
@@ -181,7 +189,8 @@ public sealed class TrainOptions
     /// The run's settings: defaults, then the <c>--config</c> file, then the options given, validated.
     /// <paramref name="defaultModel"/> supplies the model when neither names one.
     /// </summary>
-    public TrainingConfig ToConfig(ParseResult parse, ICollection<string> notes, Func<string>? defaultModel = null)
+    /// <param name="beforeValidation">sees the settings before they are checked (to note surprising choices even when a check fails)</param>
+    public TrainingConfig ToConfig(ParseResult parse, ICollection<string> notes, Func<string>? defaultModel = null, Action<TrainingConfig>? beforeValidation = null)
     {
         string? file = Given(parse, ConfigFile) ? parse.GetValue(ConfigFile) : Given(parse, _configFileKohya) ? parse.GetValue(_configFileKohya) : null;
         var values = new Dictionary<string, object?>(StringComparer.Ordinal);
@@ -200,6 +209,7 @@ public sealed class TrainOptions
         var config = file is null ? start : TrainingConfigLoader.ApplyToml(start, file, notes);
         config = TrainingConfigLoader.Apply(config, values, null, notes);
         if (config.Model is null && defaultModel is not null) config = config with { Model = defaultModel() };
+        beforeValidation?.Invoke(config);
         return config.Validate();
     }
 

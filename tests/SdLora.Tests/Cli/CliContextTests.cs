@@ -132,6 +132,19 @@ public class CliContextTests
         Assert.Contains("--threads", bad.Err);
     }
 
+    [Theory]
+    [InlineData("--dtype", "fp16", true)]
+    [InlineData("--mixed-precision", "fp16", true)]
+    [InlineData("--dtype", "fp32", false)]
+    public void Train_notes_fp16_on_the_cpu_before_it_starts(string option, string value, bool noted)
+    {
+        using var dir = Fixtures.TempDir();
+        var run = CliRunner.Run("train", option, value, "--output", dir.File("run"));   // no --data: stops at once
+        Assert.Equal(ExitCodes.UserError, run.ExitCode);
+        Assert.Equal(noted, run.Err.Contains("note: fp16 on the CPU is emulated", StringComparison.Ordinal));
+        Assert.Contains("error: data is required", run.Err);
+    }
+
     [Fact]
     public void Fp16_on_the_cpu_gets_a_one_line_note_on_stderr()
     {
