@@ -295,11 +295,38 @@ public static class PageRoutes
               <tbody>{{(loras.Length == 0 ? "<tr><td colspan=\"8\" class=\"muted\">None yet: finished training runs put their LoRA here.</td></tr>" : loras)}}</tbody></table>
             </section>
             <section class="panel">
+              <h2>Merge LoRAs into a checkpoint</h2>
+              {{MergeForm(catalog)}}
+            </section>
+            <section class="panel">
               <h2>Captioner</h2>
               <p>{{(catalog.HasBlip ? $"BLIP model found in {H(folders.Blip)}." : $"No BLIP model: put a Hugging Face BLIP folder (config.json, model.safetensors, vocab.txt, ...) in {H(folders.Blip)}.")}}</p>
             </section>
             """;
-        return Page("Models", "/models", body);
+        return Page("Models", "/models", body, "models.js");
+    }
+
+    /// <summary><c>sdlora lora merge</c> as a form: a checkpoint, the LoRAs with their weights, the new checkpoint's name (a job).</summary>
+    private static string MergeForm(ModelCatalog catalog)
+    {
+        var checkpoints = catalog.Checkpoints().ToList();
+        var loras = catalog.Loras().ToList();
+        if (checkpoints.Count == 0 || loras.Count == 0)
+            return "<p class=\"muted\">Needs a checkpoint and at least one LoRA.</p>";
+        var options = string.Join("", checkpoints.Select(c => $"<option value=\"{H(c.Name)}\">{H(c.Name)}</option>"));
+        var rows = string.Join("", loras.Select(l =>
+            $"<tr><td><label class=\"check\"><input type=\"checkbox\" name=\"lora\" value=\"{H(l.Name)}\"> {H(l.Name)}</label></td>" +
+            $"<td><input type=\"number\" class=\"weight\" name=\"weight\" data-lora=\"{H(l.Name)}\" value=\"1\" step=\"0.05\" min=\"-4\" max=\"4\"></td></tr>"));
+        return $$"""
+            <form id="merge" class="form">
+              <p class="muted">W' = W + weight · (alpha / rank) · up · down for each LoRA, in fp32; the result is a new checkpoint beside the others (the input is never changed).</p>
+              <label>Checkpoint <select name="model">{{options}}</select></label>
+              <table class="list"><thead><tr><th>LoRA</th><th>Weight</th></tr></thead><tbody>{{rows}}</tbody></table>
+              <label>New checkpoint name <input name="name" required pattern="[A-Za-z0-9._-]+" placeholder="my-model-merged"></label>
+              <label class="check"><input type="checkbox" name="fp16" checked> store fp16</label>
+              <button type="submit">Merge</button> <span id="merge-error" class="error"></span>
+            </form>
+            """;
     }
 
     private static string JobRow(JobView j) =>
