@@ -55,6 +55,8 @@ public static class WorkerCommand
         };
         compute.AddTo(cmd);
         cluster.AddTo(cmd);
+        // A worker only makes sense on the shared queue: say so in its help (serve's wording offers the embedded default).
+        cluster.Jobs.Description = "the shared job queue: postgres://USER[:PASS]@HOST[:PORT]/DB (required: the queue sdlora serve --jobs uses)";
         cmd.SetAction(async (r, ct) =>
         {
             // dtype auto: as serve, the cached CPU probe decides once, when a job first needs it.

@@ -19,7 +19,9 @@ public class DocsCommandsTests
     /// <summary>Commands not run, with why. Every entry must match a command of the docs (checked), so this list cannot go stale.</summary>
     private static readonly NotRun[] NotRunHere =
     [
-        new("dotnet test", c => c.Text == "dotnet test", "the test suite itself: running it from a test would recurse"),
+        new("dotnet test", c => c.Words is ["dotnet", "test", ..], "the test suite itself: running it from a test would recurse"),
+        new("dotnet stryker", c => c.Words is ["dotnet", "stryker", ..],
+            "mutation testing builds the library with every mutant and runs the covering tests once per mutant: half an hour to hours per namespace on 2 cores"),
         new("dotnet pack", c => c.Text.StartsWith("dotnet pack ", StringComparison.Ordinal),
             "packs the ~150 MB tool package (minutes of build and compression); done by hand when packaging changes"),
         new("dotnet tool install", c => c.Text.StartsWith("dotnet tool ", StringComparison.Ordinal),
