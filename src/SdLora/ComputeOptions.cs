@@ -73,6 +73,23 @@ public sealed record ComputeOptions(Device Device, ScalarType DType, CpuLowPreci
         return Device.type == DeviceType.CPU ? name : $"{name} on {Device}";
     }
 
+    /// <summary>
+    /// The dtype and CPU kernels as a short record for saved state: <c>fp32</c>, <c>bf16 native</c>, <c>bf16 upcast</c>
+    /// (the device is the run's setting and is not recorded). Read back with <see cref="ParseRecorded"/>.
+    /// </summary>
+    public string Record() => DType == ScalarType.Float32
+        ? DTypeName(DType)
+        : $"{DTypeName(DType)} {(CpuLowPrecision == CpuLowPrecision.Native ? "native" : "upcast")}";
+
+    /// <summary>Reads <see cref="Record"/>'s text back as CPU compute options.</summary>
+    public static ComputeOptions ParseRecorded(string recorded)
+    {
+        var parts = recorded.Split(' ', StringSplitOptions.RemoveEmptyEntries);
+        if (parts.Length is < 1 or > 2) throw new SdLoraException($"unknown recorded compute '{recorded}': expected e.g. 'fp32' or 'bf16 native'");
+        var dtype = ParseDType(parts[0]);
+        return new(CPU, dtype, parts.Length == 2 ? ParseCpuLowPrecision(parts[1]) : CpuLowPrecision.Upcast);
+    }
+
     public static Device ParseDevice(string name)
     {
         var n = name.Trim().ToLowerInvariant();

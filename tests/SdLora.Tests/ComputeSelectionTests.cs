@@ -78,6 +78,26 @@ public class ComputeSelectionTests
         Assert.Contains("auto, fp32, bf16 or fp16", e.Message);
     }
 
+    [Theory]
+    [InlineData("fp32", "fp32")]
+    [InlineData("bf16", "bf16 upcast")]
+    [InlineData("fp16", "fp16 upcast")]
+    public void Recorded_compute_reads_back_as_the_same_options(string dtype, string record)
+    {
+        var upcast = new ComputeOptions(torch.CPU, ComputeOptions.ParseDType(dtype));
+        Assert.Equal(record, upcast.Record());
+        Assert.Equal(upcast, ComputeOptions.ParseRecorded(record));
+        var native = upcast with { CpuLowPrecision = CpuLowPrecision.Native };
+        if (dtype != "fp32")
+        {
+            Assert.Equal($"{dtype} native", native.Record());
+            Assert.Equal(native, ComputeOptions.ParseRecorded(native.Record()));
+        }
+        Assert.Throws<SdLoraException>(() => ComputeOptions.ParseRecorded("bf16 fast"));
+        Assert.Throws<SdLoraException>(() => ComputeOptions.ParseRecorded("int8"));
+        Assert.Throws<SdLoraException>(() => ComputeOptions.ParseRecorded(""));
+    }
+
     [Fact]
     public void The_speedup_compares_cpu_time_of_the_deciding_round_and_falls_back_to_wall_time()
     {

@@ -278,11 +278,33 @@ public abstract class TrainingSession
         if (_lentModel is not null) _model = _lentModel;
         else
         {
-            var compute = c.ResolveCompute(CpuProbe ?? (() => CpuKernelProbe.Measure(null, _ct)));
+            var compute = ResumedCompute(c) ?? c.ResolveCompute(CpuProbe ?? (() => CpuKernelProbe.Measure(null, _ct)));
             Info($"loading {c.Model} ({compute.Describe()} on {compute.Device}{(ComputeOptions.IsAuto(c.Dtype) && c.MixedPrecision == "no" ? ", chosen by dtype auto" : "")})");
             _model = _timer.Time("model load", () => StableDiffusionModel.Load(c.Model!, null, compute, ct: _ct));
         }
         _pipeline = new Txt2ImgPipeline(_model);
+    }
+
+    /// <summary>
+    /// On resume, the compute the saved run recorded (<see cref="TrainingState.Compute"/>), so that a re-measured
+    /// probe cannot switch the kernels mid-run; null when there is none to reuse: a fresh run, a state written before
+    /// it was recorded, another device, or native bf16 recorded but this CPU has no bf16 hardware (a run moved to
+    /// another machine), where the choice is made afresh.
+    /// </summary>
+    private ComputeOptions? ResumedCompute(TrainingConfig c)
+    {
+        if (_resumed?.Compute is not { } recorded) return null;
+        var device = ComputeOptions.ParseDevice(c.Device);
+        if (device.type != DeviceType.CPU) return null;
+        ComputeOptions saved;
+        try { saved = ComputeOptions.ParseRecorded(recorded); }
+        catch (SdLoraException) { return null; } // a hand-edited state.json only costs a fresh choice
+        if (saved.CpuLowPrecision == CpuLowPrecision.Native && saved.DType != ScalarType.Float32 && !CpuFeatures.Detect().HasBf16Hardware)
+        {
+            Info($"the saved run computed in {saved.Describe()}, which this CPU has no hardware for: choosing afresh");
+            return null;
+        }
+        return saved;
     }
 
     // ---------------------------------------------------------------------------------------------------------------
@@ -593,7 +615,8 @@ public abstract class TrainingSession
     private void SaveState(int step, int epoch, int batchInEpoch) => _timer.Time("saving", () =>
     {
         TrainingStateStore.Save(Folder, new TrainingState(step, epoch, batchInEpoch, Elapsed(), TrainingStateStore.ConfigHash(Config),
-            _metadataBase["ss_session_id"], _startedAt.ToUnixTimeMilliseconds() / 1000.0, _lastOutput), StateWeightsFile, StateWeights(), Optimizer);
+            _metadataBase["ss_session_id"], _startedAt.ToUnixTimeMilliseconds() / 1000.0, _lastOutput, _model.Compute.Record()),
+            StateWeightsFile, StateWeights(), Optimizer);
         if (_lossLog.Rows.Count > 0) _lossLog.RenderPlot(Folder.LossPng);
     });
 

@@ -12,10 +12,12 @@ namespace SdLora.Training;
 /// <summary>
 /// Where a run stands: <see cref="Step"/> optimizer steps done; the next micro-batch is number <see cref="BatchInEpoch"/>
 /// of 0-based epoch <see cref="Epoch"/>. Noise and timesteps are seeded from (seed, epoch, batch), and the batch order
-/// from (seed, epoch), so this position is all the RNG state a resumed run needs.
+/// from (seed, epoch), so this position is all the RNG state a resumed run needs. <see cref="Compute"/> is how the model
+/// computed (dtype and CPU kernels as resolved, e.g. <c>bf16 native</c>): <c>auto</c> and CPU bf16 are decided by a
+/// speed measurement, which a busy machine could tip the other way, so a resumed run reuses the recorded choice.
 /// </summary>
 public sealed record TrainingState(int Step, int Epoch, int BatchInEpoch, double ElapsedSeconds, string ConfigHash,
-    string SessionId, double TrainingStartedAt, string? LastLora);
+    string SessionId, double TrainingStartedAt, string? LastLora, string? Compute = null);
 
 /// <summary>
 /// The <c>state/</c> folder: the trained weights as they are (<c>lora.safetensors</c> for a LoRA, <c>model.safetensors</c>

@@ -49,6 +49,9 @@ public class MethodTrainingTests(ITestOutputHelper output)
     /// saved at step 2, loss.csv already holding step 3, like a process killed with -9) and the copy resumed. Both
     /// resumed runs end with the straight run's weights and losses.
     /// </summary>
+    /// <summary>This machine's bf16 speed, measured once per test process.</summary>
+    private static readonly Lazy<CpuKernelProbeResult> MachineProbe = new(() => CpuKernelProbe.Measure());
+
     [Theory]
     [InlineData(TrainingConfig.MethodLora, "no")]
     [InlineData(TrainingConfig.MethodDreamBooth, "no")]
@@ -61,7 +64,9 @@ public class MethodTrainingTests(ITestOutputHelper output)
         if (method == TrainingConfig.MethodDreamBooth) straight = straight with { TrainTextEncoder = true, StopTextEncoderTraining = 3, TextEncoderLr = 1e-4 };
         if (mixedPrecision == "bf16") straight = straight with { Optimizer = "Adafactor" };
         var killedAt = dir.File("killed");
-        var a = TrainingSession.Create(straight).Run(new SyncProgress<TrainingProgress>(p =>
+        // One probe for every session of the test: bf16's kernels (native or upcast) must be the same in all four runs.
+        var probe = MachineProbe.Value;
+        var a = TrainingSession.Create(straight, cpuProbe: () => probe).Run(new SyncProgress<TrainingProgress>(p =>
         {
             if (p.Phase == TrainingPhase.Training && p.Done == 3) CopyFolder(straight.Output!, killedAt);
         }));
@@ -70,16 +75,16 @@ public class MethodTrainingTests(ITestOutputHelper output)
 
         var interrupted = straight with { Output = dir.File("interrupted") };
         using var cts = new CancellationTokenSource();
-        var b = TrainingSession.Create(interrupted).Run(new SyncProgress<TrainingProgress>(p =>
+        var b = TrainingSession.Create(interrupted, cpuProbe: () => probe).Run(new SyncProgress<TrainingProgress>(p =>
         {
             if (p.Phase == TrainingPhase.Training && p.Done == 1) cts.Cancel();
         }), cts.Token);
         Assert.True(b.Cancelled);
         Assert.Equal(1, b.Steps);
         Assert.True(File.Exists(b.OutputFile) || Directory.Exists(b.OutputFile), "the cancelled run saved its result");
-        var c = TrainingSession.Create(interrupted with { Resume = true }).Run();
+        var c = TrainingSession.Create(interrupted with { Resume = true }, cpuProbe: () => probe).Run();
 
-        var d = TrainingSession.Create(straight with { Output = killedAt, Resume = true }).Run();
+        var d = TrainingSession.Create(straight with { Output = killedAt, Resume = true }, cpuProbe: () => probe).Run();
         Assert.Equal(4, d.Steps);
 
         var expected = StateWeights(a.OutputDir);

@@ -85,6 +85,45 @@ public class TrainerTests
     }
 
     [Fact]
+    public void Resume_keeps_the_kernels_the_run_started_with_though_the_probe_now_says_otherwise()
+    {
+        // bf16 on the CPU is decided by a speed probe; a busy machine can tip it. A resumed run must not switch kernels.
+        using var dir = Fixtures.TempDir();
+        var cfg = TinyRun(dir, 2, 3) with { Dtype = "bf16", NetworkTrainUnetOnly = true };
+        static CpuKernelProbeResult Probe(double speedup) => new(100, 100 * speedup,
+            [new KernelSpeed("k", "fp32", 1, 0.01), new KernelSpeed("k", "bf16", 1, 0.01 / speedup)], 1, 0.1);
+        using var cts = new CancellationTokenSource();
+        var first = TrainingSession.Create(cfg, cpuProbe: () => Probe(2.5)).Run(
+            new SyncProgress<TrainingProgress>(p => { if (p.Phase == TrainingPhase.Training && p.Done == 1) cts.Cancel(); }), cts.Token);
+        Assert.True(first.Cancelled);
+        Assert.Equal("bf16 native", RecordedCompute(first.OutputDir));
+
+        var messages = new List<string>();
+        var resumed = TrainingSession.Create(cfg with { Resume = true }, cpuProbe: () => Probe(0.01)).Run(
+            new SyncProgress<TrainingProgress>(p => { if (p.Message is { } m) messages.Add(m); }));
+        Assert.Equal(3, resumed.Steps);
+        if (CpuFeatures.Detect().HasBf16Hardware)
+        {
+            Assert.Equal("bf16 native", RecordedCompute(resumed.OutputDir));
+            Assert.Contains(messages, m => m.Contains("bf16 (native kernels)"));
+        }
+        else
+        {
+            // A run moved to a CPU without bf16 hardware chooses afresh, and says so.
+            Assert.Equal("bf16 upcast", RecordedCompute(resumed.OutputDir));
+            Assert.Contains(messages, m => m.Contains("choosing afresh"));
+        }
+
+        // A fresh run (no state) asks the probe.
+        var fresh = TrainingSession.Create(cfg with { Output = dir.File("fresh"), MaxTrainSteps = 1 }, cpuProbe: () => Probe(0.01)).Run();
+        Assert.Equal("bf16 upcast", RecordedCompute(fresh.OutputDir));
+    }
+
+    private static string? RecordedCompute(string runDir) =>
+        System.Text.Json.JsonDocument.Parse(File.ReadAllText(Path.Combine(runDir, "state", "state.json")))
+            .RootElement.EnumerateObject().FirstOrDefault(p => p.Name.Equals("compute", StringComparison.OrdinalIgnoreCase)).Value.GetString();
+
+    [Fact]
     public void Output_folder_holding_a_run_is_refused_and_resume_with_other_settings_is_refused()
     {
         using var dir = Fixtures.TempDir();
