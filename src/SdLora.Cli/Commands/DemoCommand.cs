@@ -48,7 +48,7 @@ public static class DemoCommand
                 plain.WriteLine("Generate with the LoRA just trained (the tiny model again, so noise again):");
                 plain.WriteLine("  " + GenerateCommandLine(config));
                 plain.WriteLine();
-                plain.WriteLine("With a real SD1.5 checkpoint (e.g. v1-5-pruned-emaonly.safetensors) the same training is:");
+                plain.WriteLine("With a real SD1.5 checkpoint (e.g. v1-5-pruned-emaonly.safetensors) the same training is (class images: 8 on a CPU, 100 on a GPU unless --num-class-images says otherwise):");
                 plain.WriteLine("  " + RealModelTrainCommandLine(config));
             });
         });
@@ -104,7 +104,7 @@ public static class DemoCommand
     /// <summary>The same training on a real SD1.5 checkpoint, at 512 px.</summary>
     public static string RealModelTrainCommandLine(TrainingConfig demo) =>
         CommandLine("sdlora", "train", "--model", "v1-5-pruned-emaonly.safetensors", "--data", demo.Data!, "--instance-prompt", "a photo of sks dog",
-            "--class-prompt", "a photo of a dog", "--num-class-images", "100", "--resolution", "512", "--max-train-steps", "800",
+            "--class-prompt", "a photo of a dog", "--resolution", "512", "--max-train-steps", "800",
             "--network-dim", "32", "--network-alpha", "16", "--sample-prompts", demo.SamplePrompts!, "--save-every-n-epochs", "1",
             "--out", "sks-dog-lora");
 

@@ -68,7 +68,7 @@ public sealed record VaeTiling(int TileLatent = 64, int OverlapLatent = 16)
             t = Intermediate.Step(t, tile, d.conv_norm_out.call);
             return Intermediate.Step(t, tile, u => d.conv_out.call(Intermediate.Silu(u)));
         }
-        var image = Blend(x, TileLatent, OverlapLatent, upscale, UpPath);
+        var image = Blend(x, TileLatent, OverlapLatent, up: upscale, down: 1, UpPath);
         x.Dispose();
         return image;
     }
@@ -84,16 +84,22 @@ public sealed record VaeTiling(int TileLatent = 64, int OverlapLatent = 16)
         int tile = TileLatent * 8, overlap = OverlapLatent * 8;
         if (h <= tile && w <= tile) return vae.Encode(image);
         if (h % 8 != 0 || w % 8 != 0) throw new SdLoraException($"tiled VAE encode needs an image size that is a multiple of 8 (got {w}x{h})");
-        var moments = BlendDown(image, tile, overlap, 8, t => vae.Encode(t).Moments);
+        var moments = Blend(image, tile, overlap, up: 1, down: 8, t => vae.Encode(t).Moments);
         return new DiagonalGaussianDistribution(moments);
     }
 
-    /// <summary>Runs <paramref name="run"/> on overlapping tiles of <paramref name="input"/> whose outputs are <paramref name="scale"/> times larger, and blends them.</summary>
-    private static Tensor Blend(Tensor input, int tile, int overlap, int scale, Func<Tensor, Tensor> run)
+    /// <summary>
+    /// Runs <paramref name="run"/> on overlapping tiles of <paramref name="input"/> (size and overlap in input pixels)
+    /// and blends the outputs, which are <paramref name="up"/> times larger (decoding) or <paramref name="down"/> times
+    /// smaller (encoding) than their tiles.
+    /// </summary>
+    private static Tensor Blend(Tensor input, int tile, int overlap, int up, int down, Func<Tensor, Tensor> run)
     {
         long b = input.shape[0], h = input.shape[2], w = input.shape[3];
-        var ys = Starts(h, tile, overlap);
-        var xs = Starts(w, tile, overlap);
+        long Out(long n) => n * up / down;
+        // Tiles start on the coarser of the two grids, so that every tile covers whole output pixels.
+        var ys = Starts(h / down, tile / down, overlap / down).Select(s => s * down).ToList();
+        var xs = Starts(w / down, tile / down, overlap / down).Select(s => s * down).ToList();
         Tensor? sum = null, weight = null;
         foreach (var y in ys)
             foreach (var x in xs)
@@ -101,37 +107,11 @@ public sealed record VaeTiling(int TileLatent = 64, int OverlapLatent = 16)
                 using var scope = torch.NewDisposeScope();
                 long th = Math.Min(tile, h), tw = Math.Min(tile, w);
                 var output = run(Window(input, y, th, x, tw)).to(ScalarType.Float32);
-                sum ??= torch.zeros([b, output.shape[1], h * scale, w * scale], ScalarType.Float32, output.device).DetachFromDisposeScope();
-                weight ??= torch.zeros([1, 1, h * scale, w * scale], ScalarType.Float32, output.device).DetachFromDisposeScope();
-                var ramp = Ramp(th * scale, tw * scale, overlap * scale, y > 0, y + th < h, x > 0, x + tw < w, output.device);
-                Window(sum, y * scale, th * scale, x * scale, tw * scale).add_(output * ramp);
-                Window(weight, y * scale, th * scale, x * scale, tw * scale).add_(ramp);
-            }
-        var result = sum!.div_(weight!).to(input.dtype);
-        if (!ReferenceEquals(result, sum)) sum.Dispose();
-        weight!.Dispose();
-        return result;
-    }
-
-    /// <summary>As <see cref="Blend"/> for a <paramref name="scale"/> times smaller output (encoding): tiles are cut in input pixels.</summary>
-    private static Tensor BlendDown(Tensor input, int tile, int overlap, int scale, Func<Tensor, Tensor> run)
-    {
-        long b = input.shape[0], h = input.shape[2], w = input.shape[3];
-        var ys = Starts(h / scale, tile / scale, overlap / scale).Select(s => s * scale).ToList();
-        var xs = Starts(w / scale, tile / scale, overlap / scale).Select(s => s * scale).ToList();
-        Tensor? sum = null, weight = null;
-        foreach (var y in ys)
-            foreach (var x in xs)
-            {
-                using var scope = torch.NewDisposeScope();
-                long th = Math.Min(tile, h), tw = Math.Min(tile, w);
-                var output = run(Window(input, y, th, x, tw)).to(ScalarType.Float32);
-                long oh = h / scale, ow = w / scale;
-                sum ??= torch.zeros([b, output.shape[1], oh, ow], ScalarType.Float32, output.device).DetachFromDisposeScope();
-                weight ??= torch.zeros([1, 1, oh, ow], ScalarType.Float32, output.device).DetachFromDisposeScope();
-                var ramp = Ramp(th / scale, tw / scale, overlap / scale, y > 0, y + th < h, x > 0, x + tw < w, output.device);
-                Window(sum, y / scale, th / scale, x / scale, tw / scale).add_(output * ramp);
-                Window(weight, y / scale, th / scale, x / scale, tw / scale).add_(ramp);
+                sum ??= torch.zeros([b, output.shape[1], Out(h), Out(w)], ScalarType.Float32, output.device).DetachFromDisposeScope();
+                weight ??= torch.zeros([1, 1, Out(h), Out(w)], ScalarType.Float32, output.device).DetachFromDisposeScope();
+                var ramp = Ramp(Out(th), Out(tw), Out(overlap), y > 0, y + th < h, x > 0, x + tw < w, output.device);
+                Window(sum, Out(y), Out(th), Out(x), Out(tw)).add_(output * ramp);
+                Window(weight, Out(y), Out(th), Out(x), Out(tw)).add_(ramp);
             }
         var result = sum!.div_(weight!).to(input.dtype);
         if (!ReferenceEquals(result, sum)) sum.Dispose();
