@@ -120,7 +120,7 @@ public static class CheckpointWriter
                 SafetensorsStreamWriter.Write(Path.Combine(tmp, folder, file), layout,
                     l => (replaced(part, l.Name) is { } t ? t.detach().alias() : weights.Load(l.Name)).to(l.DType), md, cancellation);
             }
-            LoraCheckpointMerge.ReplaceFolder(tmp, full);
+            AtomicFile.ReplaceFolder(tmp, full);
         }
         catch
         {

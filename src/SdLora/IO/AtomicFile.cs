@@ -33,4 +33,26 @@ public static class AtomicFile
         var copy = bytes.ToArray();
         Write(path, s => s.Write(copy));
     }
+
+    /// <summary>
+    /// Puts the finished folder <paramref name="fresh"/> at <paramref name="target"/>; an old folder there is set aside
+    /// first, put back if the move fails, and deleted only once the new one is in place.
+    /// </summary>
+    public static void ReplaceFolder(string fresh, string target)
+    {
+        if (!Directory.Exists(target))
+        {
+            Directory.Move(fresh, target);
+            return;
+        }
+        var old = Path.Combine(Path.GetDirectoryName(Path.GetFullPath(target))!, "." + Path.GetFileName(target) + "." + Guid.NewGuid().ToString("N")[..8] + ".old");
+        Directory.Move(target, old);
+        try { Directory.Move(fresh, target); }
+        catch
+        {
+            Directory.Move(old, target);
+            throw;
+        }
+        try { Directory.Delete(old, recursive: true); } catch (IOException) { } // the new folder is in place; a leftover only costs space
+    }
 }

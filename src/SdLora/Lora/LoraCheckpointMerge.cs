@@ -61,7 +61,7 @@ public static class LoraCheckpointMerge
                         WriteMerged(file, key => prefix + key, plan, Path.Combine(tmp, rel), fp16, cancellation);
                     }
                     if (fp16) ConvertOtherWeights(modelDir, tmp, files.Select(f => f.Path).ToHashSet(), cancellation);
-                    ReplaceFolder(tmp, outputDir);
+                    AtomicFile.ReplaceFolder(tmp, outputDir);
                 }
                 catch
                 {
@@ -151,25 +151,6 @@ public static class LoraCheckpointMerge
 
     private static ScalarType OutputType(ScalarType t, bool fp16) =>
         fp16 && (t == ScalarType.Float32 || t == ScalarType.Float64 || t == ScalarType.BFloat16) ? ScalarType.Float16 : t;
-
-    /// <summary>Puts the finished folder <paramref name="fresh"/> at <paramref name="target"/>; an old folder there is set aside first and deleted only once the new one is in place.</summary>
-    internal static void ReplaceFolder(string fresh, string target)
-    {
-        if (!Directory.Exists(target))
-        {
-            Directory.Move(fresh, target);
-            return;
-        }
-        var old = Path.Combine(Path.GetDirectoryName(target)!, "." + Path.GetFileName(target) + "." + Guid.NewGuid().ToString("N")[..8] + ".old");
-        Directory.Move(target, old);
-        try { Directory.Move(fresh, target); }
-        catch
-        {
-            Directory.Move(old, target);
-            throw;
-        }
-        try { Directory.Delete(old, recursive: true); } catch (IOException) { }
-    }
 
     internal static void CopyTree(string from, string to, HashSet<string> skip)
     {

@@ -44,7 +44,7 @@ public static class DiffusersFolderWriter
                 Directory.CreateDirectory(Path.GetDirectoryName(path)!);
                 File.WriteAllText(path, text);
             }
-            ReplaceFolder(tmp, target);
+            AtomicFile.ReplaceFolder(tmp, target);
         }
         catch
         {
@@ -66,24 +66,6 @@ public static class DiffusersFolderWriter
     }
 
     private static void WriteJson(string path, JsonObject json) => File.WriteAllText(path, json.ToJsonString(Indented) + "\n");
-
-    private static void ReplaceFolder(string fresh, string target)
-    {
-        if (!Directory.Exists(target))
-        {
-            Directory.Move(fresh, target);
-            return;
-        }
-        var old = Path.Combine(Path.GetDirectoryName(target)!, "." + Path.GetFileName(target) + "." + Guid.NewGuid().ToString("N")[..8] + ".old");
-        Directory.Move(target, old);
-        try { Directory.Move(fresh, target); }
-        catch
-        {
-            Directory.Move(old, target);
-            throw;
-        }
-        Directory.Delete(old, true);
-    }
 
     private static JsonArray Array<T>(IEnumerable<T> items) => new(items.Select(i => JsonValue.Create(i)).ToArray<JsonNode?>());
 
