@@ -236,6 +236,13 @@ public class ApiTests(SharedServer server) : IClassFixture<SharedServer>
         Assert.Contains("not a readable image", skipped.GetProperty("skipped")[0].GetString());
         Assert.False(File.Exists(Path.Combine(Web.DataDir, "datasets", name, "fake.png")));
 
+        // A photo cut short (an interrupted copy): skipped as training would skip it, nothing written.
+        var photo = File.ReadAllBytes(Path.Combine(WebHarness.DogPhotos, "04.jpg"));
+        var cut = new MultipartFormDataContent { { new ByteArrayContent(photo[..(photo.Length / 2)]), "files", "cut.jpg" } };
+        var cutResult = JsonDocument.Parse(await (await Web.Client.PostAsync($"/api/datasets/{name}/images", cut)).Content.ReadAsStringAsync()).RootElement;
+        Assert.Contains("cut short", cutResult.GetProperty("skipped")[0].GetString());
+        Assert.False(File.Exists(Path.Combine(Web.DataDir, "datasets", name, "cut.jpg")));
+
         // A zip is unpacked with the training rules: photos and captions in, a climbing entry refuses the zip.
         var zipBytes = Zip(("10_sks dog/a.jpg", File.ReadAllBytes(Path.Combine(WebHarness.DogPhotos, "03.jpg"))), ("10_sks dog/a.txt", "sks dog, close up"u8.ToArray()));
         var ok = await Web.Client.PostAsync($"/api/datasets/{name}/images", new MultipartFormDataContent { { new ByteArrayContent(zipBytes), "files", "more.zip" } });
