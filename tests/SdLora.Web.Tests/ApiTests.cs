@@ -162,6 +162,9 @@ public class ApiTests(SharedServer server) : IClassFixture<SharedServer>
     [Fact]
     public async Task A1111_listing_endpoints_and_options_answer_in_their_shapes()
     {
+        var openapi = await Web.Get("/openapi/v1.json");
+        Assert.Equal("sdlora", openapi.GetProperty("info").GetProperty("title").GetString());
+        Assert.True(openapi.GetProperty("paths").TryGetProperty("/sdapi/v1/txt2img", out _));
         var samplers = await Web.Get("/sdapi/v1/samplers");
         Assert.Contains(samplers.EnumerateArray(), s => s.GetProperty("name").GetString() == "DPM++ 2M Karras");
         var models = await Web.Get("/sdapi/v1/sd-models");
