@@ -180,7 +180,11 @@ public sealed class Datasets(DataFolders folders, ServeOptions options)
         using var codec = SKCodec.Create(path);
         if (codec is null) return "not a readable image";
         long pixels = (long)codec.Info.Width * codec.Info.Height;
-        return pixels > options.Uploads.MaxPixels ? $"{codec.Info.Width}x{codec.Info.Height} is over the {options.Uploads.MaxPixels / 1_000_000} megapixel limit" : null;
+        if (pixels > options.Uploads.MaxPixels) return $"{codec.Info.Width}x{codec.Info.Height} is over the {options.Uploads.MaxPixels / 1_000_000} megapixel limit";
+        // Decoded in full, as training reads it: a file cut short (an interrupted copy) is refused here, not trained on.
+        try { RgbImage.Load(path, requireComplete: true); }
+        catch (SdLoraException e) { return e.Message.Replace(path + ": ", ""); }
+        return null;
     }
 
     // Upload names become file names: keep letters, digits and a few marks in each folder segment.

@@ -53,7 +53,13 @@ public static class SdLoraServer
             j.SerializerOptions.NumberHandling = JobJson.Options.NumberHandling;
         });
         builder.Services.Configure<RouteHandlerOptions>(r => r.ThrowOnBadRequest = true);
-        builder.Services.AddOpenApi();
+        // Named for the program, not for whichever assembly hosts the server (sdlora-cli, a test host).
+        builder.Services.AddOpenApi(o => o.AddDocumentTransformer((document, _, _) =>
+        {
+            document.Info.Title = "sdlora";
+            document.Info.Description = "sdlora's JSON API (datasets, training, generation, jobs) and its AUTOMATIC1111-compatible /sdapi/v1 subset";
+            return Task.CompletedTask;
+        }));
 
         AddJobServices(builder.Services, options, folders);
         configure?.Invoke(builder);

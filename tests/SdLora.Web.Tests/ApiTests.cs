@@ -162,6 +162,9 @@ public class ApiTests(SharedServer server) : IClassFixture<SharedServer>
     [Fact]
     public async Task A1111_listing_endpoints_and_options_answer_in_their_shapes()
     {
+        var openapi = await Web.Get("/openapi/v1.json");
+        Assert.Equal("sdlora", openapi.GetProperty("info").GetProperty("title").GetString());
+        Assert.True(openapi.GetProperty("paths").TryGetProperty("/sdapi/v1/txt2img", out _));
         var samplers = await Web.Get("/sdapi/v1/samplers");
         Assert.Contains(samplers.EnumerateArray(), s => s.GetProperty("name").GetString() == "DPM++ 2M Karras");
         var models = await Web.Get("/sdapi/v1/sd-models");
@@ -235,6 +238,13 @@ public class ApiTests(SharedServer server) : IClassFixture<SharedServer>
         var skipped = JsonDocument.Parse(await (await Web.Client.PostAsync($"/api/datasets/{name}/images", junk)).Content.ReadAsStringAsync()).RootElement;
         Assert.Contains("not a readable image", skipped.GetProperty("skipped")[0].GetString());
         Assert.False(File.Exists(Path.Combine(Web.DataDir, "datasets", name, "fake.png")));
+
+        // A photo cut short (an interrupted copy): skipped as training would skip it, nothing written.
+        var photo = File.ReadAllBytes(Path.Combine(WebHarness.DogPhotos, "04.jpg"));
+        var cut = new MultipartFormDataContent { { new ByteArrayContent(photo[..(photo.Length / 2)]), "files", "cut.jpg" } };
+        var cutResult = JsonDocument.Parse(await (await Web.Client.PostAsync($"/api/datasets/{name}/images", cut)).Content.ReadAsStringAsync()).RootElement;
+        Assert.Contains("cut short", cutResult.GetProperty("skipped")[0].GetString());
+        Assert.False(File.Exists(Path.Combine(Web.DataDir, "datasets", name, "cut.jpg")));
 
         // A zip is unpacked with the training rules: photos and captions in, a climbing entry refuses the zip.
         var zipBytes = Zip(("10_sks dog/a.jpg", File.ReadAllBytes(Path.Combine(WebHarness.DogPhotos, "03.jpg"))), ("10_sks dog/a.txt", "sks dog, close up"u8.ToArray()));

@@ -1,3 +1,4 @@
+// Why we keep this: BLIP's fixtures need Pillow's bicubic resize bit for bit, and SkiaSharp's resize is not Pillow's (docs/libraries.md).
 namespace SdLora.Imaging;
 
 /// <summary>

@@ -1,3 +1,4 @@
+// Why we keep this: SkiaSharp cannot write PNG text chunks, and A1111's parameters live in one (docs/libraries.md).
 using System.IO.Compression;
 using System.Text;
 using SdLora.IO;

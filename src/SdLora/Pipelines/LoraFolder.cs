@@ -19,7 +19,7 @@ public static class LoraFolder
         CheckName(name);
         var root = Root(loraDir);
         if (!Directory.Exists(root))
-            throw new SdLoraException($"<lora:{name}> not found: the LoRA folder {root} does not exist; put {name}.safetensors there or pass --lora-dir");
+            throw new SdLoraException($"<lora:{name}> not found: the LoRA folder {root} does not exist; put {name}.safetensors there or choose another LoRA folder (lora-dir)") { Setting = "lora-dir" };
         foreach (var ext in Extensions)
         {
             var direct = System.IO.Path.Combine(root, name + ext);
@@ -27,7 +27,7 @@ public static class LoraFolder
         }
         foreach (var entry in List(loraDir))
             if (entry.Name == name) return entry.Path;
-        throw new SdLoraException($"<lora:{name}> not found: no {name}.safetensors in {root}; put the file there or pass --lora-dir");
+        throw new SdLoraException($"<lora:{name}> not found: no {name}.safetensors in {root}; put the file there or choose another LoRA folder (lora-dir)") { Setting = "lora-dir" };
     }
 
     /// <summary>Every LoRA file in the folder and its sub-folders, in a stable order (links leading out are skipped).</summary>

@@ -22,7 +22,7 @@ public sealed class LoraSet : IDisposable
         {
             foreach (var use in uses)
             {
-                if (!File.Exists(use.Path)) throw new SdLoraException($"LoRA {use.Path} not found; check the path (or put NAME.safetensors in --lora-dir)");
+                if (!File.Exists(use.Path)) throw new SdLoraException($"LoRA {use.Path} not found; check the path (or put NAME.safetensors in the LoRA folder)");
                 var net = LoraNetwork.FromFile(use.Path, model.UNet, model.TextEncoder, use.Weight);
                 if (use.UNetWeight is { } unetWeight)
                     foreach (var m in net.UnetModules) m.Multiplier = unetWeight;

@@ -42,11 +42,13 @@ public sealed record Txt2ImgOptions
     public void Validate()
     {
         if (Width % 8 != 0 || Height % 8 != 0 || Width < 64 || Height < 64)
-            throw new SdLoraException($"size {Width}x{Height} is not usable: width and height must be multiples of 8 and at least 64 (e.g. 512x512)");
-        if (Steps < 1 || Steps > 1000) throw new SdLoraException($"--steps {Steps} is out of range: use 1 to 1000 (20-30 is typical)");
-        if (CfgScale < 0 || double.IsNaN(CfgScale)) throw new SdLoraException($"--cfg {CfgScale} is not usable: use a value >= 0 (7 is typical)");
-        if (BatchSize < 1 || BatchCount < 1) throw new SdLoraException("--batch-size and --batch-count must be at least 1");
-        if (ClipSkip < 1 || ClipSkip > 12) throw new SdLoraException($"--clip-skip {ClipSkip} is out of range: use 1 (none) to 12; 2 is common for anime models");
+            throw new SdLoraException($"size {Width}x{Height} is not usable: width and height must be multiples of 8 and at least 64 (e.g. 512x512)") { Setting = Width % 8 != 0 || Width < 64 ? "width" : "height" };
+        // Messages name the setting, not a command-line flag: the web forms and the A1111 API show them too.
+        if (Steps < 1 || Steps > 1000) throw new SdLoraException($"steps {Steps} is out of range: use 1 to 1000 (20-30 is typical)") { Setting = "steps" };
+        if (CfgScale < 0 || double.IsNaN(CfgScale)) throw new SdLoraException($"CFG scale {CfgScale} is not usable: use a value >= 0 (7 is typical)") { Setting = "cfg-scale" };
+        if (BatchSize < 1) throw new SdLoraException($"batch size {BatchSize}: must be at least 1") { Setting = "batch-size" };
+        if (BatchCount < 1) throw new SdLoraException($"batch count {BatchCount}: must be at least 1") { Setting = "batch-count" };
+        if (ClipSkip < 1 || ClipSkip > 12) throw new SdLoraException($"clip skip {ClipSkip} is out of range: use 1 (none) to 12; 2 is common for anime models") { Setting = "clip-skip" };
         SamplerCatalog.Get(Sampler);
     }
 }

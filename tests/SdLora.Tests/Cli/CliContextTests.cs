@@ -65,6 +65,17 @@ public class CliContextTests
         Assert.Contains("sdlora lora resize", CliRunner.Run("lora", "resize", "--help").Out);
     }
 
+    [Fact]
+    public void Generated_images_record_the_program_s_own_version()
+    {
+        // `sdlora --version`, the tool package and the PNG's "Version: sdlora X" are one number (the library had 1.0.0).
+        using var dir = Fixtures.TempDir();
+        var run = CliRunner.Run("generate", "-m", Fixtures.CopiedTinyModel, "-p", "x", "-W", "64", "-H", "64", "--steps", "1", "--seed", "1", "--out", dir.Path);
+        Assert.True(run.ExitCode == 0, run.ToString());
+        var text = SdLora.Imaging.PngFile.ReadText(Directory.GetFiles(dir.Path, "*.png").Single())["parameters"];
+        Assert.Contains("Version: sdlora " + typeof(SdLoraCli).Assembly.GetName().Version!.ToString(3), text);
+    }
+
     [Theory]
     [InlineData("'abc'", "generate", "--steps", "abc", "-p", "x")]
     [InlineData("--no-such-option", "train", "--no-such-option")]

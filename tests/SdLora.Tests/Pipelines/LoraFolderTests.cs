@@ -49,6 +49,21 @@ public class LoraFolderTests
     }
 
     [Fact]
+    public void A_missing_lora_names_the_folder_setting_not_a_command_line_flag()
+    {
+        // The web UI and the A1111 API show this message too, where no --lora-dir exists.
+        using var tmp = Fixtures.TempDir();
+        var loras = Directory.CreateDirectory(tmp.File("lora")).FullName;
+        foreach (var folder in new[] { loras, tmp.File("absent") })
+        {
+            var e = Assert.Throws<SdLoraException>(() => LoraFolder.Resolve("dog", folder));
+            Assert.Contains("dog.safetensors", e.Message);
+            Assert.DoesNotContain("--", e.Message);
+            Assert.Equal("lora-dir", e.Setting);
+        }
+    }
+
+    [Fact]
     public void Links_that_lead_out_of_the_folder_are_refused_and_not_listed()
     {
         using var tmp = Fixtures.TempDir();

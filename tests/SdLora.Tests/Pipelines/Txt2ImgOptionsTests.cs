@@ -30,6 +30,17 @@ public class Txt2ImgOptionsTests
         foreach (var m in mentions) Assert.True(e.Message.Contains(m, StringComparison.OrdinalIgnoreCase), $"{why}: '{e.Message}' does not mention '{m}'");
     }
 
+    [Theory]
+    [MemberData(nameof(Invalid))]
+    public void Messages_name_the_setting_not_a_command_line_flag(string why, Txt2ImgOptions options, string[] mentions)
+    {
+        // The web forms and the A1111 API show these messages too, where no --flag exists.
+        _ = mentions;
+        var e = Assert.Throws<SdLoraException>(options.Validate);
+        Assert.False(e.Message.Contains("--"), $"{why}: '{e.Message}' spells a command-line flag");
+        if (why != "unknown sampler") Assert.False(string.IsNullOrEmpty(e.Setting), $"{why}: the exception names no setting for a form to mark");
+    }
+
     public static TheoryData<string, Txt2ImgOptions> Valid() => new()
     {
         { "defaults", new Txt2ImgOptions() },

@@ -1,3 +1,4 @@
+// Why we keep this: .ckpt files are pickles, and a deliberately restricted reader that refuses every global but a state dict's is the point (docs/libraries.md).
 using System.Buffers.Binary;
 using System.Numerics;
 using System.Text;

@@ -1,3 +1,4 @@
+// Why we keep this: TorchSharp has no Adafactor and no other .NET library does; it shares our optimizer base, so its state resumes exactly like AdamW's (docs/libraries.md).
 using TorchSharp;
 using static TorchSharp.torch;
 

@@ -1,3 +1,4 @@
+// Why we keep this: no .NET library has Lion; it shares our optimizer base, so its state resumes exactly like AdamW's (docs/libraries.md).
 namespace SdLora.Training.Optimizers;
 
 /// <summary>

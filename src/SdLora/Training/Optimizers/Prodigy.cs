@@ -1,3 +1,4 @@
+// Why we keep this: no .NET library has Prodigy; it shares our optimizer base, so its state resumes exactly like AdamW's (docs/libraries.md).
 using TorchSharp;
 using static TorchSharp.torch;
 
