@@ -46,7 +46,7 @@ public sealed class BlipCaptioner : IDisposable
         var missing = RequiredFiles.Where(f => !File.Exists(Path.Combine(folder, f))).ToList();
         if (missing.Count == 0) return;
         string what = Directory.Exists(folder) ? $"missing {string.Join(", ", missing)}" : "folder not found";
-        throw new SdLoraException($"no BLIP model at {folder} ({what}): the folder needs config.json, model.safetensors, preprocessor_config.json, vocab.txt and tokenizer_config.json - download them from Hugging Face (e.g. Salesforce/blip-image-captioning-large) into it, or pass --model DIR or set {ModelEnvironmentVariable}");
+        throw new SdLoraException($"no BLIP model at {folder} ({what}): the folder needs config.json, model.safetensors, preprocessor_config.json, vocab.txt and tokenizer_config.json - download them from Hugging Face (e.g. Salesforce/blip-image-captioning-large) into it, or use another folder that holds them (the captioning model setting) or set {ModelEnvironmentVariable}");
     }
 
     /// <param name="ct">Stops the load between tensors with <see cref="OperationCanceledException"/>.</param>

@@ -89,7 +89,7 @@ public static class CheckpointInspector
             var missing = ReferenceLayout.Of(p, c.UNetConfig, c.AutoencoderKLConfig, c.ClipTextConfig).Where(x => !src.Contains(x.Name)).Select(x => x.Name).ToList();
             var wrong = ReferenceLayout.Of(p, c.UNetConfig, c.AutoencoderKLConfig, c.ClipTextConfig).Where(x => src.Contains(x.Name) && !src.ShapeOf(x.Name).SequenceEqual(x.Shape)).Select(x => x.Name).ToList();
             if (missing.Count > 0) { whyNot = $"its {PartLabel(p)} lacks {missing.Count} weights (first: {missing[0]}); the file is incomplete"; break; }
-            if (wrong.Count > 0) { whyNot = $"its {PartLabel(p)} weight '{wrong[0]}' does not match the config ({c.ConfigSource}); pass the right --config"; break; }
+            if (wrong.Count > 0) { whyNot = $"its {PartLabel(p)} weight '{wrong[0]}' does not match the config ({c.ConfigSource}); set config to the right LDM YAML"; break; }
         }
         return new CheckpointReport(c.Path, c.Layout == CheckpointLayout.LdmSingleFile ? "LDM single file" : "diffusers folder", c.Family.ToString(), c.Detection.Description,
             whyNot == null, whyNot, bytes, count, dtypes, parts, ignored, c.ConfigSource, c.UNetConfig, c.AutoencoderKLConfig, c.ClipTextConfig, c.Schedule);

@@ -17,7 +17,7 @@ public static partial class ConfigFromShapes
     public static UNetConfig UNet(ITensorSource ldm)
     {
         long[] Shape(string k) => ldm.Contains(U + k) ? ldm.ShapeOf(U + k)
-            : throw new SdLoraException($"{ldm.Description}: has no '{U + k}', so its UNet layout cannot be inferred; pass its LDM YAML with --config");
+            : throw new SdLoraException($"{ldm.Description}: has no '{U + k}', so its UNet layout cannot be inferred; set config to its LDM YAML");
         var convIn = Shape("input_blocks.0.0.weight");
         var convOut = Shape("out.2.weight");
         var inputIndices = new SortedSet<int>();
@@ -33,7 +33,7 @@ public static partial class ConfigFromShapes
         }
         int layers = ops.Count > 0 ? ops.Min - 1 : inputIndices.Max;
         int levels = ops.Count + 1;
-        if (layers < 1) throw new SdLoraException($"{ldm.Description}: its UNet input blocks do not follow the SD1 layout; pass its LDM YAML with --config");
+        if (layers < 1) throw new SdLoraException($"{ldm.Description}: its UNet input blocks do not follow the SD1 layout; set config to its LDM YAML");
         int per = layers + 1;
         var channels = new int[levels];
         var down = new string[levels];
@@ -65,7 +65,7 @@ public static partial class ConfigFromShapes
     public static AutoencoderKLConfig Vae(ITensorSource ldm)
     {
         long[] Shape(string k) => ldm.Contains(V + k) ? ldm.ShapeOf(V + k)
-            : throw new SdLoraException($"{ldm.Description}: has no '{V + k}', so its VAE layout cannot be inferred; pass its LDM YAML with --config");
+            : throw new SdLoraException($"{ldm.Description}: has no '{V + k}', so its VAE layout cannot be inferred; set config to its LDM YAML");
         var levels = new SortedSet<int>();
         var blocks = new SortedSet<int>();
         foreach (var key in ldm.Keys)

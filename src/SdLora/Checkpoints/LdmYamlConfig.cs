@@ -51,7 +51,7 @@ public sealed record LdmYamlConfig(UNetConfig UNet, AutoencoderKLConfig Vae, Cli
 
     public static LdmYamlConfig Load(string path)
     {
-        if (!File.Exists(path)) throw new SdLoraException($"{path}: config file not found; check the --config path");
+        if (!File.Exists(path)) throw new SdLoraException($"{path}: config file not found; check the config path");
         if (new FileInfo(path).Length > MaxFileBytes)
             throw new SdLoraException($"{path}: {new FileInfo(path).Length:N0} bytes is far too large for an LDM config (they are a few KB); pass a file like v1-inference.yaml");
         return Parse(File.ReadAllText(path), path);

@@ -105,7 +105,7 @@ public static class LoraCheckpointMerge
 
     private static MergePlan Plan(IEnumerable<(string Name, long[] Shape)> parameters, IReadOnlyList<LoraUse> loras)
     {
-        if (loras.Count == 0) throw new SdLoraException("no LoRA given; pass --lora FILE[:WEIGHT] at least once");
+        if (loras.Count == 0) throw new SdLoraException("no LoRA given: name at least one LoRA file (FILE[:WEIGHT])");
         var index = LoraTargetIndex.FromParameters(parameters);
         var plan = new MergePlan { Files = [], Matches = [], Deltas = new(StringComparer.Ordinal) };
         try

@@ -173,7 +173,7 @@ public static class LoraSvd
     public static (List<KeyValuePair<string, Tensor>> Tensors, List<LoraSvdModuleReport> Modules, Dictionary<string, string> Metadata) Resize(
         LoraFile lora, LoraResizeOptions options, CancellationToken cancellation = default)
     {
-        if (options.Rank <= 0 || options.ConvRank is <= 0) throw new SdLoraException($"--rank must be a positive number (got {options.Rank})");
+        if (options.Rank <= 0 || options.ConvRank is <= 0) throw new SdLoraException($"rank must be a positive number (got {options.Rank})");
         if (options.Method != LoraResizeMethod.Fixed && !(options.Parameter > 0))
             throw new SdLoraException($"--dynamic {options.Method} needs a positive parameter (e.g. sv_fro:0.9)");
         var tensors = new List<KeyValuePair<string, Tensor>>();

@@ -32,7 +32,7 @@ public static class ModuleWeights
             }
             var shape = source.ShapeOf(name);
             if (!shape.SequenceEqual(target.shape))
-                throw new SdLoraException($"{source.Description}: tensor '{name}' has shape [{string.Join(",", shape)}] but the model expects [{string.Join(",", target.shape)}]; the checkpoint does not match this model's configuration (wrong --config?)");
+                throw new SdLoraException($"{source.Description}: tensor '{name}' has shape [{string.Join(",", shape)}] but the model expects [{string.Join(",", target.shape)}]; the checkpoint does not match this model's configuration (wrong config?)");
             work.Add((name, target));
         }
         if (missing.Count > 0)
