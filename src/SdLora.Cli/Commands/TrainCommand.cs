@@ -147,6 +147,15 @@ public sealed class TrainOptions
         return option;
     }
 
+    /// <summary>The library's own reason for refusing <paramref name="value"/> (it may say why, e.g. ckpt pickles), else null.</summary>
+    private static string? LibraryRefusal(TrainingSetting s, object? value)
+    {
+        try { s.With(new TrainingConfig(), value).Validate(requirePaths: false); }
+        catch (SdLoraException e) when (e.Setting == s.Name) { return e.Message; }
+        catch (SdLoraException) { }
+        return null;
+    }
+
     // The library converts (one set of rules and messages for TOML, forms and this command line); its message names the setting.
     private static object? Parse(TrainingSetting s, ArgumentResult r)
     {
@@ -156,7 +165,7 @@ public sealed class TrainOptions
             object? value = s.IsList ? r.Tokens.Select(t => t.Value).ToList() : r.Tokens[0].Value;
             var converted = s.Convert(value);
             if (s.AllowedValues.Count > 0 && converted is string text && !s.AllowedValues.Contains(text, StringComparer.OrdinalIgnoreCase))
-                r.AddError($"--{s.Name} '{text}' is not one of {string.Join(", ", s.AllowedValues)}");
+                r.AddError(LibraryRefusal(s, converted) ?? $"--{s.Name} '{text}' is not one of {string.Join(", ", s.AllowedValues)}");
             return converted;
         }
         catch (SdLoraException e)

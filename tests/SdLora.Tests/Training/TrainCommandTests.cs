@@ -99,7 +99,15 @@ public class TrainCommandTests
 
         var choice = CliRunner.Run("train", "--data", tmp.Path, "--out", tmp.File("out"), "--optimizer", "SGD");
         Assert.Equal(2, choice.ExitCode);
-        Assert.Contains("--optimizer 'SGD' is not one of AdamW, Lion, Prodigy", choice.Err + choice.Out);
+        Assert.Contains("optimizer 'SGD' is not supported: use AdamW, Lion, Prodigy", choice.Err + choice.Out);
+
+        // A choice the library refuses with a reason shows that reason, not just the list.
+        var ckpt = CliRunner.Run("train", "--data", tmp.Path, "--out", tmp.File("out"), "--method", "dreambooth", "--save_model_as", "ckpt");
+        Assert.Equal(2, ckpt.ExitCode);
+        Assert.Contains("pickles can carry code", ckpt.Err + ckpt.Out);
+        var adam8 = CliRunner.Run("train", "--data", tmp.Path, "--out", tmp.File("out"), "--optimizer_type", "AdamW8bit");
+        Assert.Contains("needs bitsandbytes", adam8.Err + adam8.Out);
+        Assert.False(Directory.Exists(tmp.File("out")));
     }
 
     [Fact]
