@@ -51,6 +51,15 @@ public sealed class NoiseScheduleTests
     }
 
     [Fact]
+    public void Empty_scheduler_config_gives_diffusers_defaults()
+    {
+        var s = NoiseSchedule.FromSchedulerConfigJson("{}");
+        Assert.Equal((1000, "scaled_linear", 0.00085, 0.012, PredictionType.Epsilon, "leading", 0, true),
+            (s.NumTrainTimesteps, s.BetaSchedule, s.BetaStart, s.BetaEnd, s.PredictionType, s.TimestepSpacing, s.StepsOffset, s.SetAlphaToOne));
+        Assert.Equal(0.012, s.Betas[999].item<float>(), 1e-9);
+    }
+
+    [Fact]
     public void Trained_betas_replace_the_beta_schedule()
     {
         var s = NoiseSchedule.FromSchedulerConfigJson("""{"num_train_timesteps": 3, "trained_betas": [0.1, 0.2, 0.3], "beta_schedule": "linear"}""");
