@@ -121,15 +121,34 @@ public sealed class SamplerBehaviourTests
         Assert.Equal(3, calls);
     }
 
-    [Fact]
-    public void Progress_reports_every_model_call()
+    [Theory]
+    [InlineData("euler_a")]
+    [InlineData("euler")]
+    [InlineData("ddim")]
+    [InlineData("dpmpp_2m")]
+    [InlineData("dpmpp_2m_karras")]
+    [InlineData("lms")]
+    [InlineData("plms")]
+    [InlineData("heun")]
+    [InlineData("ddpm")]
+    public void Progress_and_step_callback_report_every_model_call(string name)
     {
         using var scope = torch.NewDisposeScope();
+        var schedule = SchedulerGoldenTests.Sd15Schedule();
+        var sampler = SamplerCatalog.Get(name);
+        var plan = sampler.Plan(schedule, 10);
         var reports = new List<SamplingProgress>();
-        SamplerCatalog.Get("plms").Sample((x, t) => x * 0.1, torch.randn(1, 4, 4, 4), SchedulerGoldenTests.Sd15Schedule(), 10,
-            progress: new SyncProgress<SamplingProgress>(reports.Add));
-        Assert.Equal(Enumerable.Range(1, 11), reports.Select(r => r.Step));
-        Assert.All(reports, r => Assert.Equal(11, r.Total));
+        var steps = new List<(int Index, int Total, double Timestep)>();
+        int calls = 0;
+        sampler.Sample((x, t) => { calls++; return x * 0.1; }, torch.randn(1, 4, 4, 4), schedule, 10, new SeededNoise(3),
+            new SyncProgress<SamplingProgress>(reports.Add), onStep: s => steps.Add((s.Index, s.Total, s.Timestep)));
+        Assert.Equal(plan.ModelCalls, calls);
+        Assert.Equal(Enumerable.Range(1, calls), reports.Select(r => r.Step));
+        Assert.All(reports, r => Assert.Equal(calls, r.Total));
+        Assert.Equal(plan.Timesteps, reports.Select(r => r.Timestep));
+        Assert.Equal(Enumerable.Range(0, calls), steps.Select(s => s.Index));
+        Assert.All(steps, s => Assert.Equal(calls, s.Total));
+        Assert.Equal(plan.Timesteps, steps.Select(s => s.Timestep));
     }
 
     [Fact]
@@ -140,11 +159,92 @@ public sealed class SamplerBehaviourTests
         var schedule = SchedulerGoldenTests.Sd15Schedule();
         foreach (var name in AllShortNames)
         {
-            int before = scope.DisposablesCount;
-            var result = SamplerCatalog.Get(name).Sample((x, t) => x * 0.1, initial, schedule, 30, new SeededNoise(7));
-            Assert.True(scope.DisposablesCount - before <= 2, $"{name}: {scope.DisposablesCount - before} tensors left in the caller's scope");
+            int before = scope.DisposablesCount, peak = 0;
+            // Multistep samplers keep at most 4 past outputs; nothing may grow with the step count.
+            var result = SamplerCatalog.Get(name).Sample((x, t) => x * 0.1, initial, schedule, 30, new SeededNoise(7),
+                onStep: _ => peak = Math.Max(peak, scope.DisposablesCount - before));
+            Assert.True(scope.DisposablesCount - before == 1, $"{name}: {scope.DisposablesCount - before} tensors left in the caller's scope");
+            Assert.True(peak <= 8, $"{name}: {peak} tensors held between steps");
             result.Dispose();
         }
+    }
+
+    [Fact]
+    public void Step_counts_outside_1_to_the_training_steps_are_refused()
+    {
+        using var scope = torch.NewDisposeScope();
+        var schedule = new NoiseSchedule(numTrainTimesteps: 10, betaSchedule: "linear", betaStart: 0.1, betaEnd: 0.5, stepsOffset: 0);
+        var sampler = new EulerSampler();
+        Denoiser model = (x, t) => x * 0.1;
+        foreach (int steps in new[] { 0, 11 })
+        {
+            var e = Assert.Throws<SdLoraException>(() => sampler.Sample(model, torch.ones(2), schedule, steps));
+            Assert.Equal($"steps {steps} is out of range for Euler: use 1 to 10", e.Message);
+        }
+        foreach (int steps in new[] { 1, 10 })
+            Assert.Equal(2, sampler.Sample(model, torch.ones(2), schedule, steps).numel());
+    }
+
+    [Fact]
+    public void Stochastic_samplers_without_a_noise_source_use_seed_0()
+    {
+        using var scope = torch.NewDisposeScope();
+        var schedule = SchedulerGoldenTests.Sd15Schedule();
+        var initial = torch.randn(1, 4, 4, 4, generator: new torch.Generator(5));
+        foreach (var name in new[] { "euler_a", "ddpm" })
+        {
+            using var seed0 = new SeededNoise(0);
+            using var seed1 = new SeededNoise(1);
+            var withoutSource = SamplerCatalog.Get(name).Sample((x, t) => x * 0.1, initial, schedule, 5);
+            Fixtures.AssertClose(SamplerCatalog.Get(name).Sample((x, t) => x * 0.1, initial, schedule, 5, seed0), withoutSource, Tolerance.Exact, $"{name}: default noise vs seed 0");
+            Assert.False(torch.equal(withoutSource, SamplerCatalog.Get(name).Sample((x, t) => x * 0.1, initial, schedule, 5, seed1)).all().item<bool>());
+        }
+    }
+
+    [Theory]
+    [InlineData("euler_a", true)]
+    [InlineData("ddpm", true)]
+    [InlineData("euler", false)]
+    [InlineData("ddim", false)]
+    [InlineData("dpmpp_2m", false)]
+    [InlineData("dpmpp_2m_karras", false)]
+    [InlineData("lms", false)]
+    [InlineData("plms", false)]
+    [InlineData("heun", false)]
+    public void Only_ancestral_samplers_draw_noise(string name, bool stochastic)
+    {
+        using var scope = torch.NewDisposeScope();
+        var sampler = SamplerCatalog.Get(name);
+        Assert.Equal(stochastic, sampler.IsStochastic);
+        var noise = new FixedNoise(torch.zeros([40, 1, 4, 2, 2]));
+        sampler.Sample((x, t) => x * 0.1, torch.randn(1, 4, 2, 2), SchedulerGoldenTests.Sd15Schedule(), 10, noise);
+        Assert.Equal(stochastic, noise.Used > 0);
+    }
+
+    [Fact]
+    public void Ddim_eta_decides_whether_it_draws_noise_and_negative_eta_is_refused()
+    {
+        Assert.False(new DdimSampler().IsStochastic);
+        Assert.False(new DdimSampler(0).IsStochastic);
+        Assert.True(new DdimSampler(0.3).IsStochastic);
+        var e = Assert.Throws<SdLoraException>(() => new DdimSampler(-0.5));
+        Assert.Equal("DDIM eta -0.5 is negative: use 0 (deterministic) to 1", e.Message);
+    }
+
+    [Fact]
+    public void Ddim_step_with_eta_and_no_noise_is_the_mean_of_eq_12()
+    {
+        // Song et al. eq. 12/16: x_prev = sqrt(a_prev) x0 + sqrt(1 - a_prev - s^2) eps + s z, s^2 = (1-a_prev)/(1-a) (1 - a/a_prev)
+        using var scope = torch.NewDisposeScope();
+        double[] x0 = [0.4, -1.1], eps = [1.5, 0.2];
+        const double a = 0.3, aPrev = 0.6, eta = 0.8;
+        double s2 = eta * eta * (1 - aPrev) / (1 - a) * (1 - a / aPrev);
+        var expected = x0.Zip(eps, (x, e) => Math.Sqrt(aPrev) * x + Math.Sqrt(1 - aPrev - s2) * e).ToArray();
+        var actual = DdimSampler.Step(torch.tensor(x0), torch.tensor(eps), a, aPrev, eta, noise: null);
+        Fixtures.AssertClose(torch.tensor(expected), actual, Tolerance.RelativeToMax(1e-12), "DDIM mean with eta 0.8");
+        double[] z = [1, -2];
+        var withNoise = DdimSampler.Step(torch.tensor(x0), torch.tensor(eps), a, aPrev, eta, torch.tensor(z));
+        Fixtures.AssertClose(torch.tensor(expected.Zip(z, (m, n) => m + Math.Sqrt(s2) * n).ToArray()), withNoise, Tolerance.RelativeToMax(1e-12), "DDIM with noise");
     }
 
     [Fact]
@@ -169,5 +269,18 @@ public sealed class SamplerBehaviourTests
         Assert.Equal(0f, noise.Next([2], ScalarType.Float32, CPU)[0].item<float>());
         Assert.Equal(2f, noise.Next([2], ScalarType.Float32, CPU)[0].item<float>());
         Assert.Equal(2, noise.Used);
+    }
+    [Fact]
+    public void Fixed_noise_refuses_to_run_out_or_change_shape()
+    {
+        using var scope = torch.NewDisposeScope();
+        var noise = new FixedNoise(torch.zeros(2, 3));
+        noise.Next([3], ScalarType.Float32, CPU);
+        Assert.Equal("FixedNoise: draw 1 is [3], asked for [4]", Assert.Throws<InvalidOperationException>(() => noise.Next([4], ScalarType.Float32, CPU)).Message);
+        noise = new FixedNoise(torch.zeros(2, 3));
+        noise.Next([3], ScalarType.Float32, CPU);
+        noise.Next([3], ScalarType.Float32, CPU);
+        var e = Assert.Throws<InvalidOperationException>(() => noise.Next([3], ScalarType.Float32, CPU));
+        Assert.Equal("FixedNoise: all 2 draws used", e.Message);
     }
 }

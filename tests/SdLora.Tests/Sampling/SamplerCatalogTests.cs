@@ -35,6 +35,13 @@ public sealed class SamplerCatalogTests
     [Theory]
     [InlineData("pndm", "PLMS")]
     [InlineData("euler_ancestral", "Euler a")]
+    [InlineData("k_euler_a", "Euler a")]
+    [InlineData("k_euler_ancestral", "Euler a")]
+    [InlineData("k_euler", "Euler")]
+    [InlineData("k_dpmpp_2m", "DPM++ 2M")]
+    [InlineData("k_dpmpp_2m_karras", "DPM++ 2M Karras")]
+    [InlineData("k_lms", "LMS")]
+    [InlineData("k_heun", "Heun")]
     [InlineData("  euler a ", "Euler a")]
     public void Aliases_resolve(string alias, string a1111) => Assert.Equal(a1111, SamplerCatalog.Get(alias).Name);
 
