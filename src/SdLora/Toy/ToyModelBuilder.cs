@@ -116,16 +116,28 @@ public sealed class ToyModelBuilder(ToyBuildOptions options)
         double budget = o.Minutes * 60;
 
         var vaeClock = Stopwatch.StartNew();
+        var vaeTimeBefore = TimeSpan.Zero;
         AutoencoderKL vaeScaled;
         int vaeSteps;
         double vaeLoss, scaling;
         if (o.VaeFrom is { } from)
         {
-            // Stage 1 done before: the VAE of an earlier build, as it was saved.
-            using var earlier = StableDiffusionModel.Load(from);
-            vaeScaled = new AutoencoderKL(earlier.Vae.Config);
-            CopyWeights(earlier.Vae, vaeScaled);
-            (vaeSteps, vaeLoss, scaling) = (0, double.NaN, earlier.Vae.ScalingFactor);
+            // Stage 1 done before: the VAE of an earlier build (or of one stopped after its VAE stage), as it was saved.
+            vaeScaled = LoadVae(from);
+            (vaeSteps, vaeLoss, scaling) = (0, double.NaN, vaeScaled.ScalingFactor);
+            // Its build record, when there is one, says how it was trained (the card repeats it).
+            var record = Path.Combine(from, "toy_build.json");
+            if (File.Exists(record))
+            {
+                using var json = System.Text.Json.JsonDocument.Parse(File.ReadAllText(record));
+                var r = json.RootElement;
+                if (r.TryGetProperty("vae_steps", out var steps) && steps.GetInt32() > 0 && r.GetProperty("seed").GetInt64() == o.Seed)
+                {
+                    vaeSteps = steps.GetInt32();
+                    vaeLoss = r.GetProperty("vae_loss").GetDouble();
+                    vaeTimeBefore = TimeSpan.FromSeconds(r.GetProperty("vae_seconds").GetDouble());
+                }
+            }
         }
         else
         {
@@ -142,6 +154,7 @@ public sealed class ToyModelBuilder(ToyBuildOptions options)
             // build reusing it (VaeFrom) sees: both then train the same UNet.
             using (torch.no_grad())
                 foreach (var p in vaeScaled.parameters()) p.copy_(p.to(o.SaveDType).to(p.dtype));
+            SaveVaeStage(StageFolder(outputDir), vaeScaled, vaeSteps, vaeLoss, vaeClock.Elapsed);
         }
         vaeClock.Stop();
         using var vaeHandle = vaeScaled;
@@ -163,13 +176,47 @@ public sealed class ToyModelBuilder(ToyBuildOptions options)
         var target = Path.TrimEndingDirectorySeparator(Path.GetFullPath(outputDir));
         DiffusersFolderWriter.Write(target, unet, vaeScaled, textEncoder, tokenizer, NoiseSchedule.StableDiffusion1, o.SaveDType);
         var (summary, perShape, perColour, samples) = Evaluate(target);
-        var result = new ToyBuildResult(target, vaeSteps, unetSteps, vaeLoss, unetLoss, scaling, vaeClock.Elapsed, unetClock.Elapsed,
-            _clock.Elapsed, stopped, summary, perShape, perColour);
+        var result = new ToyBuildResult(target, vaeSteps, unetSteps, vaeLoss, unetLoss, scaling, vaeClock.Elapsed + vaeTimeBefore, unetClock.Elapsed,
+            _clock.Elapsed + vaeTimeBefore, stopped, summary, perShape, perColour);
         PngFile.Write(Path.Combine(target, "samples.png"), samples);
         AtomicFile.WriteAllText(Path.Combine(target, "toy_build.json"), ToyModelCard.BuildJson(o, result));
         AtomicFile.WriteAllText(Path.Combine(target, "README.md"), ToyModelCard.Write(o, result, Path.GetFileName(target)));
+        if (Directory.Exists(StageFolder(outputDir))) Directory.Delete(StageFolder(outputDir), true);
         Report("done", 1, 1);
         return result;
+    }
+
+    /// <summary>
+    /// Where a build keeps its trained VAE until the whole model is written (<c>OUT.vae</c>): a build stopped in its UNet
+    /// stage can go on from there with <see cref="ToyBuildOptions.VaeFrom"/>.
+    /// </summary>
+    public static string StageFolder(string outputDir) => Path.TrimEndingDirectorySeparator(Path.GetFullPath(outputDir)) + ".vae";
+
+    private void SaveVaeStage(string folder, AutoencoderKL vae, int steps, double loss, TimeSpan time)
+    {
+        var dir = Path.Combine(folder, "vae");
+        Directory.CreateDirectory(dir);
+        AtomicFile.WriteAllText(Path.Combine(dir, "config.json"), DiffusersFolderWriter.VaeConfigJson(vae.Config).ToJsonString(new() { WriteIndented = true }) + "\n");
+        using (var scope = torch.NewDisposeScope())
+            IO.Safetensors.Save(Path.Combine(dir, "diffusion_pytorch_model.safetensors"),
+                vae.named_parameters().Select(p => new KeyValuePair<string, Tensor>(p.name, p.parameter.detach().to(Options.SaveDType).contiguous())).ToList());
+        AtomicFile.WriteAllText(Path.Combine(folder, "toy_build.json"), System.Text.Json.JsonSerializer.Serialize(new
+        {
+            seed = Options.Seed, vae_steps = steps, vae_loss = loss, vae_seconds = time.TotalSeconds,
+        }) + "\n");
+        Report("VAE", steps, steps, loss, message: $"saved to {folder} (a stopped build goes on with --vae-from it)");
+    }
+
+    private static AutoencoderKL LoadVae(string folder)
+    {
+        var dir = Path.Combine(folder, "vae");
+        var config = AutoencoderKLConfig.FromDiffusersJson(File.ReadAllText(Path.Combine(dir, "config.json")));
+        AutoencoderKL vae;
+        using (torch.no_grad()) vae = new AutoencoderKL(config);
+        using var weights = IO.Safetensors.Open(Path.Combine(dir, "diffusion_pytorch_model.safetensors"));
+        ModuleWeights.Load(vae, weights);
+        vae.eval();
+        return vae;
     }
 
     // ---------------------------------------------------------------------------------------------------------------

@@ -30,11 +30,23 @@ public static class ToyModelCard
         s.AppendLine("## How it was made");
         s.AppendLine();
         s.AppendLine("```bash");
-        s.AppendLine($"sdlora toy build --out {name} --seed {o.Seed} " + (o.VaeFrom is { } v ? $"--vae-from {v}" : $"--vae-steps {r.VaeSteps}") +
-                     $" --unet-steps {r.UNetSteps} --threads 1   # repeats this build");
-        s.AppendLine("```");
+        if (o.VaeFrom is not null && r.VaeSteps > 0)
+        {
+            // Built in two runs (the VAE first, then the UNet with --vae-from): one run with both step counts is the same.
+            s.AppendLine($"sdlora toy build --out {name} --seed {o.Seed} --vae-steps {r.VaeSteps} --unet-steps {r.UNetSteps} --threads 1   # repeats this build");
+            s.AppendLine("```");
+            s.AppendLine();
+            s.AppendLine($"(It was made in two runs, the VAE first and then `--vae-from` it with `--unet-steps {r.UNetSteps}`; the UNet stage trains on the");
+            s.AppendLine("VAE as saved, in both cases, so one run with both step counts gives the same model on the same CPU and thread count.)");
+        }
+        else
+        {
+            s.AppendLine($"sdlora toy build --out {name} --seed {o.Seed} " + (o.VaeFrom is { } v ? $"--vae-from {v}" : $"--vae-steps {r.VaeSteps}") +
+                         $" --unet-steps {r.UNetSteps} --threads 1   # repeats this build");
+            s.AppendLine("```");
+        }
         s.AppendLine();
-        if (o.VaeFrom is { } from)
+        if (o.VaeFrom is { } from && r.VaeSteps == 0)
             s.AppendLine($"1. **VAE**: reused from `{from}` (latent scaling factor {F(r.ScalingFactor, "F5")}).");
         else
         {
