@@ -4,7 +4,10 @@ using Spectre.Console;
 
 namespace SdLora.Cli.Commands;
 
-/// <summary><c>train</c> benchmark: LoRA training steps of the full-size SD1.5 UNet, with and without gradient checkpointing.</summary>
+/// <summary>
+/// <c>train</c> benchmark: training steps of the full-size SD1.5 UNet, with and without gradient checkpointing: a LoRA
+/// (<c>--method lora</c>) or the whole UNet (<c>--method dreambooth</c>, with AdamW and/or Adafactor).
+/// </summary>
 public static class BenchTrainCommand
 {
     public static Command Create(CliContext cli, string name = "train")
@@ -14,9 +17,11 @@ public static class BenchTrainCommand
         var steps = new Option<int>("--steps") { Description = "timed steps (after one warm-up)", DefaultValueFactory = _ => 1 };
         var size = new Option<int>("--size") { Description = "image size in pixels (latents are size/8)", DefaultValueFactory = _ => 512 };
         var rank = new Option<int>("--rank") { Description = "LoRA rank on the attention projections", DefaultValueFactory = _ => 16 };
-        var command = new Command(name, "time LoRA training steps (forward + backward + AdamW) of a full-size SD1.5 UNet with random weights, batch 1")
+        var method = new Option<string>("--method") { Description = "lora (a LoRA on attention) or dreambooth (every UNet weight)", DefaultValueFactory = _ => "lora" };
+        var optimizer = new Option<string>("--optimizer") { Description = "dreambooth: AdamW, Adafactor or both", DefaultValueFactory = _ => "both" };
+        var command = new Command(name, "time training steps (forward + backward + optimizer) of a full-size SD1.5 UNet with random weights, batch 1: a LoRA or the whole UNet")
         {
-            dtype, checkpointing, steps, size, rank,
+            dtype, checkpointing, steps, size, rank, method, optimizer,
         };
         command.SetAction(parse =>
         {
@@ -26,24 +31,38 @@ public static class BenchTrainCommand
                 "both" => new[] { false, true }, "on" => [true], "off" => [false],
                 var v => throw new SdLoraException($"--checkpointing '{v}' is not one of off, on, both"),
             };
+            bool full = parse.GetValue(method)!.ToLowerInvariant() switch
+            {
+                "lora" => false, "dreambooth" => true,
+                var v => throw new SdLoraException($"--method '{v}' is not one of lora, dreambooth"),
+            };
+            var optimizers = !full ? ["AdamW"] : parse.GetValue(optimizer)!.ToLowerInvariant() switch
+            {
+                "both" => new[] { "AdamW", "Adafactor" }, "adamw" => ["AdamW"], "adafactor" => ["Adafactor"],
+                var v => throw new SdLoraException($"--optimizer '{v}' is not one of AdamW, Adafactor, both"),
+            };
             var progress = new SyncProgress<string>(m => cli.Console.MarkupLineInterpolated($"[grey]{m}[/]"));
             progress.Report("measuring dense matmul throughput");
             var types = dtypes.Select(ComputeOptions.ParseDType).ToList();
             var matmul = UNetBenchmark.MeasureCeiling(types, cli.Cancellation);
-            var table = new Table().AddColumns("dtype", "checkpointing", "s/step", "train GFLOP", "GFLOP/s", "vs same-dtype matmul", "vs best matmul", "peak RSS");
-            foreach (var t in types)
-                foreach (var ck in ckpts)
-                {
-                    var r = TrainBenchmark.Run(new TrainBenchmarkOptions(t, ck, Math.Max(1, parse.GetValue(steps)), 1,
-                        Math.Max(8, parse.GetValue(size) / 8), 1, parse.GetValue(rank), Threads: null), matmul, progress, cli.Cancellation);
-                    table.AddRow(ComputeOptions.DTypeName(t), ck ? "on" : "off", $"{r.SecondsPerStep:F1}", $"{r.TrainGFlop:F0}",
-                        $"{r.GFlopsPerSecond:F1}", $"{r.EfficiencySameDType:P0}", $"{r.EfficiencyAny:P0}", $"{r.PeakRssBytes / 1048576.0:F0} MiB");
-                    progress.Report($"{ComputeOptions.DTypeName(t)} checkpointing {(ck ? "on" : "off")}: {r.SecondsPerStep:F1} s/step, peak RSS {r.PeakRssBytes / 1048576.0:F0} MiB (model {r.ModelRssBytes / 1048576.0:F0} MiB), {r.LoraParameters:N0} LoRA parameters");
-                }
+            var table = new Table().AddColumns("method", "optimizer", "dtype", "checkpointing", "s/step", "train GFLOP", "GFLOP/s", "vs same-dtype matmul", "vs best matmul", "peak RSS");
+            foreach (var opt in optimizers)
+                foreach (var t in types)
+                    foreach (var ck in ckpts)
+                    {
+                        var r = TrainBenchmark.Run(new TrainBenchmarkOptions(t, ck, Math.Max(1, parse.GetValue(steps)), 1,
+                            Math.Max(8, parse.GetValue(size) / 8), 1, parse.GetValue(rank), Threads: null, FullFineTune: full, Optimizer: opt), matmul, progress, cli.Cancellation);
+                        table.AddRow(full ? "dreambooth" : "lora", opt, ComputeOptions.DTypeName(t), ck ? "on" : "off", $"{r.SecondsPerStep:F1}", $"{r.TrainGFlop:F0}",
+                            $"{r.GFlopsPerSecond:F1}", $"{r.EfficiencySameDType:P0}", $"{r.EfficiencyAny:P0}", $"{r.PeakRssBytes / 1048576.0:F0} MiB");
+                        progress.Report($"{(full ? $"dreambooth {opt}" : "lora")} {ComputeOptions.DTypeName(t)} checkpointing {(ck ? "on" : "off")}: {r.SecondsPerStep:F1} s/step, " +
+                            $"peak RSS {r.PeakRssBytes / 1048576.0:F0} MiB (model {r.ModelRssBytes / 1048576.0:F0} MiB), {r.LoraParameters:N0} trained parameters");
+                    }
             foreach (var m in matmul)
                 cli.Console.MarkupLineInterpolated($"[grey]{m.Kernel} {ComputeOptions.DTypeName(m.DType)} {m.Size}²: {m.GFlopsPerSecond:F1} GFLOP/s[/]");
             cli.Console.Write(table);
-            cli.Console.MarkupLine("[grey]train FLOPs = forward x 2 (frozen base: backward propagates activations only), x 3 with checkpointing (forward recomputed)[/]");
+            cli.Console.MarkupLine(full
+                ? "[grey]train FLOPs = forward x 3 (backward computes activation and weight gradients), x 4 with checkpointing (forward recomputed)[/]"
+                : "[grey]train FLOPs = forward x 2 (frozen base: backward propagates activations only), x 3 with checkpointing (forward recomputed)[/]");
             return 0;
         });
         return command;

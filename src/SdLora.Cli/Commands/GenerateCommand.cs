@@ -27,13 +27,18 @@ public static class GenerateCommand
         var clipSkip = new Option<int>("--clip-skip") { Description = "use the n-th last CLIP layer (2 = A1111 'Clip skip: 2')", DefaultValueFactory = _ => 1 };
         var lora = new Option<string[]>("--lora") { Description = "LoRA file PATH[:WEIGHT] (repeatable)", AllowMultipleArgumentsPerToken = false, DefaultValueFactory = _ => [] };
         var loraDir = new Option<string>("--lora-dir") { Description = "where <lora:NAME:W> tags find NAME.safetensors", DefaultValueFactory = _ => Path.Combine("models", "lora") };
+        var embeddingsDir = new Option<string>("--embeddings-dir")
+        {
+            Description = "textual-inversion embeddings: NAME.pt/.safetensors here is used wherever NAME is a word of the prompt or negative prompt",
+            DefaultValueFactory = _ => Path.Combine("models", "embeddings"),
+        };
         var initLatents = new Option<string?>("--init-latents") { Description = "safetensors file with tensor 'latents' [images,4,H/8,W/8] replacing the seeded noise" };
         var outDir = CliOptions.Out("output folder (images are numbered, never replaced)", Path.Combine("outputs", "txt2img"));
         var compute = new ComputeArguments();
 
         var cmd = new Command("generate", "text to image (txt2img) with CFG, samplers and LoRAs; writes PNGs with A1111 parameters")
         {
-            prompt, negative, model, config, width, height, steps, sampler, cfg, seed, batchSize, batchCount, clipSkip, lora, loraDir, initLatents, outDir,
+            prompt, negative, model, config, width, height, steps, sampler, cfg, seed, batchSize, batchCount, clipSkip, lora, loraDir, embeddingsDir, initLatents, outDir,
         };
         compute.AddTo(cmd);
         cmd.SetAction(r =>
@@ -44,7 +49,8 @@ public static class GenerateCommand
                 Prompt = r.GetValue(prompt)!, NegativePrompt = r.GetValue(negative)!, Width = r.GetValue(width), Height = r.GetValue(height),
                 Steps = r.GetValue(steps), Sampler = r.GetValue(sampler)!, CfgScale = r.GetValue(cfg), Seed = r.GetValue(seed),
                 BatchSize = r.GetValue(batchSize), BatchCount = r.GetValue(batchCount), ClipSkip = r.GetValue(clipSkip),
-                Loras = r.GetValue(lora)!.Select(LoraUse.Parse).ToList(), LoraDir = r.GetValue(loraDir)!, OutputDir = r.GetValue(outDir),
+                Loras = r.GetValue(lora)!.Select(LoraUse.Parse).ToList(), LoraDir = r.GetValue(loraDir)!, EmbeddingsDir = r.GetValue(embeddingsDir),
+                OutputDir = r.GetValue(outDir),
             };
             options.Validate();
             // Before the model loads and sampling starts: an unwritable --out must not cost the run.

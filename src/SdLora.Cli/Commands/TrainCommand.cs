@@ -6,7 +6,8 @@ using Spectre.Console;
 namespace SdLora.Cli.Commands;
 
 /// <summary>
-/// <c>sdlora train</c>: DreamBooth-LoRA training. Its options are generated from the library's settings table
+/// <c>sdlora train</c>: DreamBooth-LoRA training (<c>--method lora</c>), full DreamBooth fine-tuning (<c>--method dreambooth</c>)
+/// and textual inversion (<c>--method textual-inversion</c>). Its options are generated from the library's settings table
 /// (<see cref="TrainingSettings"/>): one option per setting, named like the setting (<c>--learning-rate</c>), with kohya's
 /// snake_case spelling (<c>--learning_rate</c>) as a hidden alias; <c>--config train.toml</c> takes the same keys, and
 /// options given on the command line win over the file.
@@ -15,7 +16,7 @@ public static class TrainCommand
 {
     public static Command Create(CliContext cli)
     {
-        var cmd = new Command("train", "train a DreamBooth LoRA (options as kohya's, which are accepted too; --config FILE.toml takes the same settings)");
+        var cmd = new Command("train", "train a DreamBooth LoRA, fine-tune the whole model (--method dreambooth) or learn a new word (--method textual-inversion); kohya's options are accepted too, --config FILE.toml takes the same settings");
         var options = new TrainOptions();
         options.AddTo(cmd);
         cmd.SetAction(r =>
@@ -32,7 +33,7 @@ public static class TrainCommand
     internal static int Run(CliContext cli, TrainingConfig config, Action<TrainingResult>? afterSummary = null)
     {
         TrainingResult result;
-        try { result = TrainView.Run(cli, new LoraTrainingSession(config)); }
+        try { result = TrainView.Run(cli, TrainingSession.Create(config)); }
         catch (OperationCanceledException)
         {
             cli.Console.MarkupLine("[yellow]stopped before training began[/]: nothing to save (run the same command again to start over)");
@@ -47,12 +48,13 @@ public static class TrainCommand
     {
         string Rel(string p) => Path.GetRelativePath(Environment.CurrentDirectory, p);
         cli.Console.WriteLine();
+        string kind = r.Method switch { TrainingConfig.MethodDreamBooth => "model", TrainingConfig.MethodTextualInversion => "embedding", _ => "LoRA" };
         if (r.Cancelled)
-            cli.Console.MarkupLineInterpolated($"[yellow]stopped at step {r.Steps}/{r.TotalSteps}[/]: LoRA and state saved; continue with the same command plus --resume");
+            cli.Console.MarkupLineInterpolated($"[yellow]stopped at step {r.Steps}/{r.TotalSteps}[/]: {kind} and state saved; continue with the same command plus --resume");
         else
             cli.Console.MarkupLineInterpolated($"[green]done[/]: {r.Steps} steps in {r.Elapsed:hh\\:mm\\:ss}{(r.SmoothedLoss is { } l ? $", loss {l:F4}" : "")}");
-        if (r.LoraPath is not null) cli.Console.MarkupLineInterpolated($"  LoRA:      {Rel(r.LoraPath)}");
-        foreach (var s in r.SavedLoras.Where(s => s != r.LoraPath).Distinct()) cli.Console.MarkupLineInterpolated($"  epoch:     {Rel(s)}");
+        if (r.OutputFile is not null) cli.Console.MarkupLineInterpolated($"  {(kind + ":").PadRight(10)} {Rel(r.OutputFile)}");
+        foreach (var s in r.SavedOutputs.Where(s => s != r.OutputFile).Distinct()) cli.Console.MarkupLineInterpolated($"  epoch:     {Rel(s)}");
         if (r.LossPng is not null) cli.Console.MarkupLineInterpolated($"  loss plot: {Rel(r.LossPng)} (values in {Path.GetFileName(r.LossCsv)})");
         if (r.Samples.Count > 0) cli.Console.MarkupLineInterpolated($"  samples:   {Rel(Path.GetDirectoryName(r.Samples[0])!)} ({r.Samples.Count} images)");
         if (r.ClassImagesGenerated > 0) cli.Console.MarkupLineInterpolated($"  class images generated: {r.ClassImagesGenerated}");
@@ -177,7 +179,9 @@ public sealed class TrainOptions
         foreach (var (k, option) in _kohyaOnly)
             if (Given(parse, option)) values[k.Name] = parse.GetValue(option);
 
-        var config = file is null ? new TrainingConfig() : TrainingConfigLoader.ApplyToml(new TrainingConfig(), file, notes);
+        // Start from the defaults of the method asked for here, so the file's values are set against the right ones.
+        var start = values.TryGetValue("method", out var m) && m is string method ? TrainingConfig.ForMethod(method) : new TrainingConfig();
+        var config = file is null ? start : TrainingConfigLoader.ApplyToml(start, file, notes);
         config = TrainingConfigLoader.Apply(config, values, null, notes);
         if (config.Model is null && defaultModel is not null) config = config with { Model = defaultModel() };
         return config.Validate();
@@ -189,7 +193,7 @@ public sealed class TrainOptions
 /// <summary>Renders <see cref="TrainingProgress"/>: a Spectre progress bar per phase, or plain lines when output is not a terminal.</summary>
 internal static class TrainView
 {
-    public static TrainingResult Run(CliContext cli, LoraTrainingSession session)
+    public static TrainingResult Run(CliContext cli, TrainingSession session)
     {
         if (!cli.IsTerminal)
         {

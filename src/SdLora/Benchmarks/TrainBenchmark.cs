@@ -9,7 +9,10 @@ using static TorchSharp.torch;
 
 namespace SdLora.Benchmarks;
 
-/// <summary>One LoRA training step of a full-size UNet with random weights: batch 1, 77-token context, LoRA on attention.</summary>
+/// <summary>
+/// One training step of a full-size UNet with random weights: batch 1, 77-token context; a LoRA on attention, or with
+/// <see cref="FullFineTune"/> every UNet weight (DreamBooth) with <see cref="Optimizer"/> (AdamW or Adafactor).
+/// </summary>
 public sealed record TrainBenchmarkOptions(
     ScalarType DType = ScalarType.Float32,
     bool GradientCheckpointing = false,
@@ -20,7 +23,9 @@ public sealed record TrainBenchmarkOptions(
     int Rank = 16,
     int ContextTokens = 77,
     int? Threads = null,
-    UNetConfig? Config = null);
+    UNetConfig? Config = null,
+    bool FullFineTune = false,
+    string Optimizer = "AdamW");
 
 public sealed record TrainBenchmarkResult(
     TrainBenchmarkOptions Options,
@@ -34,9 +39,10 @@ public sealed record TrainBenchmarkResult(
 {
     /// <summary>
     /// With the base weights frozen, backward only propagates activations (no weight gradients for the base), about one
-    /// forward's work: a step is ~2 forwards, ~3 with checkpointing (each block's forward runs again in backward).
+    /// forward's work: a step is ~2 forwards, ~3 with checkpointing (each block's forward runs again in backward). A full
+    /// fine-tune's backward also computes every weight gradient: ~3 forwards, ~4 with checkpointing.
     /// </summary>
-    public double TrainGFlop => ForwardGFlop * (Options.GradientCheckpointing ? 3 : 2);
+    public double TrainGFlop => ForwardGFlop * ((Options.FullFineTune ? 3 : 2) + (Options.GradientCheckpointing ? 1 : 0));
     public double SecondsPerStep => StepSeconds.Average();
     public double GFlopsPerSecond => TrainGFlop / SecondsPerStep;
     public double PeakSameDTypeGFlops => Matmul.Where(m => m.DType == Options.DType).Max(m => m.GFlopsPerSecond);
@@ -46,8 +52,9 @@ public sealed record TrainBenchmarkResult(
 }
 
 /// <summary>
-/// Times forward + backward + AdamW step of a LoRA on the SD1.5 UNet (the training loop's <see cref="DiffusionLoss"/>),
-/// and reads it as an efficiency against this process's dense matmul rate (<see cref="UNetBenchmark.MeasureCeiling"/>).
+/// Times forward + backward + optimizer step of a LoRA on the SD1.5 UNet, or of the whole UNet (DreamBooth), through the
+/// training loop's <see cref="DiffusionLoss"/>, and reads it as an efficiency against this process's dense matmul rate
+/// (<see cref="UNetBenchmark.MeasureCeiling"/>). Peak RSS is the process's high-water mark from the start of the run.
 /// </summary>
 public static class TrainBenchmark
 {
@@ -58,23 +65,25 @@ public static class TrainBenchmark
         var config = options.Config ?? UNetConfig.StableDiffusion15;
         ResetPeakRss();
 
-        string label = $"{ComputeOptions.DTypeName(options.DType)}, checkpointing {(options.GradientCheckpointing ? "on" : "off")}";
-        progress?.Report($"building UNet ({label}, random weights) + LoRA rank {options.Rank}");
+        string label = (options.FullFineTune ? $"full fine-tune, {options.Optimizer}, " : "") +
+            $"{ComputeOptions.DTypeName(options.DType)}, checkpointing {(options.GradientCheckpointing ? "on" : "off")}";
+        progress?.Report($"building UNet ({label}, random weights)" + (options.FullFineTune ? "" : $" + LoRA rank {options.Rank}"));
         torch.manual_seed(0);
         using var unet = new UNet2DConditionModel(config);
         if (options.DType != ScalarType.Float32) unet.to(options.DType);
-        foreach (var p in unet.parameters()) p.requires_grad = false;
-        using var network = LoraNetwork.Create(unet, null, new LoraNetworkOptions
+        foreach (var p in unet.parameters()) p.requires_grad = options.FullFineTune;
+        using var network = options.FullFineTune ? null : LoraNetwork.Create(unet, null, new LoraNetworkOptions
         {
             Rank = options.Rank, Alpha = options.Rank, TrainTextEncoder = false, UnetTargets = LoraUnetTargets.Attention,
         });
-        network.Attach();
-        var parameters = network.Parameters().ToList();
-        using var optimizer = new AdamW([new ParamGroup("unet", parameters, 1e-4)]);
+        network?.Attach();
+        var parameters = network?.Parameters().ToList() ?? unet.parameters().ToList();
+        var groups = new[] { new ParamGroup("unet", parameters, options.FullFineTune ? 2e-6 : 1e-4) };
+        using TrainingOptimizer optimizer = options.Optimizer.Equals("adafactor", StringComparison.OrdinalIgnoreCase) ? new Adafactor(groups) : new AdamW(groups);
         unet.GradientCheckpointing = options.GradientCheckpointing;
         unet.train();
         long modelRss = CurrentRssBytes();
-        progress?.Report($"{label}: model + LoRA built, RSS {modelRss / 1048576.0:F0} MiB");
+        progress?.Report($"{label}: model{(options.FullFineTune ? "" : " + LoRA")} built, RSS {modelRss / 1048576.0:F0} MiB");
 
         int size = options.LatentSize;
         double gflop = UNetFlops.Forward(config, options.Batch, size, size, options.ContextTokens) / 1e9;

@@ -153,7 +153,7 @@ public static class LoraCheckpointMerge
         fp16 && (t == ScalarType.Float32 || t == ScalarType.Float64 || t == ScalarType.BFloat16) ? ScalarType.Float16 : t;
 
     /// <summary>Puts the finished folder <paramref name="fresh"/> at <paramref name="target"/>; an old folder there is set aside first and deleted only once the new one is in place.</summary>
-    private static void ReplaceFolder(string fresh, string target)
+    internal static void ReplaceFolder(string fresh, string target)
     {
         if (!Directory.Exists(target))
         {
@@ -171,7 +171,7 @@ public static class LoraCheckpointMerge
         try { Directory.Delete(old, recursive: true); } catch (IOException) { }
     }
 
-    private static void CopyTree(string from, string to, HashSet<string> skip)
+    internal static void CopyTree(string from, string to, HashSet<string> skip)
     {
         Directory.CreateDirectory(to);
         foreach (var f in Directory.EnumerateFiles(from, "*", SearchOption.AllDirectories))

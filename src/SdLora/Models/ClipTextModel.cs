@@ -68,8 +68,11 @@ public sealed class ClipTextModel : nn.Module<Tensor, Tensor>
         if (ids.numel() > 0)
         {
             long min = ids.min().item<long>(), max = ids.max().item<long>();
-            if (min < 0 || max >= Config.VocabSize)
-                throw new SdLoraException($"token id {(min < 0 ? min : max)} is outside the text encoder's vocabulary of {Config.VocabSize}; the tokenizer does not belong to this model");
+            long tokens = text_model.embeddings.TokenCount;
+            if (min < 0 || max >= tokens)
+                throw new SdLoraException(max >= Config.VocabSize && min >= 0
+                    ? $"token id {max} is past the text encoder's vocabulary of {Config.VocabSize} and its {tokens - Config.VocabSize} added token rows; add the embedding's vectors before encoding"
+                    : $"token id {(min < 0 ? min : max)} is outside the text encoder's vocabulary of {Config.VocabSize}; the tokenizer does not belong to this model");
         }
         return ids;
     }
@@ -103,22 +106,46 @@ public sealed class ClipTextTransformer : nn.Module<Tensor, Tensor>
     public override Tensor forward(Tensor inputIds) => final_layer_norm.forward(encoder.forward(embeddings.forward(inputIds)));
 }
 
+/// <summary>
+/// Token + position embeddings. <see cref="AddedTokens"/> extends the token table without touching it: ids from the
+/// vocabulary size on pick its rows (textual-inversion vectors, trained or loaded), so the table's own rows stay exactly
+/// as loaded and gradients reach only the added rows.
+/// </summary>
 public sealed class ClipTextEmbeddings : nn.Module<Tensor, Tensor>
 {
     public readonly Embedding token_embedding;
     public readonly Embedding position_embedding;
+    private readonly long _vocabSize;
 
     public ClipTextEmbeddings(ClipTextConfig config) : base(nameof(ClipTextEmbeddings))
     {
         token_embedding = nn.Embedding(config.VocabSize, config.HiddenSize);
         position_embedding = nn.Embedding(config.MaxPositionEmbeddings, config.HiddenSize);
+        _vocabSize = config.VocabSize;
         RegisterComponents();
     }
+
+    /// <summary>
+    /// Rows <c>[n, hidden]</c> for the token ids <c>vocab .. vocab + n - 1</c>, or null. Not a parameter of the module
+    /// (not saved, not loaded): whoever sets it owns it and sets it back to null when done.
+    /// </summary>
+    public Tensor? AddedTokens { get; set; }
+
+    /// <summary>Ids the table answers to: the vocabulary plus <see cref="AddedTokens"/>.</summary>
+    public long TokenCount => _vocabSize + (AddedTokens?.shape[0] ?? 0);
 
     public override Tensor forward(Tensor inputIds)
     {
         using var positions = arange(inputIds.shape[1], dtype: ScalarType.Int64, device: inputIds.device);
-        return token_embedding.forward(inputIds) + position_embedding.forward(positions);
+        if (AddedTokens is not { } added) return token_embedding.forward(inputIds) + position_embedding.forward(positions);
+        using var scope = NewDisposeScope();
+        var isAdded = inputIds.ge(_vocabSize);
+        var fromTable = token_embedding.forward(inputIds.clamp_max(_vocabSize - 1));
+        var rows = added.to(fromTable.dtype, fromTable.device);
+        var addedIds = inputIds.sub(_vocabSize).clamp_min(0);
+        var fromAdded = rows.index_select(0, addedIds.flatten()).reshape(fromTable.shape);
+        var tokens = torch.where(isAdded.unsqueeze(-1), fromAdded, fromTable);
+        return (tokens + position_embedding.forward(positions)).MoveToOuterDisposeScope();
     }
 }
 

@@ -25,6 +25,8 @@ public sealed record GenerationParameters
     public int ClipSkip { get; init; } = 1;
     /// <summary>LoRA name -> short hash, written as <c>Lora hashes: "name: hash, ..."</c>.</summary>
     public IReadOnlyList<KeyValuePair<string, string>> LoraHashes { get; init; } = [];
+    /// <summary>Textual-inversion embedding name -> short hash, written as <c>TI hashes: "name: hash, ..."</c>.</summary>
+    public IReadOnlyList<KeyValuePair<string, string>> TextualInversionHashes { get; init; } = [];
     /// <summary>Any other key/value pairs (kept in order when parsing foreign text).</summary>
     public IReadOnlyList<KeyValuePair<string, string>> Extra { get; init; } = [];
 
@@ -41,7 +43,8 @@ public sealed record GenerationParameters
         if (ModelHash is not null) fields.Add(("Model hash", ModelHash));
         if (Model is not null) fields.Add(("Model", Model));
         if (ClipSkip > 1) fields.Add(("Clip skip", ClipSkip.ToString(CultureInfo.InvariantCulture)));
-        if (LoraHashes.Count > 0) fields.Add(("Lora hashes", string.Join(", ", LoraHashes.Select(kv => $"{kv.Key}: {kv.Value}"))));
+        if (LoraHashes.Count > 0) fields.Add(("Lora hashes", HashList(LoraHashes)));
+        if (TextualInversionHashes.Count > 0) fields.Add(("TI hashes", HashList(TextualInversionHashes)));
         fields.AddRange(Extra.Select(kv => (kv.Key, kv.Value)));
 
         var sb = new StringBuilder(Prompt);
@@ -49,6 +52,14 @@ public sealed record GenerationParameters
         sb.Append('\n').Append(string.Join(", ", fields.Select(f => $"{f.Item1}: {Quote(f.Item2)}")));
         return sb.ToString();
     }
+
+    // A1111 drops ':' and ',' from names in its hash lists, which would break the list apart.
+    private static string HashList(IEnumerable<KeyValuePair<string, string>> hashes) =>
+        string.Join(", ", hashes.Select(kv => $"{kv.Key.Replace(":", "").Replace(",", "")}: {kv.Value}"));
+
+    private static List<KeyValuePair<string, string>> ParseHashList(string v) =>
+        v.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
+            .Select(e => e.Split(':', 2)).Select(a => new KeyValuePair<string, string>(a[0].Trim(), a.Length > 1 ? a[1].Trim() : "")).ToList();
 
     // A1111 quotes a value (JSON string syntax) only when it holds a separator.
     private static string Quote(string v) => v.Contains(',') || v.Contains('\n') || v.Contains(':') ? JsonSerializer.Serialize(v) : v;
@@ -97,13 +108,8 @@ public sealed record GenerationParameters
                 case "Model hash": p = p with { ModelHash = v }; break;
                 case "Model": p = p with { Model = v }; break;
                 case "Clip skip": p = p with { ClipSkip = int.Parse(v, CultureInfo.InvariantCulture) }; break;
-                case "Lora hashes":
-                    p = p with
-                    {
-                        LoraHashes = v.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
-                            .Select(e => e.Split(':', 2)).Select(a => new KeyValuePair<string, string>(a[0].Trim(), a.Length > 1 ? a[1].Trim() : "")).ToList(),
-                    };
-                    break;
+                case "Lora hashes": p = p with { LoraHashes = ParseHashList(v) }; break;
+                case "TI hashes": p = p with { TextualInversionHashes = ParseHashList(v) }; break;
                 default: extra.Add(new(k, v)); break;
             }
         }

@@ -27,6 +27,10 @@ public sealed record Txt2ImgOptions
     public IReadOnlyList<LoraUse> Loras { get; init; } = [];
     /// <summary>Where <c>&lt;lora:NAME:W&gt;</c> finds <c>NAME.safetensors</c>.</summary>
     public string LoraDir { get; init; } = Path.Combine("models", "lora");
+    /// <summary>Textual-inversion embeddings: a file NAME.pt/.safetensors here is used wherever NAME is a word of the prompt or negative prompt (A1111).</summary>
+    public string? EmbeddingsDir { get; init; } = Path.Combine("models", "embeddings");
+    /// <summary>Embeddings held in memory (a training run's), used like the files in <see cref="EmbeddingsDir"/> and before them.</summary>
+    public IReadOnlyList<TextualInversionEmbedding> Embeddings { get; init; } = [];
     /// <summary>Initial latents <c>[images, 4, H/8, W/8]</c> replacing the seeded noise (to compare with other implementations).</summary>
     public Tensor? InitialLatents { get; init; }
     /// <summary>Folder for the PNGs; null keeps images in memory only.</summary>
@@ -69,7 +73,9 @@ public sealed class Txt2ImgPipeline(StableDiffusionModel model)
             throw new SdLoraException($"--init-latents has shape [{string.Join(",", init.shape)}] but this run needs [{total},4,{lh},{lw}] (batch-size x batch-count images at {o.Width}x{o.Height})");
         long seed = o.Seed >= 0 ? o.Seed : Random.Shared.NextInt64(0, uint.MaxValue);
 
-        var encoder = new PromptEncoder(model.Tokenizer, model.TextEncoder);
+        using var embeddingLibrary = new EmbeddingLibrary(o.EmbeddingsDir, o.Embeddings);
+        var embeddings = new PromptEmbeddings(embeddingLibrary, model.Tokenizer, model.TextEncoder.Config.VocabSize, model.TextEncoder.Config.HiddenSize);
+        var encoder = new PromptEncoder(model.Tokenizer, model.TextEncoder) { Embeddings = embeddings };
         var tags = PromptParser.Parse(o.Prompt).Loras;
         var loraUses = o.Loras.Concat(tags.Select(t => new LoraUse(ResolveLoraTag(t.Name, o.LoraDir), t.TextEncoderWeight, t.UNetWeightOverride))).ToList();
 
@@ -88,7 +94,7 @@ public sealed class Txt2ImgPipeline(StableDiffusionModel model)
         {
             Prompt = o.Prompt, NegativePrompt = o.NegativePrompt, Steps = o.Steps, Sampler = sampler.Name, CfgScale = o.CfgScale,
             Width = o.Width, Height = o.Height, ModelHash = model.ShortHash, Model = model.Name, ClipSkip = o.ClipSkip,
-            LoraHashes = loras.Hashes, Extra = [new("Version", "sdlora " + typeof(Txt2ImgPipeline).Assembly.GetName().Version?.ToString(3))],
+            LoraHashes = loras.Hashes, TextualInversionHashes = embeddings.Hashes, Extra = [new("Version", "sdlora " + typeof(Txt2ImgPipeline).Assembly.GetName().Version?.ToString(3))],
         };
 
         try

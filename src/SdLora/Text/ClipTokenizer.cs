@@ -33,7 +33,10 @@ public sealed class ClipTokenizer
     private readonly Dictionary<string, int> _ids;
     private readonly string[] _tokens;
     private readonly Dictionary<(string, string), int> _mergeRanks;
-    private readonly ConcurrentDictionary<string, string[]> _bpeCache = new();
+    private readonly ConcurrentDictionary<string, string[]> _bpeCache;
+    // Words added for textual inversion (lower case) -> their ids after the vocabulary, longest first for matching.
+    private readonly Dictionary<string, int> _added = new(StringComparer.Ordinal);
+    private readonly string[] _addedByLength = [];
 
     private static readonly char[] ByteToChar = BuildByteToChar();
     private static readonly Dictionary<char, byte> CharToByte =
@@ -53,6 +56,7 @@ public sealed class ClipTokenizer
     private ClipTokenizer(Dictionary<string, int> ids, IReadOnlyList<(string, string)> merges, string source)
     {
         _ids = ids;
+        _bpeCache = new();
         int size = ids.Count == 0 ? 0 : ids.Values.Max() + 1;
         _tokens = new string[size];
         foreach (var (token, id) in ids) _tokens[id] = token;
@@ -64,6 +68,72 @@ public sealed class ClipTokenizer
             : throw new SdLoraException($"{source}: vocabulary has no '{EndOfText}' token; this is not a CLIP tokenizer");
         CommaId = ids.TryGetValue("," + EndOfWord, out var comma) ? comma : -1;
     }
+
+    // A copy of `source` with `words` appended after its vocabulary (and after words it already added).
+    private ClipTokenizer(ClipTokenizer source, IReadOnlyList<string> words)
+    {
+        _ids = source._ids;
+        _mergeRanks = source._mergeRanks;
+        _bpeCache = source._bpeCache;
+        BosId = source.BosId; EosId = source.EosId; CommaId = source.CommaId;
+        foreach (var (w, id) in source._added) _added[w] = id;
+        var tokens = new List<string>(source._tokens);
+        foreach (var word in words)
+        {
+            var key = word.ToLowerInvariant();
+            if (_added.ContainsKey(key)) throw new SdLoraException($"the word '{word}' was already added to the tokenizer; choose another token string");
+            _added[key] = tokens.Count;
+            tokens.Add(key);
+        }
+        _tokens = tokens.ToArray();
+        _addedByLength = _added.Keys.OrderByDescending(k => k.Length).ThenBy(k => k, StringComparer.Ordinal).ToArray();
+    }
+
+    /// <summary>
+    /// This tokenizer with <paramref name="words"/> added as new tokens (ids <see cref="VocabSize"/>, +1, ...), as
+    /// transformers' <c>add_tokens</c> does for textual inversion: wherever one stands as a whole word (not inside a
+    /// longer word or number; any case) it becomes its own id instead of being cut into BPE pieces. Longer words win
+    /// (<c>sks1</c> over <c>sks</c>). The original tokenizer is unchanged.
+    /// </summary>
+    public ClipTokenizer WithAddedTokens(IReadOnlyList<string> words)
+    {
+        foreach (var w in words)
+            if (string.IsNullOrWhiteSpace(w) || w.Any(char.IsWhiteSpace))
+                throw new ArgumentException($"an added token must be one word (got '{w}')", nameof(words));
+        return new ClipTokenizer(this, words);
+    }
+
+    /// <summary>
+    /// Writes this tokenizer as transformers' <c>CLIPTokenizer</c> folder (<c>vocab.json</c>, <c>merges.txt</c>,
+    /// <c>tokenizer_config.json</c>, <c>special_tokens_map.json</c>), as a diffusers model's <c>tokenizer/</c> holds it.
+    /// Words added with <see cref="WithAddedTokens"/> are not written (they belong to an embedding, not to the model).
+    /// </summary>
+    public void WriteDiffusersFolder(string dir, int maxLength = 77)
+    {
+        Directory.CreateDirectory(dir);
+        var vocab = new StringBuilder("{");
+        bool first = true;
+        foreach (var (token, id) in _ids.OrderBy(kv => kv.Value))
+        {
+            if (!first) vocab.Append(',');
+            vocab.Append(JsonSerializer.Serialize(token)).Append(':').Append(id);
+            first = false;
+        }
+        IO.AtomicFile.WriteAllText(Path.Combine(dir, "vocab.json"), vocab.Append('}').ToString());
+        var merges = new StringBuilder("#version: 0.2\n");
+        foreach (var ((a, b), _) in _mergeRanks.OrderBy(kv => kv.Value)) merges.Append(a).Append(' ').Append(b).Append('\n');
+        IO.AtomicFile.WriteAllText(Path.Combine(dir, "merges.txt"), merges.ToString());
+        static string Special(string content) =>
+            $"{{\"content\": {JsonSerializer.Serialize(content)}, \"lstrip\": false, \"normalized\": true, \"rstrip\": false, \"single_word\": false}}";
+        IO.AtomicFile.WriteAllText(Path.Combine(dir, "special_tokens_map.json"),
+            $"{{\"bos_token\": {Special(StartOfText)}, \"eos_token\": {Special(EndOfText)}, \"pad_token\": \"{EndOfText}\", \"unk_token\": {Special(EndOfText)}}}\n");
+        IO.AtomicFile.WriteAllText(Path.Combine(dir, "tokenizer_config.json"),
+            $"{{\"bos_token\": {Special(StartOfText)}, \"clean_up_tokenization_spaces\": true, \"eos_token\": {Special(EndOfText)}, \"errors\": \"replace\", " +
+            $"\"model_max_length\": {maxLength}, \"pad_token\": \"{EndOfText}\", \"tokenizer_class\": \"CLIPTokenizer\", \"unk_token\": {Special(EndOfText)}}}\n");
+    }
+
+    /// <summary>The ids of the words added with <see cref="WithAddedTokens"/>, by word (lower case).</summary>
+    public IReadOnlyDictionary<string, int> AddedTokens => _added;
 
     private static ClipTokenizer LoadEmbedded()
     {
@@ -158,22 +228,48 @@ public sealed class ClipTokenizer
     }
 
     /// <summary>BPE ids of <paramref name="text"/>, without BOS/EOS and without truncation.</summary>
-    public int[] Encode(string text) => Tokens(text).Select(IdOf).ToArray();
+    public int[] Encode(string text) => Pieces(text).SelectMany(p => p.AddedId is { } id ? [id] : p.Tokens.Select(IdOf)).ToArray();
 
-    /// <summary>The BPE token strings (byte characters, words ending in <c>&lt;/w&gt;</c>) of <paramref name="text"/>.</summary>
-    public string[] Tokens(string text)
+    /// <summary>The BPE token strings (byte characters, words ending in <c>&lt;/w&gt;</c>; added words as they are) of <paramref name="text"/>.</summary>
+    public string[] Tokens(string text) => Pieces(text).SelectMany(p => p.Tokens).ToArray();
+
+    private IEnumerable<(string[] Tokens, int? AddedId)> Pieces(string text)
     {
-        var result = new List<string>();
         foreach (var (piece, isSpecial) in SplitSpecialTokens(text))
         {
-            if (isSpecial) { result.Add(piece); continue; }
-            foreach (var word in Words(ClipTextCleaner.Clean(piece)))
+            if (isSpecial) { yield return ([piece], null); continue; }
+            foreach (var (part, addedId) in SplitAddedTokens(piece))
             {
-                if (word is StartOfText or EndOfText) result.Add(word);
-                else result.AddRange(Bpe(word));
+                if (addedId is { } id) { yield return ([_tokens[id]], id); continue; }
+                foreach (var word in Words(ClipTextCleaner.Clean(part)))
+                    yield return (word is StartOfText or EndOfText ? [word] : Bpe(word), null);
             }
         }
-        return result.ToArray();
+    }
+
+    // Added words standing alone (no letter or digit right before or after), longest first.
+    private IEnumerable<(string Part, int? AddedId)> SplitAddedTokens(string text)
+    {
+        if (_added.Count == 0) { yield return (text, null); yield break; }
+        int pos = 0, from = 0;
+        while (pos < text.Length)
+        {
+            string? hit = null;
+            if (pos == 0 || !char.IsLetterOrDigit(text[pos - 1]))
+                foreach (var w in _addedByLength)
+                    if (string.Compare(text, pos, w, 0, w.Length, StringComparison.OrdinalIgnoreCase) == 0
+                        && (pos + w.Length == text.Length || !char.IsLetterOrDigit(text[pos + w.Length])))
+                    {
+                        hit = w;
+                        break;
+                    }
+            if (hit is null) { pos++; continue; }
+            if (pos > from) yield return (text[from..pos], null);
+            yield return (hit, _added[hit]);
+            pos += hit.Length;
+            from = pos;
+        }
+        if (from < text.Length) yield return (text[from..], null);
     }
 
     /// <summary>

@@ -33,8 +33,10 @@ public static class PromptChunks
     /// Tokenizes a prompt into chunks as A1111's <c>tokenize_line</c>: a <c>BREAK</c> closes the current chunk; when a
     /// chunk is full and a comma appeared within its last <paramref name="commaBacktrack"/> tokens, the tokens after
     /// that comma move to the next chunk (A1111's "comma padding backtrack", default 20; 0 turns it off).
+    /// With <paramref name="embeddings"/>, an embedding's name in the prompt becomes its vectors (one token each; an
+    /// embedding that does not fit in what is left of a chunk starts the next one, as in A1111).
     /// </summary>
-    public static TokenizedPrompt Tokenize(ClipTokenizer tokenizer, string prompt, int commaBacktrack = 20)
+    public static TokenizedPrompt Tokenize(ClipTokenizer tokenizer, string prompt, int commaBacktrack = 20, PromptEmbeddings? embeddings = null)
     {
         var parsed = PromptParser.Parse(prompt);
         var chunks = new List<PromptChunk>();
@@ -64,8 +66,18 @@ public static class PromptChunks
         {
             if (segment.IsBreak) { CloseChunk(false); continue; }
             float weight = (float)segment.Weight;
-            foreach (var token in tokenizer.Encode(segment.Text))
+            var segmentIds = tokenizer.Encode(segment.Text);
+            for (int position = 0; position < segmentIds.Length; position++)
             {
+                if (embeddings is not null && embeddings.TryMatch(segmentIds, position, out int nameLength, out var vectorIds))
+                {
+                    if (ids.Count + vectorIds.Length > ChunkLength) CloseChunk(false);
+                    ids.AddRange(vectorIds);
+                    weights.AddRange(Enumerable.Repeat(weight, vectorIds.Length));
+                    position += nameLength - 1;
+                    continue;
+                }
+                int token = segmentIds[position];
                 if (token == tokenizer.CommaId)
                     lastComma = ids.Count;
                 else if (commaBacktrack != 0 && ids.Count == ChunkLength && lastComma != -1 && ids.Count - lastComma <= commaBacktrack)

@@ -32,9 +32,12 @@ public sealed class PromptEncoder(ClipTokenizer tokenizer, ClipTextModel textMod
     /// <summary>A1111's "comma padding backtrack" (tokens); 0 disables it.</summary>
     public int CommaBacktrack { get; init; } = 20;
 
+    /// <summary>Textual-inversion embeddings prompts may call up by name (A1111 style), or null for none.</summary>
+    public PromptEmbeddings? Embeddings { get; init; }
+
     public PromptEncoding Encode(string prompt, int clipSkip = 1)
     {
-        var tokens = PromptChunks.Tokenize(tokenizer, prompt, CommaBacktrack);
+        var tokens = PromptChunks.Tokenize(tokenizer, prompt, CommaBacktrack, Embeddings);
         return new PromptEncoding(EncodeChunks(tokens.Chunks, clipSkip), tokens);
     }
 
@@ -47,7 +50,16 @@ public sealed class PromptEncoder(ClipTokenizer tokenizer, ClipTextModel textMod
         var weight = textModel.text_model.embeddings.token_embedding.weight;
         int positions = chunks[0].Ids.Length;
         var ids = tensor(chunks.SelectMany(c => c.Ids).Select(i => (long)i).ToArray(), [chunks.Count, positions], device: weight!.device);
-        var z = textModel.Encode(ids, clipSkip); // [chunks, 77, hidden]
+        var embeddingRows = textModel.text_model.embeddings;
+        var previousRows = embeddingRows.AddedTokens;
+        Tensor z;
+        try
+        {
+            // The vectors of the embeddings used so far stand after the vocabulary for this call only.
+            if (Embeddings?.Rows() is { } rows) embeddingRows.AddedTokens = rows;
+            z = textModel.Encode(ids, clipSkip); // [chunks, 77, hidden]
+        }
+        finally { embeddingRows.AddedTokens = previousRows; }
         if (chunks.Any(c => c.HasWeights))
         {
             // A1111's "Original" emphasis, per chunk, computed in fp32 like A1111's float32 multipliers.

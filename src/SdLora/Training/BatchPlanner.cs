@@ -114,7 +114,7 @@ public sealed class BatchPlanner
                     var drawRng = SeededRandom.For(Seed, 0xD4A, epoch, drawIndex++);
                     var placement = RandomCrop ? Buckets.Place(img.Width, img.Height, drawRng) : _placements[img];
                     bool flip = FlipAugment && drawRng.Next(2) == 1;
-                    items.Add(new BatchItem(img, placement, Captions.Process(img.Caption, drawRng), flip));
+                    items.Add(new BatchItem(img, placement, Captions.Process(img.Caption, drawRng, img.IsRegularization), flip));
                 }
                 batches.Add(new Batch(new Resolution(w, h), items));
             }

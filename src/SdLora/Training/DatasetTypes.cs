@@ -33,7 +33,9 @@ public sealed record DatasetOptions(
     string? ZipCacheRoot = null,
     ZipLimits? ZipLimits = null)
 {
+    /// <remarks>Textual inversion with prompt templates replaces every instance caption, so images need none of their own (as in kohya).</remarks>
     public static DatasetOptions FromConfig(TrainingConfig c, string? zipCacheRoot = null) =>
-        new(c.Data ?? throw new SdLoraException("data is required") { Setting = "data" }, c.InstancePrompt, c.RegData, c.ClassData, c.ClassPrompt,
+        new(c.Data ?? throw new SdLoraException("data is required") { Setting = "data" },
+            c.InstancePrompt ?? (c.Method == TrainingConfig.MethodTextualInversion && c.Template != "captions" ? c.TokenString : null), c.RegData, c.ClassData, c.ClassPrompt,
             c.NumRepeats, c.CaptionExtension, zipCacheRoot);
 }

@@ -30,16 +30,32 @@ public sealed class RunFolder
     public string LoraPath(string outputName, int? epoch = null) =>
         System.IO.Path.Combine(Path, epoch is { } e ? $"{outputName}-{e:D6}.safetensors" : $"{outputName}.safetensors");
 
+    /// <summary>The same names for a result that is a folder (a diffusers model): <c>name-000003/</c>, <c>name/</c>.</summary>
+    public string ModelFolderPath(string outputName, int? epoch = null) =>
+        System.IO.Path.Combine(Path, epoch is { } e ? $"{outputName}-{e:D6}" : outputName);
+
     /// <summary>The epoch LoRA files of <paramref name="outputName"/> in this folder (<c>name-000003.safetensors</c>), by epoch.</summary>
     public SortedDictionary<int, string> EpochLoras(string outputName)
     {
         var result = new SortedDictionary<int, string>();
         foreach (var f in Directory.EnumerateFiles(Path, outputName + "-*.safetensors"))
-        {
-            var digits = System.IO.Path.GetFileNameWithoutExtension(f)[(outputName.Length + 1)..];
-            if (digits.Length == 6 && digits.All(char.IsAsciiDigit)) result[int.Parse(digits, System.Globalization.CultureInfo.InvariantCulture)] = f;
-        }
+            if (EpochOf(System.IO.Path.GetFileNameWithoutExtension(f), outputName) is { } epoch) result[epoch] = f;
         return result;
+    }
+
+    /// <summary>The epoch results of <paramref name="outputName"/>: files <c>name-000003.safetensors</c> and diffusers folders <c>name-000003/</c>, by epoch.</summary>
+    public SortedDictionary<int, string> EpochOutputs(string outputName)
+    {
+        var result = EpochLoras(outputName);
+        foreach (var d in Directory.EnumerateDirectories(Path, outputName + "-*"))
+            if (EpochOf(System.IO.Path.GetFileName(d), outputName) is { } epoch) result[epoch] = d;
+        return result;
+    }
+
+    private static int? EpochOf(string stem, string outputName)
+    {
+        var digits = stem[(outputName.Length + 1)..];
+        return digits.Length == 6 && digits.All(char.IsAsciiDigit) ? int.Parse(digits, System.Globalization.CultureInfo.InvariantCulture) : null;
     }
 
     /// <summary>True when the folder holds resumable state (<c>state/state.json</c>, or <c>state.old/</c> after a save cut off mid-swap).</summary>
@@ -52,7 +68,8 @@ public sealed class RunFolder
     /// </summary>
     public static bool HoldsRun(string path) =>
         Directory.Exists(path) && (HasSavedState(path)
-        || File.Exists(System.IO.Path.Combine(path, "loss.csv")) && Directory.EnumerateFiles(path, "*.safetensors").Any());
+        || File.Exists(System.IO.Path.Combine(path, "loss.csv")) && (Directory.EnumerateFiles(path, "*.safetensors").Any()
+            || Directory.EnumerateDirectories(path).Any(d => File.Exists(System.IO.Path.Combine(d, "model_index.json")))));
 
     /// <summary>
     /// Makes <paramref name="output"/> ready for a run, before any expensive work: refuses a file, one of the run's
@@ -104,6 +121,9 @@ public sealed class RunFolder
         foreach (var f in new[] { "loss.csv", "loss.png", "run.json" })
             File.Delete(System.IO.Path.Combine(path, f));
         foreach (var f in Directory.EnumerateFiles(path, "*.safetensors")) File.Delete(f);
+        // Fine-tuned models saved as diffusers folders.
+        foreach (var d in Directory.EnumerateDirectories(path).Where(d => File.Exists(System.IO.Path.Combine(d, "model_index.json"))))
+            Directory.Delete(d, true);
     }
 
     // A run that never saved: its run.json, loss log and TensorBoard events describe nothing that exists any more.

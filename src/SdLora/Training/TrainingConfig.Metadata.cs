@@ -31,10 +31,10 @@ public sealed partial record TrainingConfig
         {
             ["ss_session_id"] = Random.Shared.NextInt64(0, 1L << 31).ToString(CultureInfo.InvariantCulture),
             ["ss_training_started_at"] = N(trainingStartedAt.ToUnixTimeMilliseconds() / 1000.0),
-            ["ss_output_name"] = OutputName,
+            ["ss_output_name"] = EffectiveOutputName,
             ["ss_learning_rate"] = N(LearningRate),
-            ["ss_unet_lr"] = TrainUnet ? N(EffectiveUnetLr) : "None",
-            ["ss_text_encoder_lr"] = TrainTextEncoder ? N(EffectiveTextEncoderLr) : "None",
+            ["ss_unet_lr"] = NetworkTrainsUnet ? N(EffectiveUnetLr) : "None",
+            ["ss_text_encoder_lr"] = NetworkTrainsTextEncoder ? N(EffectiveTextEncoderLr) : "None",
             ["ss_num_train_images"] = data.NumTrainImages.ToString(CultureInfo.InvariantCulture),
             ["ss_num_reg_images"] = data.NumRegImages.ToString(CultureInfo.InvariantCulture),
             ["ss_num_batches_per_epoch"] = data.NumBatchesPerEpoch.ToString(CultureInfo.InvariantCulture),
@@ -83,5 +83,39 @@ public sealed partial record TrainingConfig
             ["ss_reg_dataset_dirs"] = data.RegDatasetDirsJson,
             ["ss_sd_model_name"] = Model is null ? "" : Path.GetFileName(Model.TrimEnd('/', '\\')),
         };
+    }
+
+    /// <summary>
+    /// Metadata for a fine-tuned model or an embedding: kohya's <c>ss_*</c> training fields without the LoRA network
+    /// ones, the Stability AI model-spec fields kohya writes (<c>modelspec.*</c>: architecture
+    /// <c>stable-diffusion-v1</c>, with <c>/textual-inversion</c> for an embedding) and sdlora's own (<c>sdlora_*</c>).
+    /// </summary>
+    public Dictionary<string, string> ToMethodMetadata(TrainingDataSummary data, DateTimeOffset trainingStartedAt, string optimizerDescription)
+    {
+        var md = ToKohyaMetadata(data, trainingStartedAt, optimizerDescription);
+        foreach (var key in md.Keys.Where(k => k.StartsWith("ss_network_", StringComparison.Ordinal)).ToList()) md.Remove(key);
+        bool embedding = Method == MethodTextualInversion;
+        md["modelspec.sai_model_spec"] = "1.0.0";
+        md["modelspec.architecture"] = embedding ? "stable-diffusion-v1/textual-inversion" : "stable-diffusion-v1";
+        md["modelspec.implementation"] = "diffusers";
+        md["modelspec.title"] = EffectiveOutputName;
+        md["modelspec.date"] = trainingStartedAt.UtcDateTime.ToString("yyyy-MM-dd", CultureInfo.InvariantCulture);
+        md["modelspec.resolution"] = $"{Resolution.Width}x{Resolution.Height}";
+        md["modelspec.prediction_type"] = VParameterization ? "v" : "epsilon";
+        md["sdlora_method"] = Method;
+        if (embedding)
+        {
+            md["modelspec.trigger_phrase"] = TokenString ?? "";
+            md["sdlora_token_string"] = TokenString ?? "";
+            md["sdlora_num_vectors_per_token"] = NumVectorsPerToken.ToString(CultureInfo.InvariantCulture);
+            md["sdlora_init_word"] = InitWord ?? "";
+            md["sdlora_template"] = Template;
+        }
+        else
+        {
+            md["sdlora_train_text_encoder"] = TextEncoderTrainingSteps > 0 ? "True" : "False";
+            if (StopTextEncoderTraining is { } stop) md["sdlora_stop_text_encoder_training"] = stop.ToString(CultureInfo.InvariantCulture);
+        }
+        return md;
     }
 }

@@ -3,20 +3,28 @@ using System.Globalization;
 namespace SdLora.Training;
 
 /// <summary>
-/// Every setting of a DreamBooth-LoRA run. <see cref="TrainingSettings"/> describes each one (name, kohya name,
-/// description, allowed values); the names are kebab-case forms of the property names (<c>TrainBatchSize</c> ->
-/// <c>train-batch-size</c>), which TOML files, <c>run.json</c> and the command line use. Defaults follow the kohya colab: rank 32 / alpha 16, constant LR
-/// 1e-4 (UNet) and 5e-5 (text encoder), 512 px, 10 repeats, 10 epochs, AdamW.
+/// Every setting of a training run: a DreamBooth LoRA (<see cref="Method"/> <c>lora</c>, the default), a full DreamBooth
+/// fine-tune (<c>dreambooth</c>) or a textual-inversion embedding (<c>textual-inversion</c>). <see cref="TrainingSettings"/>
+/// describes each one (name, kohya name, description, allowed values); the names are kebab-case forms of the property
+/// names (<c>TrainBatchSize</c> -> <c>train-batch-size</c>), which TOML files, <c>run.json</c> and the command line use.
+/// LoRA defaults follow the kohya colab: rank 32 / alpha 16, constant LR 1e-4 (UNet) and 5e-5 (text encoder), 512 px,
+/// 10 repeats, 10 epochs, AdamW. The learning rates differ per method: start from <see cref="ForMethod"/> (or switch
+/// with <see cref="WithMethod"/>) rather than setting <see cref="Method"/> alone.
 /// </summary>
 public sealed partial record TrainingConfig
 {
+    // ---- method ----
+    /// <summary><c>lora</c>, <c>dreambooth</c> or <c>textual-inversion</c> (see <see cref="Methods"/>).</summary>
+    public string Method { get; init; } = MethodLora;
+
     // ---- paths ----
     /// <summary>Base model: a .safetensors/.ckpt file or a diffusers folder.</summary>
     public string? Model { get; init; }
     /// <summary>Training images: a plain folder, a kohya root (<c>10_sks dog</c> sub-folders) or a .zip of either.</summary>
     public string? Data { get; init; }
     public string? Output { get; init; }
-    public string OutputName { get; init; } = "lora";
+    /// <summary>File name of the result without extension; null: the method's own (<see cref="EffectiveOutputName"/>).</summary>
+    public string? OutputName { get; init; }
     /// <summary>kohya regularization root with <c>&lt;repeats&gt;_&lt;class&gt;</c> sub-folders.</summary>
     public string? RegData { get; init; }
     /// <summary>Where generated class images live and are reused; default <c>&lt;output&gt;/class_images</c>.</summary>
@@ -87,6 +95,23 @@ public sealed partial record TrainingConfig
     public bool NetworkTrainUnetOnly { get; init; }
     public bool NetworkTrainTextEncoderOnly { get; init; }
 
+    // ---- dreambooth (full fine-tune) ----
+    /// <summary>Also train the text encoder (diffusers' <c>--train_text_encoder</c>).</summary>
+    public bool TrainTextEncoder { get; init; }
+    /// <summary>kohya: train the text encoder for the first N steps only; -1: not at all. Setting it (> 0) turns text-encoder training on.</summary>
+    public int? StopTextEncoderTraining { get; init; }
+    /// <summary><c>safetensors</c> (one LDM-layout file) or <c>diffusers</c> (a folder); null: the input model's layout.</summary>
+    public string? SaveModelAs { get; init; }
+
+    // ---- textual inversion ----
+    /// <summary>The new word (kohya's <c>token_string</c>); with several vectors the tokens are <c>sks</c>, <c>sks1</c>, <c>sks2</c>...</summary>
+    public string? TokenString { get; init; }
+    /// <summary>Existing word whose embedding starts the new vectors (its tokens are repeated to fill them); null: random.</summary>
+    public string? InitWord { get; init; }
+    public int NumVectorsPerToken { get; init; } = 1;
+    /// <summary><c>captions</c> (the dataset's captions, with the token string in them), <c>object</c> or <c>style</c> (kohya's prompt templates).</summary>
+    public string Template { get; init; } = "captions";
+
     // ---- diffusion objective ----
     public int ClipSkip { get; init; } = 1;
     public double NoiseOffset { get; init; }
@@ -114,14 +139,73 @@ public sealed partial record TrainingConfig
 
     public double EffectiveUnetLr => UnetLr ?? LearningRate;
     public double EffectiveTextEncoderLr => TextEncoderLr ?? LearningRate;
-    public bool TrainUnet => !NetworkTrainTextEncoderOnly;
-    public bool TrainTextEncoder => !NetworkTrainUnetOnly && EffectiveTextEncoderLr > 0;
+    /// <summary>LoRA: the network has UNet modules.</summary>
+    public bool NetworkTrainsUnet => !NetworkTrainTextEncoderOnly;
+    /// <summary>LoRA: the network has text-encoder modules.</summary>
+    public bool NetworkTrainsTextEncoder => !NetworkTrainUnetOnly && EffectiveTextEncoderLr > 0;
+    /// <summary>DreamBooth: steps during which the text encoder trains (0: never; <see cref="int.MaxValue"/>: throughout).</summary>
+    public int TextEncoderTrainingSteps =>
+        StopTextEncoderTraining is { } stop ? Math.Max(0, stop) : TrainTextEncoder && EffectiveTextEncoderLr > 0 ? int.MaxValue : 0;
+    /// <summary>The result's file name: <see cref="OutputName"/>, else <c>lora</c>, <c>model</c> or the token string.</summary>
+    public string EffectiveOutputName => OutputName ?? Method switch
+    {
+        MethodDreamBooth => "model",
+        MethodTextualInversion => TokenString ?? "embedding",
+        _ => "lora",
+    };
+    /// <summary>The token strings of a textual inversion: <c>sks</c>, <c>sks1</c>, ..., one per vector (kohya's naming).</summary>
+    public IReadOnlyList<string> TokenStrings => TokenString is null ? []
+        : Enumerable.Range(0, NumVectorsPerToken).Select(i => i == 0 ? TokenString : TokenString + i.ToString(CultureInfo.InvariantCulture)).ToList();
     public bool WithPriorPreservation => ClassPrompt is not null || RegData is not null;
     /// <summary>kohya's default range 256..1024, widened to hold the resolution when that lies outside (a 64 px run has 64 px buckets).</summary>
     public int EffectiveMinBucketReso => MinBucketReso ?? Math.Min(256, Math.Max(BucketResoSteps, Math.Min(Resolution.Width, Resolution.Height) / BucketResoSteps * BucketResoSteps));
     public int EffectiveMaxBucketReso => MaxBucketReso ?? Math.Max(1024, (Math.Max(Resolution.Width, Resolution.Height) + BucketResoSteps - 1) / BucketResoSteps * BucketResoSteps);
 
-    public static readonly string[] Optimizers = ["AdamW", "Lion", "Prodigy"];
+    public const string MethodLora = "lora", MethodDreamBooth = "dreambooth", MethodTextualInversion = "textual-inversion";
+    public static readonly string[] Methods = [MethodLora, MethodDreamBooth, MethodTextualInversion];
+    public static readonly string[] Optimizers = ["AdamW", "Lion", "Prodigy", "Adafactor"];
+    public static readonly string[] Templates = ["captions", "object", "style"];
+    public static readonly string[] ModelFormats = ["safetensors", "diffusers"];
+
+    /// <summary>
+    /// The defaults of <paramref name="method"/>. Only the learning rates differ: LoRA 1e-4 (text encoder 5e-5, kohya's
+    /// colab); DreamBooth 2e-6 for the UNet and the text encoder alike (kohya's <c>train_db.py</c> default, whose
+    /// <c>learning_rate_te</c> follows the UNet's; diffusers' <c>train_dreambooth.py</c> uses 5e-6); textual inversion
+    /// 5e-3 (AUTOMATIC1111's default embedding learning rate).
+    /// </summary>
+    public static TrainingConfig ForMethod(string method)
+    {
+        var m = NormalizeMethod(method);
+        return m switch
+        {
+            MethodDreamBooth => new TrainingConfig { Method = m, LearningRate = 2e-6, TextEncoderLr = null },
+            MethodTextualInversion => new TrainingConfig { Method = m, LearningRate = 5e-3 },
+            _ => new TrainingConfig { Method = m },
+        };
+    }
+
+    /// <summary>
+    /// This config for another method: every setting still at this method's default takes the new method's default
+    /// (so a LoRA learning rate left alone becomes DreamBooth's), settings changed on purpose are kept.
+    /// </summary>
+    public TrainingConfig WithMethod(string method)
+    {
+        var m = NormalizeMethod(method);
+        if (m == Method) return this;
+        var from = ForMethod(Method);
+        var to = ForMethod(m);
+        var result = this with { Method = m };
+        foreach (var s in TrainingSettings.All)
+        {
+            if (s.Name == "method") continue;
+            var mine = s.Get(this);
+            if (Equals(mine, s.Get(from)) && !Equals(s.Get(from), s.Get(to))) result = s.With(result, s.Get(to));
+        }
+        return result;
+    }
+
+    /// <summary>The method's canonical spelling (any case; <c>textual_inversion</c> too); unknown names are kept for <see cref="Validate"/> to refuse.</summary>
+    public static string NormalizeMethod(string method) => method.Trim().ToLowerInvariant().Replace('_', '-');
     public static readonly string[] Schedulers = ["constant", "constant_with_warmup", "cosine", "cosine_with_restarts", "linear", "polynomial"];
 
     /// <summary>Warmup steps for a run of <paramref name="totalSteps"/> (a ratio below 1 is scaled, as kohya does).</summary>
@@ -215,10 +299,37 @@ public sealed partial record TrainingConfig
         if (RandomCrop && CacheLatents)
             Fail("random-crop", "random-crop gives a new crop every epoch, which cached latents can't follow: set cache-latents false, or drop random-crop");
         if (Resume && Overwrite) Fail("overwrite", "resume and overwrite exclude each other: resume continues the run in the output folder, overwrite discards it");
-        if (string.IsNullOrWhiteSpace(OutputName) || OutputName.IndexOfAny(Path.GetInvalidFileNameChars()) >= 0 || OutputName.Contains('/'))
+        if (OutputName is not null && (string.IsNullOrWhiteSpace(OutputName) || OutputName.IndexOfAny(Path.GetInvalidFileNameChars()) >= 0 || OutputName.Contains('/')))
             Fail("output-name", $"output-name '{OutputName}' is not a valid file name");
         if (!CaptionExtension.StartsWith('.')) Fail("caption-extension", $"caption-extension must start with a dot (got '{CaptionExtension}'), e.g. .txt");
+        ValidateMethod();
         return this;
+    }
+
+    // What one method needs and what makes no sense for it.
+    private void ValidateMethod()
+    {
+        if (!Methods.Contains(Method)) Fail("method", $"method '{Method}' is not known: use {string.Join(", ", Methods)}");
+        if (SaveModelAs is { } format && !ModelFormats.Contains(format))
+            Fail("save-model-as", format is "ckpt" or "pt"
+                ? $"save-model-as {format} is not written by sdlora (pickles can carry code): use safetensors, which A1111, ComfyUI and kohya load"
+                : $"save-model-as '{format}' is not supported: use {string.Join(" or ", ModelFormats)}");
+        if (Method != MethodDreamBooth && SaveModelAs == "diffusers")
+            Fail("save-model-as", $"save-model-as diffusers is for method dreambooth (a whole model); a {(Method == MethodLora ? "LoRA" : "textual-inversion embedding")} is one safetensors file");
+        if (Method == MethodDreamBooth)
+        {
+            if (StopTextEncoderTraining is < -1) Fail("stop-text-encoder-training", $"stop-text-encoder-training must be -1 (no text-encoder training) or a step count (got {StopTextEncoderTraining})");
+            if (StopTextEncoderTraining == -1 && TrainTextEncoder)
+                Fail("stop-text-encoder-training", "stop-text-encoder-training -1 turns text-encoder training off, which contradicts train-text-encoder: keep one");
+        }
+        if (!Templates.Contains(Template)) Fail("template", $"template '{Template}' is not known: use {string.Join(", ", Templates)}");
+        if (Method != MethodTextualInversion) return;
+        if (string.IsNullOrWhiteSpace(TokenString))
+            Fail("token-string", "textual-inversion needs token-string: the new word to teach, e.g. --token-string sks (write it in the captions, or use template object/style)");
+        if (!TokenString!.All(ch => char.IsAsciiLetterOrDigit(ch) || ch is '_' or '-') || char.IsAsciiDigit(TokenString![^1]))
+            Fail("token-string", $"token-string '{TokenString}' must be one word of letters, digits, '_' or '-', not ending in a digit (sdlora adds {TokenString}1, {TokenString}2... for extra vectors)");
+        if (NumVectorsPerToken is < 1 or > 75) Fail("num-vectors-per-token", $"num-vectors-per-token must be between 1 and 75 (got {NumVectorsPerToken})");
+        if (InitWord is { } w && string.IsNullOrWhiteSpace(w)) Fail("init-word", "init-word is empty: give an existing word close to the subject (e.g. dog), or leave it unset for a random start");
     }
 
     internal static string Fmt(double v) => v.ToString("R", CultureInfo.InvariantCulture);

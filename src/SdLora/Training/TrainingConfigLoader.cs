@@ -49,11 +49,13 @@ public static class TrainingConfigLoader
     public static TrainingConfig Apply(TrainingConfig config, IReadOnlyDictionary<string, object?> values, string? source = null, ICollection<string>? notes = null)
     {
         var result = config;
-        foreach (var (rawKey, value) in values)
+        // The method first: it decides the defaults that the other values are set against (see TrainingConfig.WithMethod).
+        foreach (var (rawKey, value) in values.OrderBy(kv => TrainingSettings.Find(kv.Key)?.Name == "method" ? 0 : 1))
         {
             if (TrainingSettings.FindKohyaOnly(rawKey) is { } kohyaOnly)
             {
                 if (kohyaOnly.Note(value) is { } note) notes?.Add(source is null ? note : $"{source}: {note}");
+                if (kohyaOnly.Apply is { } apply) result = apply(result, value);
                 continue;
             }
             var setting = TrainingSettings.Find(rawKey);

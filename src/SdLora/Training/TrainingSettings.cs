@@ -54,9 +54,13 @@ public sealed class TrainingSetting
 
     public object? Get(TrainingConfig config) => _property.GetValue(config);
 
-    /// <summary>A copy of <paramref name="config"/> with this setting changed (no validation: see <see cref="TrainingConfig.Validate"/>).</summary>
+    /// <summary>
+    /// A copy of <paramref name="config"/> with this setting changed (no validation: see <see cref="TrainingConfig.Validate"/>).
+    /// Changing the method also moves the settings left at the old method's defaults to the new one's (<see cref="TrainingConfig.WithMethod"/>).
+    /// </summary>
     public TrainingConfig With(TrainingConfig config, object? value)
     {
+        if (Name == "method" && value is string method) return config.WithMethod(method);
         var copy = config with { };
         _property.SetValue(copy, value);
         return copy;
@@ -139,7 +143,10 @@ public sealed class TrainingSetting
 /// accepted so pasted kohya commands and TOML files work, reported with a one-line note, or refused when the value
 /// asks for something sdlora cannot do.
 /// </summary>
-public sealed record KohyaOnlySetting(string Name, string KohyaName, bool IsSwitch, string Description, Func<object?, string?> Check)
+/// <param name="Apply">For options that are another spelling of a setting's value (kohya's <c>use_object_template</c> is
+/// <c>template object</c>): how the value changes the config.</param>
+public sealed record KohyaOnlySetting(string Name, string KohyaName, bool IsSwitch, string Description, Func<object?, string?> Check,
+    Func<TrainingConfig, object?, TrainingConfig>? Apply = null)
 {
     /// <summary>The note to show for <paramref name="value"/> (null: nothing worth saying); throws for values sdlora cannot honour.</summary>
     public string? Note(object? value) => Check(value);
@@ -181,8 +188,10 @@ public static class TrainingSettings
         Switch("with-prior-preservation", "DreamBooth prior preservation", "with-prior-preservation: implied by class-prompt or reg-data; ignored"),
         Switch("persistent-data-loader-workers", "keep data-loader workers alive", null),
         Switch("console-log-simple", "plain console log", null),
-        Value("save-model-as", "file format of the saved LoRA", v => IsText(v, "safetensors") ? null
-            : throw new SdLoraException($"save-model-as '{v}' is not supported: sdlora saves LoRAs as safetensors (what A1111, ComfyUI and kohya load)") { Setting = "save-model-as" }),
+        Switch("use-object-template", "textual inversion: kohya's object prompt templates", null) with
+            { Apply = (c, v) => IsTrue(v) ? c with { Template = "object" } : c },
+        Switch("use-style-template", "textual inversion: kohya's style prompt templates", null) with
+            { Apply = (c, v) => IsTrue(v) ? c with { Template = "style" } : c },
         Value("network-module", "LoRA network implementation", v => IsText(v, "networks.lora") ? null
             : throw new SdLoraException($"network-module '{v}' is not supported: sdlora trains kohya's networks.lora (LoRA; LoCon with conv-dim)") { Setting = "network-module" }),
         Value("max-data-loader-n-workers", "data-loader worker processes", null),
@@ -208,6 +217,8 @@ public static class TrainingSettings
     private static KohyaOnlySetting Value(string name, string description, Func<object?, string?>? check) =>
         new(name, name.Replace('-', '_'), false, description, check ?? (_ => null));
 
+    private static bool IsTrue(object? v) => v is true || v is string s && s.Trim().ToLowerInvariant() is "true" or "1" or "yes" or "on";
+
     private static bool IsText(object? v, string expected) =>
         string.Equals(System.Convert.ToString(v, CultureInfo.InvariantCulture)?.Trim(), expected, StringComparison.OrdinalIgnoreCase);
 
@@ -227,15 +238,19 @@ public static class TrainingSettings
                 aliases ?? [], defaultText));
         }
 
+        const string MethodGroup = "method", DreamBooth = "dreambooth", Inversion = "textual-inversion";
         const string Paths = "paths", Dataset = "dataset", Reso = "resolution", Schedule = "schedule", Optim = "optimizer",
             Network = "network", Objective = "objective", Compute = "compute", Saving = "saving";
 
+        Add(nameof(TrainingConfig.Method), MethodGroup, "what to train: a LoRA (small adapter file), the whole model (dreambooth) or new word embeddings (textual-inversion)",
+            allowed: [.. TrainingConfig.Methods]);
         Add(nameof(TrainingConfig.Model), Paths, "base model: a .safetensors/.ckpt checkpoint or a diffusers folder", "PATH", kohya: "pretrained_model_name_or_path");
         Add(nameof(TrainingConfig.Data), Paths, "training images: a folder, a kohya root (10_sks dog sub-folders) or a .zip of either", "PATH",
             kohya: "train_data_dir", aliases: ["instance_data_dir"]);
         Add(nameof(TrainingConfig.Output), Paths, "folder for the LoRA, loss.csv/loss.png, samples and state/ (created if missing)", "DIR",
             kohya: "output_dir", aliases: ["out"]);
-        Add(nameof(TrainingConfig.OutputName), Paths, "file name of the LoRA: NAME.safetensors, epochs as NAME-000001.safetensors", "NAME");
+        Add(nameof(TrainingConfig.OutputName), Paths, "file name of the result: NAME.safetensors, epochs as NAME-000001.safetensors", "NAME",
+            defaultText: "lora; dreambooth: model; textual-inversion: the token string");
         Add(nameof(TrainingConfig.SamplePrompts), Paths, "kohya sample-prompt file (one prompt per line; --n, --w, --h, --d, --l, --s)", "FILE");
         Add(nameof(TrainingConfig.RegData), Paths, "ready-made class images: a kohya root with <repeats>_<class> sub-folders", "PATH",
             kohya: "reg_data_dir", advanced: true);
@@ -269,13 +284,15 @@ public static class TrainingSettings
         Add(nameof(TrainingConfig.MaxGradNorm), Schedule, "clip the gradient norm to this (0 = no clipping)", advanced: true);
         Add(nameof(TrainingConfig.Seed), Schedule, "seed of the batch order, noise, timesteps, LoRA init and dropout");
 
-        Add(nameof(TrainingConfig.LearningRate), Optim, "learning rate (UNet, and text encoder unless text-encoder-lr is set)", "LR");
+        Add(nameof(TrainingConfig.LearningRate), Optim, "learning rate (UNet, and text encoder unless text-encoder-lr is set)", "LR",
+            defaultText: "0.0001; dreambooth: 2e-06; textual-inversion: 0.005");
         Add(nameof(TrainingConfig.UnetLr), Optim, "UNet learning rate", "LR", advanced: true, defaultText: "learning-rate");
-        Add(nameof(TrainingConfig.TextEncoderLr), Optim, "text-encoder learning rate (0 = UNet only; none = learning-rate)", "LR");
+        Add(nameof(TrainingConfig.TextEncoderLr), Optim, "text-encoder learning rate (0 = UNet only; none = learning-rate)", "LR",
+            aliases: ["learning_rate_te"], defaultText: "5e-05; dreambooth: learning-rate");
         Add(nameof(TrainingConfig.Optimizer), Optim, "optimizer", kohya: "optimizer_type", allowed: [.. TrainingConfig.Optimizers]);
         Add(nameof(TrainingConfig.OptimizerArgs), Optim, "extra optimizer settings as key=value (e.g. d_coef=2 for Prodigy)", advanced: true);
         Add(nameof(TrainingConfig.WeightDecay), Optim, "weight decay", advanced: true, aliases: ["adam_weight_decay"],
-            defaultText: "the optimizer's own (AdamW 0.01, Lion and Prodigy 0)");
+            defaultText: "the optimizer's own (AdamW 0.01, Lion, Prodigy and Adafactor 0)");
         Add(nameof(TrainingConfig.Beta1), Optim, "first moment decay", kohya: "adam_beta1", advanced: true, defaultText: "the optimizer's own");
         Add(nameof(TrainingConfig.Beta2), Optim, "second moment decay", kohya: "adam_beta2", advanced: true, defaultText: "the optimizer's own");
         Add(nameof(TrainingConfig.Epsilon), Optim, "optimizer epsilon", kohya: "adam_epsilon", advanced: true, defaultText: "the optimizer's own");
@@ -291,6 +308,19 @@ public static class TrainingSettings
         Add(nameof(TrainingConfig.NetworkDropout), Network, "dropout on the LoRA input while training (0..1)", advanced: true);
         Add(nameof(TrainingConfig.NetworkTrainUnetOnly), Network, "train the UNet LoRA only", advanced: true);
         Add(nameof(TrainingConfig.NetworkTrainTextEncoderOnly), Network, "train the text-encoder LoRA only", advanced: true);
+
+        Add(nameof(TrainingConfig.TrainTextEncoder), DreamBooth, "dreambooth: train the text encoder too");
+        Add(nameof(TrainingConfig.StopTextEncoderTraining), DreamBooth, "dreambooth: train the text encoder for the first N steps only (-1: not at all)",
+            advanced: true);
+        Add(nameof(TrainingConfig.SaveModelAs), DreamBooth, "dreambooth: write the model as one safetensors file (LDM keys) or a diffusers folder",
+            allowed: [.. TrainingConfig.ModelFormats], defaultText: "the input model's layout");
+
+        Add(nameof(TrainingConfig.TokenString), Inversion, "textual-inversion: the new word (sks; extra vectors add sks1, sks2...)", "WORD");
+        Add(nameof(TrainingConfig.InitWord), Inversion, "textual-inversion: existing word the new vectors start from (e.g. dog)", "WORD",
+            defaultText: "random");
+        Add(nameof(TrainingConfig.NumVectorsPerToken), Inversion, "textual-inversion: vectors (tokens) the new word takes in a prompt");
+        Add(nameof(TrainingConfig.Template), Inversion, "textual-inversion: captions as given, or kohya's object/style prompt templates",
+            allowed: [.. TrainingConfig.Templates]);
 
         Add(nameof(TrainingConfig.ClipSkip), Objective, "use the n-th last CLIP layer (2 for anime models)");
         Add(nameof(TrainingConfig.NoiseOffset), Objective, "noise offset (0.05-0.1 helps very dark/bright images)", advanced: true);

@@ -18,21 +18,30 @@ public sealed record TrainingState(int Step, int Epoch, int BatchInEpoch, double
     string SessionId, double TrainingStartedAt, string? LastLora);
 
 /// <summary>
-/// The <c>state/</c> folder: <c>lora.safetensors</c> (fp32 weights), <c>optimizer.safetensors</c> and <c>state.json</c>.
-/// Written into <c>state.new/</c> first and swapped in, so a crash mid-save leaves the previous state intact.
+/// The <c>state/</c> folder: the trained weights as they are (<c>lora.safetensors</c> for a LoRA, <c>model.safetensors</c>
+/// for a fine-tuned model, <c>embedding.safetensors</c> for textual inversion), <c>optimizer.safetensors</c> and
+/// <c>state.json</c>. Written into <c>state.new/</c> first and swapped in, so a crash mid-save leaves the previous state intact.
 /// </summary>
 public static class TrainingStateStore
 {
     private const string StateJson = "state.json", LoraFile = "lora.safetensors", OptimizerFile = "optimizer.safetensors";
 
+    /// <summary>Saves a LoRA run's state (fp32 LoRA weights in <c>lora.safetensors</c>).</summary>
     public static void Save(RunFolder run, TrainingState state, LoraNetwork network, TrainingOptimizer optimizer)
+    {
+        using var scope = torch.NewDisposeScope();
+        Save(run, state, LoraFile, network.StateDict().Select(kv => new KeyValuePair<string, Tensor>(kv.Key, kv.Value.to(ScalarType.Float32))), optimizer);
+    }
+
+    /// <summary>Saves the state: <paramref name="weights"/> in their own dtype (exact) as <paramref name="weightsFile"/>, the optimizer, the position.</summary>
+    public static void Save(RunFolder run, TrainingState state, string weightsFile, IEnumerable<KeyValuePair<string, Tensor>> weights, TrainingOptimizer optimizer)
     {
         var dir = run.StateDir;
         string fresh = dir + ".new", old = dir + ".old";
         if (Directory.Exists(fresh)) Directory.Delete(fresh, true);
         Directory.CreateDirectory(fresh);
         using (var scope = torch.NewDisposeScope())
-            Safetensors.Save(Path.Combine(fresh, LoraFile), network.StateDict().Select(kv => new KeyValuePair<string, Tensor>(kv.Key, kv.Value.detach().to(ScalarType.Float32).cpu())));
+            Safetensors.Save(Path.Combine(fresh, weightsFile), weights.Select(kv => new KeyValuePair<string, Tensor>(kv.Key, kv.Value.detach().cpu())));
         optimizer.Save(Path.Combine(fresh, OptimizerFile));
         AtomicFile.WriteAllText(Path.Combine(fresh, StateJson), JsonSerializer.Serialize(state, RunFolder.JsonOptions));
         if (Directory.Exists(old)) Directory.Delete(old, true);
@@ -54,24 +63,35 @@ public static class TrainingStateStore
     }
 
     /// <summary>Copies the saved LoRA weights and optimizer state into the live network and optimizer.</summary>
-    public static void Restore(RunFolder run, LoraNetwork network, TrainingOptimizer optimizer)
+    public static void Restore(RunFolder run, LoraNetwork network, TrainingOptimizer optimizer) =>
+        Restore(run, LoraFile, f => RestoreLora(f, network), optimizer);
+
+    /// <summary>Hands the saved weights file (<paramref name="weightsFile"/>) to <paramref name="restoreWeights"/>, then loads the optimizer state.</summary>
+    public static void Restore(RunFolder run, string weightsFile, Action<SafetensorsFile> restoreWeights, TrainingOptimizer optimizer)
     {
         var dir = ActiveDir(run);
-        using (var f = SafetensorsFile.Open(Path.Combine(dir, LoraFile)))
+        var path = Path.Combine(dir, weightsFile);
+        if (!File.Exists(path))
+            throw new SdLoraException($"resume: {path} is missing: the saved run trained something else (another method?); resume with the same settings or start over with overwrite") { Setting = "resume" };
+        using (var f = SafetensorsFile.Open(path))
         using (var scope = torch.NewDisposeScope())
-        {
-            foreach (var m in network.Modules)
-            {
-                string down = m.LoraName + ".lora_down.weight", up = m.LoraName + ".lora_up.weight";
-                if (!f.Contains(down) || !f.Contains(up))
-                    throw new SdLoraException($"resume: {f.Path} has no weights for {m.LoraName}: the saved run trained other layers; resume with the same network settings or start over with overwrite") { Setting = "resume" };
-                var d = f.Load(down); var u = f.Load(up);
-                if (!d.shape.SequenceEqual(m.DownWeight.shape) || !u.shape.SequenceEqual(m.UpWeight.shape))
-                    throw new SdLoraException($"resume: {m.LoraName} in {f.Path} has another shape (different network-dim?); resume with the same settings or start over with overwrite") { Setting = "resume" };
-                m.SetWeights(d, u);
-            }
-        }
+            restoreWeights(f);
         optimizer.Load(Path.Combine(dir, OptimizerFile));
+    }
+
+    /// <summary>Copies a saved LoRA state (kohya names) into <paramref name="network"/>.</summary>
+    public static void RestoreLora(SafetensorsFile f, LoraNetwork network)
+    {
+        foreach (var m in network.Modules)
+        {
+            string down = m.LoraName + ".lora_down.weight", up = m.LoraName + ".lora_up.weight";
+            if (!f.Contains(down) || !f.Contains(up))
+                throw new SdLoraException($"resume: {f.Path} has no weights for {m.LoraName}: the saved run trained other layers; resume with the same network settings or start over with overwrite") { Setting = "resume" };
+            var d = f.Load(down); var u = f.Load(up);
+            if (!d.shape.SequenceEqual(m.DownWeight.shape) || !u.shape.SequenceEqual(m.UpWeight.shape))
+                throw new SdLoraException($"resume: {m.LoraName} in {f.Path} has another shape (different network-dim?); resume with the same settings or start over with overwrite") { Setting = "resume" };
+            m.SetWeights(d, u);
+        }
     }
 
     private static string ActiveDir(RunFolder run)

@@ -9,7 +9,7 @@ namespace SdLora.Tests.Training;
 
 public class TrainCommandTests
 {
-    private static (TrainingConfig Config, List<string> Notes) Parse(params string[] args)
+    internal static (TrainingConfig Config, List<string> Notes) Parse(params string[] args)
     {
         var options = new TrainOptions();
         var command = new Command("train");
@@ -72,8 +72,9 @@ public class TrainCommandTests
         var help = CliRunner.Run("train", "--help");
         Assert.Equal(0, help.ExitCode);
         Assert.Contains("--learning-rate <LR>", help.Out);
-        Assert.Contains("learning rate (UNet, and text encoder unless text-encoder-lr is set) [default: 0.0001]", help.Out);
-        Assert.Contains("--optimizer <AdamW|Lion|Prodigy>", help.Out);
+        Assert.Contains("learning rate (UNet, and text encoder unless text-encoder-lr is set) [default: 0.0001; dreambooth: 2e-06;", help.Out);
+        Assert.Contains("optimizer: AdamW, Lion, Prodigy, Adafactor", help.Out);
+        Assert.Contains("new word embeddings (textual-inversion): lora, dreambooth, textual-inversion [default: lora]", help.Out);
         Assert.Contains("learning-rate schedule: constant, constant_with_warmup, cosine", help.Out);
         Assert.Contains("-o, --out, --output <DIR>", help.Out);
         Assert.DoesNotContain("--learning_rate", help.Out); // kohya spellings work but stay out of the help

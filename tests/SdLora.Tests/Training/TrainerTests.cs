@@ -113,13 +113,7 @@ public class TrainerTests
         Assert.False(File.Exists(Path.Combine(cfg.Output!, "sks.safetensors")));
     }
 
-    /// <summary>
-    /// Measured two ways, with noise and timesteps fixed: (1) the UNet's loss on the training image's latent
-    /// (8 fixed timesteps, fixed noise) with the trained LoRA vs without it; (2) the MSE between the latent a
-    /// 20-step DDIM run generates from the instance prompt (same starting noise, CFG 1) and the training image's
-    /// latent, with the LoRA vs without it. Latent space, because the tiny model's random VAE decodes any latent to
-    /// similar-looking noise.
-    /// </summary>
+    /// <summary>The LoRA moves the model toward the training image (see <see cref="ConceptProbe"/>).</summary>
     [Fact]
     [Trait("Category", "Slow")]
     public void Training_lowers_the_loss_and_moves_generated_images_toward_the_training_image()
@@ -129,23 +123,9 @@ public class TrainerTests
         var result = new DreamBoothLoraTrainer(cfg).Train();
 
         using var model = StableDiffusionModel.Load(cfg.Model!);
-        var photo = RgbImage.Load(Directory.GetFiles(cfg.Data!).Single());
-        var target = new BucketManager(Resolution.Square(64), 64, 128, 64).Place(photo.Width, photo.Height).Apply(photo);
-        using var scope = torch.NewDisposeScope();
-        using var noGrad = torch.no_grad();
-        var latents = model.Vae.Encode(target.ToTensor()).Mean * model.Vae.ScalingFactor;
-        var context = model.TextEncoder.Encode(torch.tensor(model.Tokenizer.EncodeForModel(cfg.InstancePrompt!), [1, 77], ScalarType.Int64));
-        var timesteps = torch.tensor(new long[] { 50, 150, 300, 450, 600, 750, 850, 950 });
-        using var g = new Generator(123, CPU);
-        var noise = torch.randn([8, 4, 8, 8], generator: g);
-        var start = torch.randn([1, 4, 8, 8], generator: g);
-        var pipeline = new Txt2ImgPipeline(model);
-        (double Loss, double Mse) Measure()
-        {
-            using var r = DiffusionLoss.Compute(model.UNet, model.Schedule, latents.expand(8, -1, -1, -1), noise, timesteps, context.expand(8, -1, -1), null, new());
-            var generated = pipeline.Sample(SamplerCatalog.Get("DDIM"), start, context, context, 1.0, 20);
-            return (r.Loss.item<float>(), (generated - latents).pow(2).mean().item<float>());
-        }
+        using var probe = new ConceptProbe(model, Directory.GetFiles(cfg.Data!).Single());
+        using var context = ConceptProbe.Context(model, cfg.InstancePrompt!);
+        (double Loss, double Mse) Measure() => probe.Measure(model, context);
         var before = Measure();
         using var network = LoraNetwork.FromFile(result.LoraPath!, model.UNet, model.TextEncoder);
         network.Attach();

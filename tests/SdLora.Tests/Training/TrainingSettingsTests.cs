@@ -44,13 +44,24 @@ public class TrainingSettingsTests
         Assert.NotNull(TrainingSettings.FindKohyaOnly("--xformers"));
     }
 
+    // Values that only make sense with another setting: what they need alongside.
+    private static readonly Dictionary<(string, string), Dictionary<string, object?>> Companions = new()
+    {
+        [("method", "textual-inversion")] = new() { ["token-string"] = "sks" },
+        [("save-model-as", "diffusers")] = new() { ["method"] = "dreambooth" },
+    };
+
     [Fact]
     public void Every_allowed_value_is_accepted_and_others_are_refused()
     {
         foreach (var s in TrainingSettings.All.Where(s => s.AllowedValues.Count > 0))
         {
             foreach (var v in s.AllowedValues)
-                TrainingConfigLoader.Load(null, new Dictionary<string, object?>(Paths()) { [s.Name] = v });
+            {
+                var values = new Dictionary<string, object?>(Paths()) { [s.Name] = v };
+                foreach (var (k, extra) in Companions.GetValueOrDefault((s.Name, v)) ?? []) values[k] = extra;
+                TrainingConfigLoader.Load(null, values);
+            }
             var e = Assert.Throws<SdLoraException>(() => TrainingConfigLoader.Load(null, new Dictionary<string, object?>(Paths()) { [s.Name] = "bogus" }));
             Assert.Equal(s.Name, e.Setting);
             Assert.StartsWith(s.Name + " ", e.Message);
@@ -86,7 +97,7 @@ public class TrainingSettingsTests
         Assert.Contains(notes, n => n.StartsWith("xformers: "));
         Assert.Contains(notes, n => n.StartsWith("save-state: "));
         var e = Assert.Throws<SdLoraException>(() => TrainingConfigLoader.Load(null, new Dictionary<string, object?>(Paths()) { ["save_model_as"] = "ckpt" }));
-        Assert.Equal("save-model-as 'ckpt' is not supported: sdlora saves LoRAs as safetensors (what A1111, ComfyUI and kohya load)", e.Message);
+        Assert.Equal("save-model-as ckpt is not written by sdlora (pickles can carry code): use safetensors, which A1111, ComfyUI and kohya load", e.Message);
     }
 
     [Fact]

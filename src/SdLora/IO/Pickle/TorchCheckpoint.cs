@@ -98,9 +98,11 @@ public sealed class TorchCheckpoint : ITensorSource, IDisposable
     Tensor ITensorSource.Load(string name, ScalarType? dtype) => Load(name, dtype);
 
     /// <summary>Reads one tensor (its storage bytes only as far as the view needs), converted to <paramref name="dtype"/> if given.</summary>
-    public Tensor Load(string name, ScalarType? dtype = null)
+    public Tensor Load(string name, ScalarType? dtype = null) => Load(Ref(name), name, dtype);
+
+    /// <summary>Reads a tensor found anywhere in <see cref="Root"/> (not only the top-level state dict); <paramref name="name"/> names it in errors.</summary>
+    public Tensor Load(TensorRef r, string name, ScalarType? dtype = null)
     {
-        var r = Ref(name);
         var type = Safetensors.ToScalarType(RestrictedUnpickler.StorageTypes[r.Storage.StorageType]);
         int elem = (int)torch.empty(0, type).ElementSize;
         long count = r.Shape.Aggregate(1L, (a, b) => a * b);

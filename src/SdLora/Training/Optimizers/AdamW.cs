@@ -23,10 +23,8 @@ public sealed class AdamW(IEnumerable<ParamGroup> groups, double beta1 = 0.9, do
         for (int g = 0; g < Groups.Count; g++)
         {
             double lr = Groups[g].LearningRate * lrMultiplier;
-            for (int i = 0; i < Groups[g].Parameters.Count; i++)
+            foreach (var (i, p, grad) in WithGradients(g))
             {
-                var p = Groups[g].Parameters[i];
-                if (p.grad is not { } grad) continue;
                 var m = State(g, i, "exp_avg");
                 var v = State(g, i, "exp_avg_sq");
                 if (WeightDecay != 0) p.mul_(1 - lr * WeightDecay);

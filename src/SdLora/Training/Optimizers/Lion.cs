@@ -18,10 +18,8 @@ public sealed class Lion(IEnumerable<ParamGroup> groups, double beta1 = 0.9, dou
         for (int g = 0; g < Groups.Count; g++)
         {
             double lr = Groups[g].LearningRate * lrMultiplier;
-            for (int i = 0; i < Groups[g].Parameters.Count; i++)
+            foreach (var (i, p, grad) in WithGradients(g))
             {
-                var p = Groups[g].Parameters[i];
-                if (p.grad is not { } grad) continue;
                 var m = State(g, i, "exp_avg");
                 if (WeightDecay != 0) p.mul_(1 - lr * WeightDecay);
                 var direction = (m * Beta1).add_(grad, 1 - Beta1).sign_();

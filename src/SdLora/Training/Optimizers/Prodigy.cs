@@ -52,11 +52,9 @@ public sealed class Prodigy(IEnumerable<ParamGroup> groups, double beta1 = 0.9, 
         for (int g = 0; g < Groups.Count; g++)
         {
             if (Groups[g].LearningRate == 0) continue;
-            for (int i = 0; i < Groups[g].Parameters.Count; i++)
+            foreach (var (i, p, rawGrad) in WithGradients(g))
             {
-                var p = Groups[g].Parameters[i];
-                if (p.grad is not { } grad) continue;
-                if (WeightDecay != 0 && !decouple) grad = grad + p * WeightDecay;
+                var grad = WeightDecay != 0 && !decouple ? rawGrad + p * WeightDecay : rawGrad;
                 var p0 = State(g, i, "p0", () => p.detach().clone());
                 var s = State(g, i, "s");
                 var m = State(g, i, "exp_avg");
@@ -85,10 +83,8 @@ public sealed class Prodigy(IEnumerable<ParamGroup> groups, double beta1 = 0.9, 
             if (Groups[g].LearningRate == 0) continue;
             // The update uses the step size of this round (before the new d), as the reference does.
             double groupDlr = dlr * (Groups[g].LearningRate * lrMultiplier / lr);
-            for (int i = 0; i < Groups[g].Parameters.Count; i++)
+            foreach (var (i, p, _) in WithGradients(g))
             {
-                var p = Groups[g].Parameters[i];
-                if (p.grad is null) continue;
                 var m = State(g, i, "exp_avg");
                 var v = State(g, i, "exp_avg_sq");
                 var den = v.sqrt().add_(d * Eps);

@@ -12,10 +12,16 @@ public sealed record ParamGroup(string Name, IReadOnlyList<Parameter> Parameters
 /// Base of sdlora's optimizers. They are written here rather than wrapping <c>torch.optim</c> so every
 /// optimizer has per-group learning rates driven by a schedule multiplier and a plain tensor state
 /// (<see cref="StateDict"/>) that resumes through safetensors like everything else.
+/// <para>
+/// Parameters held in bf16/fp16 (a fine-tuned model computing in bf16) are updated through an fp32 master copy kept in
+/// the state (<c>master</c>): steps far below bf16's resolution still add up, and the model's weight is the master
+/// rounded once per step. fp32 parameters (every LoRA) are updated in place, with no copy.
+/// </para>
 /// </summary>
 public abstract class TrainingOptimizer : IDisposable
 {
     private readonly Dictionary<(int Group, int Param), Dictionary<string, Tensor>> _state = [];
+    private readonly HashSet<int> _frozen = [];
 
     public IReadOnlyList<ParamGroup> Groups { get; }
     /// <summary>Steps taken so far (restored by <see cref="LoadStateDict"/>).</summary>
@@ -45,6 +51,16 @@ public abstract class TrainingOptimizer : IDisposable
 
     protected abstract void Update(double lrMultiplier);
 
+    /// <summary>
+    /// Stops training the group called <paramref name="groupName"/> (kohya's <c>stop_text_encoder_training</c>): its
+    /// parameters are left alone from now on, whatever their gradients; their state is kept (and saved).
+    /// </summary>
+    public void Freeze(string groupName)
+    {
+        for (int g = 0; g < Groups.Count; g++)
+            if (Groups[g].Name == groupName) _frozen.Add(g);
+    }
+
     public void ZeroGrad()
     {
         foreach (var g in Groups)
@@ -52,19 +68,61 @@ public abstract class TrainingOptimizer : IDisposable
                 p.grad?.zero_();
     }
 
-    /// <summary>Per-parameter state tensor, created (zeros, or <paramref name="init"/>) on first use and kept outside dispose scopes.</summary>
+    /// <summary>
+    /// Per-parameter state tensor, created on first use and kept outside dispose scopes: <paramref name="init"/>, or zeros
+    /// of <see cref="StateShape"/> (fp32 for a low-precision parameter).
+    /// </summary>
     protected Tensor State(int group, int param, string name, Func<Tensor>? init = null)
     {
         if (!_state.TryGetValue((group, param), out var d)) _state[(group, param)] = d = [];
         if (!d.TryGetValue(name, out var t))
         {
             var p = Groups[group].Parameters[param];
-            t = init is null ? torch.zeros_like(p) : init();
+            var shape = StateShape(group, param, name);
+            t = init is not null ? init()
+                : IsFullPrecision(p) && shape.SequenceEqual(p.shape) ? torch.zeros_like(p)
+                : torch.zeros(shape, IsFullPrecision(p) ? p.dtype : ScalarType.Float32, p.device);
             t.DetachFromDisposeScope();
             d[name] = t;
         }
         return t;
     }
+
+    /// <summary>Shape of a state tensor (the parameter's, unless an optimizer keeps something smaller, like Adafactor's factors).</summary>
+    protected virtual long[] StateShape(int group, int param, string name) => Groups[group].Parameters[param].shape;
+
+    private static bool IsFullPrecision(Tensor p) => p.dtype is ScalarType.Float32 or ScalarType.Float64;
+
+    /// <summary>
+    /// The parameters of group <paramref name="group"/> that have a gradient, with that gradient, as tensors to update in
+    /// place. An fp32 parameter is given as it is; a bf16/fp16 one as its fp32 master copy with the gradient in fp32,
+    /// and the master is rounded into the parameter once the caller's loop body for it has run.
+    /// </summary>
+    protected IEnumerable<(int Index, Tensor Param, Tensor Grad)> WithGradients(int group)
+    {
+        if (_frozen.Contains(group)) yield break;
+        var parameters = Groups[group].Parameters;
+        for (int i = 0; i < parameters.Count; i++)
+        {
+            var p = parameters[i];
+            if (p.grad is not { } grad) continue;
+            // The caller's temporaries for this parameter die before the next one: a full fine-tune's would otherwise
+            // add up to several copies of the model within one step.
+            using var scope = torch.NewDisposeScope();
+            if (IsFullPrecision(p))
+            {
+                yield return (i, p, grad);
+                continue;
+            }
+            var master = State(group, i, "master", () => p.detach().to(ScalarType.Float32));
+            yield return (i, master, grad.to(ScalarType.Float32));
+            p.copy_(master);
+        }
+    }
+
+    /// <summary>The fp32 value a parameter is trained as: its master copy when it has one, else itself.</summary>
+    public Tensor TrainedValue(int group, int param) =>
+        _state.TryGetValue((group, param), out var d) && d.TryGetValue("master", out var m) ? m : Groups[group].Parameters[param];
 
     /// <summary>Scalar state (step count, Prodigy's d, ...), saved as float64 tensors.</summary>
     protected virtual IEnumerable<(string Name, double Value)> Scalars() => [];
@@ -89,9 +147,10 @@ public abstract class TrainingOptimizer : IDisposable
             if (parts.Length == 3 && parts[0][0] == 'g' && parts[1][0] == 'p'
                 && int.TryParse(parts[0][1..], out int g) && int.TryParse(parts[1][1..], out int p))
             {
-                if (g >= Groups.Count || p >= Groups[g].Parameters.Count || !Groups[g].Parameters[p].shape.SequenceEqual(t.shape))
+                if (g >= Groups.Count || p >= Groups[g].Parameters.Count || !StateShape(g, p, parts[2]).SequenceEqual(t.shape))
                     throw new SdLoraException($"optimizer state '{key}' does not match the network being trained (different network-dim or modules?): start without resume or with the same settings");
-                var target = State(g, p, parts[2]);
+                var param = Groups[g].Parameters[p];
+                var target = parts[2] == "master" ? State(g, p, "master", () => param.detach().to(ScalarType.Float32)) : State(g, p, parts[2]);
                 using var noGrad = torch.no_grad();
                 target.copy_(t);
             }
