@@ -23,7 +23,7 @@ public sealed record ToyBuildOptions
     /// <summary>Wall-clock budget for the whole build, evaluation included.</summary>
     public double Minutes { get; init; } = 40;
     /// <summary>Share of the training time given to the VAE (the rest, after encoding the latents, goes to the UNet).</summary>
-    public double VaeShare { get; init; } = 0.3;
+    public double VaeShare { get; init; } = 0.4;
     public int? VaeSteps { get; init; }
     public int? UNetSteps { get; init; }
     /// <summary>A toy model folder whose VAE is reused as it is (the VAE stage is skipped; only the UNet and text encoder train).</summary>
@@ -49,16 +49,18 @@ public sealed record ToyBuildOptions
 
     /// <summary>Distinct pictures encoded once for the UNet (their captions are drawn afresh each time they are used).</summary>
     public int LatentImages { get; init; } = 6000;
-    public int UNetBatch { get; init; } = 64;
-    public double UNetLearningRate { get; init; } = 1e-3;
+    public int UNetBatch { get; init; } = 32;
+    public double UNetLearningRate { get; init; } = 2e-3;
     public bool TrainTextEncoder { get; init; } = true;
-    public double TextEncoderLearningRate { get; init; } = 1e-3;
+    public double TextEncoderLearningRate { get; init; } = 2e-3;
     /// <summary>Share of captions replaced by the empty prompt, so classifier-free guidance has an unconditional model.</summary>
     public double CaptionDropout { get; init; } = 0.1;
     public double MinSnrGamma { get; init; } = 5;
     /// <summary>Decay of the exponential moving average of the UNet and text-encoder weights that is saved.</summary>
     public double EmaDecay { get; init; } = 0.998;
     public int WarmupSteps { get; init; } = 50;
+    /// <summary>Seconds between saves of the UNet stage's progress (a build stopped or killed goes on from the last one when run again).</summary>
+    public double CheckpointSeconds { get; init; } = 300;
 
     /// <summary>Storage type of the saved weights.</summary>
     public ScalarType SaveDType { get; init; } = ScalarType.Float16;
@@ -103,6 +105,7 @@ public sealed class ToyModelBuilder(ToyBuildOptions options)
     public ToyBuildOptions Options { get; } = options.Validate();
 
     private readonly Stopwatch _clock = new();
+    private string _stageFolder = "";
     private IProgress<ToyBuildProgress>? _progress;
     private CancellationToken _ct;
 
@@ -111,6 +114,7 @@ public sealed class ToyModelBuilder(ToyBuildOptions options)
         _progress = progress;
         _ct = ct;
         _clock.Restart();
+        _stageFolder = StageFolder(outputDir);
         var o = Options;
         var tokenizer = ClipTokenizer.Default;
         double budget = o.Minutes * 60;
@@ -120,7 +124,15 @@ public sealed class ToyModelBuilder(ToyBuildOptions options)
         AutoencoderKL vaeScaled;
         int vaeSteps;
         double vaeLoss, scaling;
-        if (o.VaeFrom is { } from)
+        // A build stopped after its VAE stage left it in the stage folder: run again with the same settings, it goes on from there.
+        string? from = o.VaeFrom;
+        if (from is null && File.Exists(Path.Combine(_stageFolder, "vae", "diffusion_pytorch_model.safetensors"))
+            && StageMatches(Path.Combine(_stageFolder, "toy_build.json")))
+        {
+            from = _stageFolder;
+            Report("VAE", 0, 0, message: $"reusing the VAE saved in {from} by a stopped build");
+        }
+        if (from is not null)
         {
             // Stage 1 done before: the VAE of an earlier build (or of one stopped after its VAE stage), as it was saved.
             vaeScaled = LoadVae(from);
@@ -181,7 +193,8 @@ public sealed class ToyModelBuilder(ToyBuildOptions options)
         PngFile.Write(Path.Combine(target, "samples.png"), samples);
         AtomicFile.WriteAllText(Path.Combine(target, "toy_build.json"), ToyModelCard.BuildJson(o, result));
         AtomicFile.WriteAllText(Path.Combine(target, "README.md"), ToyModelCard.Write(o, result, Path.GetFileName(target)));
-        if (Directory.Exists(StageFolder(outputDir))) Directory.Delete(StageFolder(outputDir), true);
+        // A stopped build keeps its stage folder: run again, it goes on from there.
+        if (!stopped && Directory.Exists(_stageFolder)) Directory.Delete(_stageFolder, true);
         Report("done", 1, 1);
         return result;
     }
@@ -205,6 +218,15 @@ public sealed class ToyModelBuilder(ToyBuildOptions options)
             seed = Options.Seed, vae_steps = steps, vae_loss = loss, vae_seconds = time.TotalSeconds,
         }) + "\n");
         Report("VAE", steps, steps, loss, message: $"saved to {folder} (a stopped build goes on with --vae-from it)");
+    }
+
+    /// <summary>Whether a stage folder's VAE was trained with this build's seed (and VAE step count, when fixed).</summary>
+    private bool StageMatches(string record)
+    {
+        if (!File.Exists(record)) return false;
+        using var json = System.Text.Json.JsonDocument.Parse(File.ReadAllText(record));
+        var r = json.RootElement;
+        return r.GetProperty("seed").GetInt64() == Options.Seed && (Options.VaeSteps is not { } n || r.GetProperty("vae_steps").GetInt32() == n);
     }
 
     private static AutoencoderKL LoadVae(string folder)
@@ -335,9 +357,26 @@ public sealed class ToyModelBuilder(ToyBuildOptions options)
         bool stopped = false;
         var clock = Stopwatch.StartNew();
         int step = 0;
+        var statePath = Path.Combine(_stageFolder, "unet_state.safetensors");
+        if (File.Exists(statePath))
+        {
+            (step, smoothed) = LoadUNetState(statePath, unet, textEncoder, optimizer, ema, plan, fixedSteps);
+            Report("UNet", step, plan.Steps, smoothed, message: $"resuming from {statePath}");
+        }
+        var lastSave = Stopwatch.StartNew();
         for (; step < plan.Steps; step++)
         {
-            if (_ct.IsCancellationRequested) { stopped = true; break; }
+            if (_ct.IsCancellationRequested)
+            {
+                SaveUNetState(statePath, unet, textEncoder, optimizer, ema, step, plan.Steps, smoothed);
+                stopped = true;
+                break;
+            }
+            if (step > 0 && lastSave.Elapsed.TotalSeconds > o.CheckpointSeconds)
+            {
+                SaveUNetState(statePath, unet, textEncoder, optimizer, ema, step, plan.Steps, smoothed);
+                lastSave.Restart();
+            }
             double value = Retrying(optimizer, () =>
             {
                 using var scope = torch.NewDisposeScope();
@@ -412,6 +451,56 @@ public sealed class ToyModelBuilder(ToyBuildOptions options)
     // ---------------------------------------------------------------------------------------------------------------
 
     /// <summary>
+    /// The UNet stage's progress, saved every <see cref="ToyBuildOptions.CheckpointSeconds"/> into the stage folder: the
+    /// weights, their average, the optimizer state and the position. A build run again with the same settings goes on from
+    /// it and ends with the model an uninterrupted build makes.
+    /// </summary>
+    private void SaveUNetState(string path, UNet2DConditionModel unet, ClipTextModel textEncoder, TrainingOptimizer optimizer, WeightAverage ema,
+        int step, int steps, double smoothed)
+    {
+        Directory.CreateDirectory(Path.GetDirectoryName(path)!);
+        var tensors = new List<KeyValuePair<string, Tensor>>();
+        tensors.AddRange(unet.named_parameters().Select(p => new KeyValuePair<string, Tensor>("unet." + p.name, p.parameter)));
+        tensors.AddRange(textEncoder.named_parameters().Select(p => new KeyValuePair<string, Tensor>("text_encoder." + p.name, p.parameter)));
+        tensors.AddRange(ema.Averages.Select((a, i) => new KeyValuePair<string, Tensor>($"ema.{i}", a)));
+        tensors.AddRange(optimizer.StateDict().Select(kv => new KeyValuePair<string, Tensor>("optimizer." + kv.Key, kv.Value)));
+        IO.Safetensors.Save(path, tensors, new Dictionary<string, string>
+        {
+            ["step"] = step.ToString(System.Globalization.CultureInfo.InvariantCulture),
+            ["steps"] = steps.ToString(System.Globalization.CultureInfo.InvariantCulture),
+            ["seed"] = Options.Seed.ToString(System.Globalization.CultureInfo.InvariantCulture),
+            ["smoothed_loss"] = smoothed.ToString("R", System.Globalization.CultureInfo.InvariantCulture),
+        });
+    }
+
+    private (int Step, double Smoothed) LoadUNetState(string path, UNet2DConditionModel unet, ClipTextModel textEncoder, TrainingOptimizer optimizer,
+        WeightAverage ema, StepPlan plan, int? fixedSteps)
+    {
+        using var file = IO.Safetensors.Open(path);
+        var md = file.Metadata;
+        int steps = int.Parse(md["steps"], System.Globalization.CultureInfo.InvariantCulture);
+        if (md["seed"] != Options.Seed.ToString(System.Globalization.CultureInfo.InvariantCulture) || (fixedSteps is { } f && f != steps))
+            throw new SdLoraException($"{path}: holds a stopped build with other settings (seed {md["seed"]}, {steps} UNet steps); delete that folder to start over, or give the same settings");
+        using var noGrad = torch.no_grad();
+        foreach (var (prefix, module) in new (string, nn.Module)[] { ("unet.", unet), ("text_encoder.", textEncoder) })
+            foreach (var (name, p) in module.named_parameters())
+            {
+                using var t = file.Load(prefix + name, p.dtype);
+                p.copy_(t);
+            }
+        for (int i = 0; i < ema.Averages.Count; i++)
+        {
+            using var t = file.Load($"ema.{i}", ema.Averages[i].dtype);
+            ema.Averages[i].copy_(t);
+        }
+        var state = file.Keys.Where(k => k.StartsWith("optimizer.")).ToDictionary(k => k["optimizer.".Length..], k => file.Load(k, ScalarType.Float32));
+        optimizer.LoadStateDict(state);
+        foreach (var t in state.Values) t.Dispose();
+        plan.Fix(steps);
+        return (int.Parse(md["step"], System.Globalization.CultureInfo.InvariantCulture), double.Parse(md["smoothed_loss"], System.Globalization.CultureInfo.InvariantCulture));
+    }
+
+    /// <summary>
     /// Runs a step's forward and backward pass, once more if libtorch reports an error: TorchSharp 0.107 can free a
     /// temporary scalar while a native call still uses it (a rare, timing-dependent failure of an otherwise fine step).
     /// The step is a pure function of the seed and the weights, and the optimizer has not moved yet, so the retry is exact.
@@ -474,6 +563,9 @@ public sealed class ToyModelBuilder(ToyBuildOptions options)
         /// <summary>The stage's step count; <see cref="int.MaxValue"/> until measured.</summary>
         public int Steps { get; private set; } = fixedSteps ?? int.MaxValue;
 
+        /// <summary>Fixes the step count (a resumed stage keeps the count it had measured).</summary>
+        public void Fix(int steps) { Steps = steps; _fixed = true; }
+
         public void Observe(int step, double elapsed)
         {
             if (_fixed) return;
@@ -504,6 +596,8 @@ public sealed class ToyModelBuilder(ToyBuildOptions options)
             using var noGrad = torch.no_grad();
             _items = parameters.Select(p => (p, p.detach().clone().DetachFromDisposeScope())).ToList();
         }
+
+        public IReadOnlyList<Tensor> Averages => _items.Select(i => i.Average).ToList();
 
         public void Update(double decay)
         {
