@@ -66,7 +66,7 @@ public class SafetensorsLayoutTests
     public void Fp16_weights_of_the_golden_model_load_as_their_exact_values()
     {
         const string name = "conv_in.weight";
-        var path = Fixtures.Golden("tiny-sd15/unet/diffusion_pytorch_model.safetensors");
+        var path = Fixtures.CopiedSet("tiny-sd15/unet/diffusion_pytorch_model.safetensors");
         var (header, dataStart, file) = Parse(path);
         var e = header.GetProperty(name);
         Assert.Equal("F16", e.GetProperty("dtype").GetString());

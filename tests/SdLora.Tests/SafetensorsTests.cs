@@ -11,7 +11,7 @@ public class SafetensorsTests
     [Fact]
     public void Reads_golden_fixture_header_and_fp16_weights()
     {
-        using var f = SafetensorsFile.Open(Fixtures.Golden("tiny-sd15/unet/diffusion_pytorch_model.safetensors"));
+        using var f = SafetensorsFile.Open(Fixtures.CopiedSet("tiny-sd15/unet/diffusion_pytorch_model.safetensors"));
         Assert.Equal(684, f.Entries.Count);
         Assert.Equal("pt", f.Metadata["format"]);
         var e = f["conv_in.weight"];
@@ -20,6 +20,21 @@ public class SafetensorsTests
         using var t = f.Load("conv_in.weight", ScalarType.Float32);
         Assert.Equal(ScalarType.Float32, t.dtype);
         Assert.True(t.abs().sum().item<float>() > 0);
+    }
+
+    [Fact]
+    public void Opens_through_a_symbolic_link()
+    {
+        using var tmp = Fixtures.TempDir();
+        var target = Fixtures.CopiedSet("tiny-sd15/unet/diffusion_pytorch_model.safetensors");
+        var link = tmp.File("linked.safetensors");
+        File.CreateSymbolicLink(link, target);
+        using var viaLink = SafetensorsFile.Open(link);
+        using var direct = SafetensorsFile.Open(target);
+        Assert.Equal(direct.Keys, viaLink.Keys);
+        using var a = viaLink.Load("conv_in.weight");
+        using var b = direct.Load("conv_in.weight");
+        Assert.True(a.equal(b).all().item<bool>());
     }
 
     [Fact]

@@ -20,6 +20,7 @@ public static class BenchCaptionCommand
         computeArguments.AddTo(command);
         command.SetAction(parse =>
         {
+            BenchHost.Start();
             var sizes = parse.GetValue(batchSizes)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
                 .Select(s => int.TryParse(s, out var b) && b > 0 ? b : throw new SdLoraException($"--batch-sizes: '{s}' is not a positive number")).ToArray();
             int imageSize = parse.GetValue(size);

@@ -1,4 +1,6 @@
 using System.CommandLine;
+using System.CommandLine.Help;
+using TorchSharp;
 
 namespace SdLora.Cli.Commands;
 
@@ -15,4 +17,21 @@ public static class BenchCommands
         bench.Subcommands.Add(BenchCaptionCommand.Create(cli, "caption"));
         return bench;
     }
+}
+
+/// <summary>
+/// What every bench command shares. A bench command is the host of its process: the CLI context sets torch's thread
+/// count (the global <c>--threads</c>) and the command seeds torch's generator, so the random weights and inputs
+/// repeat from run to run.
+/// </summary>
+public static class BenchHost
+{
+    public static Option<string> CpuLowPrecisionOption() => new("--cpu-low-precision")
+    {
+        Description = "how bf16/fp16 layers compute on the CPU: upcast (fp32 arithmetic, the default) or native (bf16 arithmetic: fast on CPUs with AVX512-BF16/AMX)",
+        DefaultValueFactory = _ => "upcast",
+    };
+
+    /// <summary>Seeds torch's generator (threads are already set by the CLI context).</summary>
+    public static void Start() => torch.manual_seed(0);
 }

@@ -17,14 +17,17 @@ public static class BenchTrainCommand
         var steps = new Option<int>("--steps") { Description = "timed steps (after one warm-up)", DefaultValueFactory = _ => 1 };
         var size = new Option<int>("--size") { Description = "image size in pixels (latents are size/8)", DefaultValueFactory = _ => 512 };
         var rank = new Option<int>("--rank") { Description = "LoRA rank on the attention projections", DefaultValueFactory = _ => 16 };
+        var lowPrecision = BenchHost.CpuLowPrecisionOption();
         var method = new Option<string>("--method") { Description = "lora (a LoRA on attention) or dreambooth (every UNet weight)", DefaultValueFactory = _ => "lora" };
         var optimizer = new Option<string>("--optimizer") { Description = "dreambooth: AdamW, Adafactor or both", DefaultValueFactory = _ => "both" };
         var command = new Command(name, "time training steps (forward + backward + optimizer) of a full-size SD1.5 UNet with random weights, batch 1: a LoRA or the whole UNet")
         {
-            dtype, checkpointing, steps, size, rank, method, optimizer,
+            dtype, checkpointing, steps, size, rank, lowPrecision, method, optimizer,
         };
         command.SetAction(parse =>
         {
+            BenchHost.Start();
+            var policy = ComputeOptions.ParseCpuLowPrecision(parse.GetValue(lowPrecision)!);
             var dtypes = parse.GetValue(dtype) == "both" ? ["fp32", "bf16"] : new[] { parse.GetValue(dtype)! };
             var ckpts = parse.GetValue(checkpointing) switch
             {
@@ -51,7 +54,7 @@ public static class BenchTrainCommand
                     foreach (var ck in ckpts)
                     {
                         var r = TrainBenchmark.Run(new TrainBenchmarkOptions(t, ck, Math.Max(1, parse.GetValue(steps)), 1,
-                            Math.Max(8, parse.GetValue(size) / 8), 1, parse.GetValue(rank), Threads: null, FullFineTune: full, Optimizer: opt), matmul, progress, cli.Cancellation);
+                            Math.Max(8, parse.GetValue(size) / 8), 1, parse.GetValue(rank), CpuLowPrecision: policy, FullFineTune: full, Optimizer: opt), matmul, progress, cli.Cancellation);
                         table.AddRow(full ? "dreambooth" : "lora", opt, ComputeOptions.DTypeName(t), ck ? "on" : "off", $"{r.SecondsPerStep:F1}", $"{r.TrainGFlop:F0}",
                             $"{r.GFlopsPerSecond:F1}", $"{r.EfficiencySameDType:P0}", $"{r.EfficiencyAny:P0}", $"{r.PeakRssBytes / 1048576.0:F0} MiB");
                         progress.Report($"{(full ? $"dreambooth {opt}" : "lora")} {ComputeOptions.DTypeName(t)} checkpointing {(ck ? "on" : "off")}: {r.SecondsPerStep:F1} s/step, " +

@@ -12,14 +12,16 @@ public static class BenchUNetCommand
         var dtype = new Option<string>("--dtype") { Description = "fp32 or bf16", DefaultValueFactory = _ => "fp32" };
         var steps = new Option<int>("--steps") { Description = "timed forwards (after one warm-up)", DefaultValueFactory = _ => 1 };
         var size = new Option<int>("--size") { Description = "image size in pixels (latents are size/8)", DefaultValueFactory = _ => 512 };
-        var command = new Command(name, "time a full-size SD1.5 UNet CFG step (batch 2, 77x768 context) with random weights") { dtype, steps, size };
+        var lowPrecision = BenchHost.CpuLowPrecisionOption();
+        var command = new Command(name, "time a full-size SD1.5 UNet CFG step (batch 2, 77x768 context) with random weights") { dtype, steps, size, lowPrecision };
         command.SetAction(parse =>
         {
+            BenchHost.Start();
             var options = new UNetBenchmarkOptions(
                 DType: ComputeOptions.ParseDType(parse.GetValue(dtype)!),
                 Steps: Math.Max(1, parse.GetValue(steps)),
                 LatentSize: Math.Max(8, parse.GetValue(size) / 8),
-                Threads: null);
+                CpuLowPrecision: ComputeOptions.ParseCpuLowPrecision(parse.GetValue(lowPrecision)!));
             var progress = new Progress<string>(m => cli.Console.MarkupLineInterpolated($"[grey]{m}[/]"));
             var r = UNetBenchmark.Run(options, progress);
             var table = BenchTable.Create(r.Matmul, r.Threads);

@@ -68,6 +68,15 @@ public static class CaptionCommand
 
             ui.MarkupLine($"loading BLIP from [blue]{Markup.Escape(modelDir)}[/]; {images.Count} images in {Markup.Escape(folder)}");
             using var blip = BlipCaptioner.Load(modelDir, computeOptions);
+            int positions = blip.Model.Config.Text.MaxPositionEmbeddings;
+            if (generation.MaxLength > positions)
+            {
+                // Small BLIP variants have fewer text positions than the default length; an explicit --max-length is the user's to fix.
+                if (parse.GetResult(maxLength) is { Implicit: false })
+                    throw new SdLoraException($"--max-length {generation.MaxLength}: this BLIP model has {positions} text positions; use at most {positions}");
+                cli.Note($"this BLIP model has {positions} text positions: captions are at most {positions} tokens");
+                captionOptions = captionOptions with { Generation = generation with { MaxLength = positions, MinLength = Math.Min(generation.MinLength, positions) } };
+            }
             var summary = cli.Bar("captioning", report => DatasetCaptioner.Run(folder, blip, captionOptions, datasetOptions,
                 new SyncProgress<CaptionProgress>(r => report(r.Done, r.Total, "")), cli.Cancellation));
             foreach (var failed in summary.Files.Where(f => f.Outcome == CaptionOutcome.Failed))

@@ -15,6 +15,7 @@ public static class CommandCatalog
         yield return TrainCommand.Create(cli);
         yield return DemoCommand.Create(cli);
         yield return ToyCommand.Create(cli);
+        yield return ServeCommand.Create(cli);
         yield return BenchCommands.Create(cli);
     }
 }

@@ -49,17 +49,27 @@ public sealed class BlipCaptioner : IDisposable
         throw new SdLoraException($"no BLIP model at {folder} ({what}): the folder needs config.json, model.safetensors, preprocessor_config.json, vocab.txt and tokenizer_config.json - download them from Hugging Face (e.g. Salesforce/blip-image-captioning-large) into it, or pass --model DIR or set {ModelEnvironmentVariable}");
     }
 
-    public static BlipCaptioner Load(string folder, ComputeOptions? compute = null)
+    /// <param name="ct">Stops the load between tensors with <see cref="OperationCanceledException"/>.</param>
+    public static BlipCaptioner Load(string folder, ComputeOptions? compute = null, CancellationToken ct = default)
     {
         compute ??= ComputeOptions.CpuFloat32;
-        if (OriginalCheckpoint(folder) is { } pth) return LoadOriginal(pth, compute);
+        ct.ThrowIfCancellationRequested();
+        if (OriginalCheckpoint(folder) is { } pth) return LoadOriginal(pth, compute, ct);
         EnsureModelFolder(folder);
         var config = BlipConfig.FromJsonFile(Path.Combine(folder, "config.json"));
         var tokenizer = WordPieceTokenizer.FromFolder(folder);
         var processor = BlipProcessor.FromJsonFile(Path.Combine(folder, "preprocessor_config.json"), config.Vision.ImageSize);
         var model = new BlipForConditionalGeneration(config);
-        using (var file = SafetensorsFile.Open(Path.Combine(folder, "model.safetensors")))
-            LoadWeights(model, file);
+        try
+        {
+            using var file = SafetensorsFile.Open(Path.Combine(folder, "model.safetensors"));
+            LoadWeights(model, file, ct);
+        }
+        catch
+        {
+            model.Dispose();
+            throw;
+        }
         model.eval();
         model.to(compute.DType).to(compute.Device);
         return new BlipCaptioner(model, processor, tokenizer, compute);
@@ -78,7 +88,7 @@ public sealed class BlipCaptioner : IDisposable
     /// renamed to Hugging Face names. The bert-base-uncased <c>vocab.txt</c> must lie beside it; a <c>config.json</c> /
     /// <c>preprocessor_config.json</c> there is used when present, else the shapes give the config (vision LayerNorm eps 1e-6).
     /// </summary>
-    private static BlipCaptioner LoadOriginal(string pth, ComputeOptions compute)
+    private static BlipCaptioner LoadOriginal(string pth, ComputeOptions compute, CancellationToken ct)
     {
         var dir = Path.GetDirectoryName(Path.GetFullPath(pth))!;
         if (!File.Exists(Path.Combine(dir, "vocab.txt")))
@@ -89,7 +99,12 @@ public sealed class BlipCaptioner : IDisposable
         var config = File.Exists(configPath) ? BlipConfig.FromJsonFile(configPath) : BlipCheckpointKeys.ConfigFromShapes(view, 1e-6);
         var processor = BlipProcessor.FromJsonFile(Path.Combine(dir, "preprocessor_config.json"), config.Vision.ImageSize);
         var model = new BlipForConditionalGeneration(config);
-        LoadWeights(model, view);
+        try { LoadWeights(model, view, ct); }
+        catch
+        {
+            model.Dispose();
+            throw;
+        }
         model.eval();
         model.to(compute.DType).to(compute.Device);
         return new BlipCaptioner(model, processor, WordPieceTokenizer.FromFolder(dir), compute);
@@ -99,8 +114,8 @@ public sealed class BlipCaptioner : IDisposable
     /// Fills the model from Hugging Face-named tensors. The LM head's <c>decoder.weight</c> falls back to the word
     /// embeddings when absent (the original BLIP code ties them); <c>*.position_ids</c> buffers are ignored.
     /// </summary>
-    public static void LoadWeights(BlipForConditionalGeneration model, ITensorSource source) =>
-        ModuleWeights.Load(model, new TiedHeadSource(source));
+    public static void LoadWeights(BlipForConditionalGeneration model, ITensorSource source, CancellationToken ct = default) =>
+        ModuleWeights.Load(model, new TiedHeadSource(source), ct: ct);
 
     /// <summary><c>[DEC]</c> then the prompt's WordPiece ids (what BLIP builds from <c>[CLS] prompt [SEP]</c>).</summary>
     public long[] PromptIds(string prompt)

@@ -22,7 +22,7 @@ public static class OutputPath
         if (Directory.Exists(full)) throw new SdLoraException($"{path}: is a folder; the {what} is a file, so give a file name (e.g. {Path.Combine(path, "out.safetensors")})");
         RefuseInputs(path, full, inputs, what, replacesFolder: false);
         if (File.Exists(full) && !overwrite)
-            throw new SdLoraException($"{path}: already exists; choose another {what} path, or allow replacing it (overwrite, --overwrite)");
+            throw new SdLoraException($"{path}: already exists; choose another {what} path, or set overwrite (--overwrite) to replace it");
         EnsureWritableFolder(Path.GetDirectoryName(full)!, what);
         return full;
     }
@@ -54,7 +54,7 @@ public static class OutputPath
         if (File.Exists(full)) throw new SdLoraException($"{path}: is a file, but the {what} is a folder; choose a new folder name");
         RefuseInputs(path, full, inputs, what, replacesFolder: true);
         if (Directory.Exists(full) && Directory.EnumerateFileSystemEntries(full).Any() && !overwrite)
-            throw new SdLoraException($"{path}: already exists and is not empty; choose another {what}, or allow replacing it (overwrite, --overwrite)");
+            throw new SdLoraException($"{path}: already exists and is not empty; choose another {what}, or set overwrite (--overwrite) to replace it");
         EnsureWritableFolder(Path.GetDirectoryName(full)!, what);
         return full;
     }

@@ -50,14 +50,16 @@ public sealed class SafetensorsFile : ITensorSource, IDisposable
     public static SafetensorsFile Open(string path)
     {
         if (!File.Exists(path)) throw new SdLoraException($"{path}: file not found; check the path");
-        long length = new FileInfo(path).Length;
         string Bad(string problem) => $"{path}: not a valid safetensors file ({problem}); re-download or re-export it";
-        if (length < 8) throw new SdLoraException(Bad($"only {length} bytes, shorter than the 8-byte header length"));
 
         byte[] headerBytes;
-        long headerLength;
+        long headerLength, length;
         using (var fs = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read))
         {
+            // The opened file's length, not FileInfo's: that one is the link's own size when the path is a symbolic link
+            // (Hugging Face caches link every model file).
+            length = fs.Length;
+            if (length < 8) throw new SdLoraException(Bad($"only {length} bytes, shorter than the 8-byte header length"));
             Span<byte> lenBytes = stackalloc byte[8];
             fs.ReadExactly(lenBytes);
             headerLength = BitConverter.ToInt64(lenBytes);

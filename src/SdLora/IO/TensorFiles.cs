@@ -25,8 +25,14 @@ public static class TensorFiles
         bool legacyPickle = n >= 4 && head[0] == 0x80 && head[1] is >= 2 and <= 5 && head[2] == 0x8a && head[3] == 0x0a;
         if (zip || legacyPickle) return TorchCheckpoint.Open(path);
         bool safetensorsHeader = n >= 9 && head[8] == (byte)'{';
-        if (!safetensorsHeader && PyTorchExtensions.Contains(Path.GetExtension(path).ToLowerInvariant()))
-            throw new SdLoraException($"{path}: is not a PyTorch checkpoint (neither a zip nor a pickle{Describe(path, head)}); the download probably failed or saved an error page: re-download it");
+        if (!safetensorsHeader)
+        {
+            var ext = Path.GetExtension(path).ToLowerInvariant();
+            if (PyTorchExtensions.Contains(ext))
+                throw new SdLoraException($"{path}: is not a PyTorch checkpoint (neither a zip nor a pickle{Describe(path, head)}); the download probably failed or saved an error page: re-download it");
+            if (ext != ".safetensors" && Describe(path, head) is { Length: > 0 } what)
+                throw new SdLoraException($"{path}: is not a model file{what}; pass a .safetensors or .ckpt file");
+        }
         return SafetensorsFile.Open(path);
     }
 
@@ -51,6 +57,8 @@ public static class TensorFiles
     private static string Describe(string path, byte[] head)
     {
         if (head.Length == 0) return ": it is empty";
+        if (head.Length >= 3 && head[0] == 0xFF && head[1] == 0xD8 && head[2] == 0xFF) return ": it is a JPEG image";
+        if (head.Length >= 4 && head[0] == 0x89 && head[1] == (byte)'P' && head[2] == (byte)'N' && head[3] == (byte)'G') return ": it is a PNG image";
         bool text = head.All(b => b is 9 or 10 or 13 || (b >= 32 && b < 127));
         if (!text) return "";
         var firstLine = File.ReadLines(path).FirstOrDefault()?.Trim() ?? "";

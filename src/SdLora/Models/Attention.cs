@@ -40,26 +40,20 @@ public sealed class Attention : nn.Module<Tensor, Tensor?, Tensor>
 
 /// <summary>
 /// <c>softmax(q k^T / sqrt(d)) v</c> over heads. Inputs and output are [B, N, heads*d].
-/// Goes through the fused SDPA kernel, whose CPU bf16 path accumulates in fp32 and measured as fast as fp32
-/// here (unlike bf16 bmm, which is very slow on CPUs without native bf16).
+/// Goes through the fused SDPA kernel in the inputs' dtype under every <see cref="SdLora.CpuLowPrecision"/> policy:
+/// its CPU bf16 path accumulates in fp32 and measured as fast as fp32 (unlike bf16 bmm, which is very slow on CPUs
+/// without native bf16).
 /// </summary>
 public static class ScaledDotProduct
 {
-    /// <summary>When set, bf16/fp16 attention is computed in fp32 on CPU (default: false). Exposed for benchmarks.</summary>
-    public static bool UpcastLowPrecisionOnCpu { get; set; }
-
     public static Tensor MultiHead(Tensor q, Tensor k, Tensor v, int heads)
     {
         long b = q.shape[0], n = q.shape[1], m = k.shape[1], inner = q.shape[2];
         long d = inner / heads;
-        var dtype = q.dtype;
-        bool upcast = UpcastLowPrecisionOnCpu && q.device_type == DeviceType.CPU && dtype != ScalarType.Float32;
-        if (upcast) { q = q.to(ScalarType.Float32); k = k.to(ScalarType.Float32); v = v.to(ScalarType.Float32); }
         var qh = q.view(b, n, heads, d).transpose(1, 2);
         var kh = k.view(b, m, heads, d).transpose(1, 2);
         var vh = v.view(b, m, heads, d).transpose(1, 2);
         var o = nn.functional.scaled_dot_product_attention(qh, kh, vh);
-        o = o.transpose(1, 2).reshape(b, n, inner);
-        return upcast ? o.to(dtype) : o;
+        return o.transpose(1, 2).reshape(b, n, inner);
     }
 }

@@ -3,19 +3,28 @@ using static TorchSharp.torch;
 
 namespace SdLora.Models;
 
+/// <summary>A layer whose bf16/fp16 arithmetic on the CPU follows a <see cref="SdLora.CpuLowPrecision"/> policy.</summary>
+public interface ICpuLowPrecisionLayer
+{
+    CpuLowPrecision CpuLowPrecision { get; set; }
+}
+
 /// <summary>
-/// CPU precision policy for the heavy layers. CPUs without native bf16/fp16 arithmetic (AVX2 only)
-/// run bf16 convolutions and matmuls one to three orders of magnitude slower than fp32, so by default
-/// conv/linear layers keep their low-precision weights but compute in fp32 and cast the result back:
-/// bf16 then saves memory without costing speed. Other devices are left alone.
+/// Applies the CPU low-precision policy of <see cref="ComputeOptions"/> to the heavy layers (see
+/// <see cref="SdLora.CpuLowPrecision"/> for why upcasting is the default). Stateless: each layer carries its policy.
 /// </summary>
 public static class CpuPrecision
 {
-    /// <summary>Compute bf16/fp16 conv and linear layers in fp32 on CPU (default true).</summary>
-    public static bool UpcastLowPrecision { get; set; } = true;
-
-    /// <summary>True when a layer fed <paramref name="input"/> should compute in fp32.</summary>
-    public static bool ShouldUpcast(Tensor input) =>
-        UpcastLowPrecision && input.device_type == DeviceType.CPU &&
+    /// <summary>True when a layer under <paramref name="policy"/> fed <paramref name="input"/> should compute in fp32.</summary>
+    public static bool ShouldUpcast(Tensor input, CpuLowPrecision policy) =>
+        policy == CpuLowPrecision.Upcast && input.device_type == DeviceType.CPU &&
         (input.dtype == ScalarType.BFloat16 || input.dtype == ScalarType.Float16);
+
+    /// <summary>Sets <paramref name="policy"/> on every layer of <paramref name="module"/> that has one.</summary>
+    public static void Apply(nn.Module module, CpuLowPrecision policy)
+    {
+        if (module is ICpuLowPrecisionLayer self) self.CpuLowPrecision = policy;
+        foreach (var (_, child) in module.named_modules())
+            if (child is ICpuLowPrecisionLayer layer) layer.CpuLowPrecision = policy;
+    }
 }

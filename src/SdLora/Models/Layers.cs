@@ -18,7 +18,7 @@ public interface ILayerAdapter
 /// target, so LoRA networks hook in by name without replacing modules or changing the base weights.
 /// Registered names are <c>weight</c> and <c>bias</c>, as in torch.nn.Linear.
 /// </summary>
-public sealed class AdaptableLinear : nn.Module<Tensor, Tensor>
+public sealed class AdaptableLinear : nn.Module<Tensor, Tensor>, ICpuLowPrecisionLayer
 {
     public Parameter weight;
     public Parameter? bias;
@@ -27,6 +27,8 @@ public sealed class AdaptableLinear : nn.Module<Tensor, Tensor>
     public long InFeatures { get; }
     public long OutFeatures { get; }
     public IReadOnlyList<ILayerAdapter> Adapters => _adapters;
+    /// <summary>How this layer computes in bf16/fp16 on the CPU; set for a whole model by <see cref="CpuPrecision.Apply"/>.</summary>
+    public CpuLowPrecision CpuLowPrecision { get; set; } = CpuLowPrecision.Upcast;
 
     public AdaptableLinear(long inFeatures, long outFeatures, bool hasBias = true) : base(nameof(AdaptableLinear))
     {
@@ -44,10 +46,17 @@ public sealed class AdaptableLinear : nn.Module<Tensor, Tensor>
 
     public void AddAdapter(ILayerAdapter adapter) => _adapters.Add(adapter);
     public bool RemoveAdapter(ILayerAdapter adapter) => _adapters.Remove(adapter);
+    /// <summary>Removes every adapter; returns how many there were.</summary>
+    public int ClearAdapters()
+    {
+        int n = _adapters.Count;
+        _adapters.Clear();
+        return n;
+    }
 
     public override Tensor forward(Tensor input)
     {
-        var y = CpuPrecision.ShouldUpcast(input)
+        var y = CpuPrecision.ShouldUpcast(input, CpuLowPrecision)
             ? nn.functional.linear(input.to(ScalarType.Float32), weight.to(ScalarType.Float32), bias?.to(ScalarType.Float32)).to(input.dtype)
             : nn.functional.linear(input, weight, bias);
         foreach (var a in _adapters) y = y + a.Forward(input);
@@ -56,7 +65,7 @@ public sealed class AdaptableLinear : nn.Module<Tensor, Tensor>
 }
 
 /// <summary>A Conv2d layer that adapters can attach to (see <see cref="AdaptableLinear"/>). Registered names <c>weight</c>, <c>bias</c>.</summary>
-public sealed class AdaptableConv2d : nn.Module<Tensor, Tensor>
+public sealed class AdaptableConv2d : nn.Module<Tensor, Tensor>, ICpuLowPrecisionLayer
 {
     public Parameter weight;
     public Parameter? bias;
@@ -68,6 +77,8 @@ public sealed class AdaptableConv2d : nn.Module<Tensor, Tensor>
     public int Stride { get; }
     public int Padding { get; }
     public IReadOnlyList<ILayerAdapter> Adapters => _adapters;
+    /// <summary>How this layer computes in bf16/fp16 on the CPU; set for a whole model by <see cref="CpuPrecision.Apply"/>.</summary>
+    public CpuLowPrecision CpuLowPrecision { get; set; } = CpuLowPrecision.Upcast;
 
     public AdaptableConv2d(long inChannels, long outChannels, int kernelSize, int stride = 1, int padding = 0, bool hasBias = true) : base(nameof(AdaptableConv2d))
     {
@@ -88,10 +99,17 @@ public sealed class AdaptableConv2d : nn.Module<Tensor, Tensor>
 
     public void AddAdapter(ILayerAdapter adapter) => _adapters.Add(adapter);
     public bool RemoveAdapter(ILayerAdapter adapter) => _adapters.Remove(adapter);
+    /// <summary>Removes every adapter; returns how many there were.</summary>
+    public int ClearAdapters()
+    {
+        int n = _adapters.Count;
+        _adapters.Clear();
+        return n;
+    }
 
     public override Tensor forward(Tensor input)
     {
-        var y = CpuPrecision.ShouldUpcast(input)
+        var y = CpuPrecision.ShouldUpcast(input, CpuLowPrecision)
             ? nn.functional.conv2d(input.to(ScalarType.Float32), weight.to(ScalarType.Float32), bias?.to(ScalarType.Float32), strides: [Stride, Stride], padding: [Padding, Padding]).to(input.dtype)
             : nn.functional.conv2d(input, weight, bias, strides: [Stride, Stride], padding: [Padding, Padding]);
         foreach (var a in _adapters) y = y + a.Forward(input);

@@ -12,12 +12,14 @@ namespace SdLora.Models;
 public static class ModuleWeights
 {
     /// <param name="ignoreMissing">Names (exact) that may be absent from the source, e.g. buffers the reference does not store.</param>
-    public static void Load(nn.Module module, ITensorSource source, Func<string, bool>? ignoreMissing = null)
+    /// <param name="ct">Checked before each tensor: a cancelled load stops within one tensor copy.</param>
+    public static void Load(nn.Module module, ITensorSource source, Func<string, bool>? ignoreMissing = null, CancellationToken ct = default)
     {
         var missing = new List<string>();
         using var noGrad = torch.no_grad();
         foreach (var (name, target) in module.named_parameters().Select(p => (p.name, (Tensor)p.parameter)).Concat(module.named_buffers()))
         {
+            ct.ThrowIfCancellationRequested();
             if (!source.Contains(name))
             {
                 if (ignoreMissing?.Invoke(name) != true) missing.Add(name);

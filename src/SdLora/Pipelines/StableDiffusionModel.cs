@@ -45,39 +45,53 @@ public sealed class StableDiffusionModel : IDisposable
     }
 
     /// <summary>Loads an SD1.x checkpoint: a single <c>.safetensors</c>/<c>.ckpt</c> (with <paramref name="configYaml"/> or a <c>NAME.yaml</c> beside it, else dims from shapes) or a diffusers folder.</summary>
-    public static StableDiffusionModel Load(string path, string? configYaml = null, ComputeOptions? compute = null, IProgress<string>? progress = null)
+    /// <param name="ct">Stops the load between tensors with <see cref="OperationCanceledException"/>; whatever was built is disposed.</param>
+    public static StableDiffusionModel Load(string path, string? configYaml = null, ComputeOptions? compute = null, IProgress<string>? progress = null,
+        CancellationToken ct = default)
     {
         compute ??= ComputeOptions.CpuFloat32;
+        ct.ThrowIfCancellationRequested();
         using var ckpt = StableDiffusionCheckpoint.Open(path, configYaml);
         var tokenizer = ckpt.TokenizerDir is { } dir ? ClipTokenizer.FromDiffusersFolder(dir) : ClipTokenizer.Default;
 
-        progress?.Report("text encoder");
-        var te = Build(() => new ClipTextModel(ckpt.ClipTextConfig), ckpt.TextEncoderWeights, compute);
-        progress?.Report("UNet");
-        var unet = Build(() => new UNet2DConditionModel(ckpt.UNetConfig), ckpt.UNetWeights, compute);
-        progress?.Report("VAE");
-        var vae = Build(() => new AutoencoderKL(ckpt.AutoencoderKLConfig), ckpt.VaeWeights, compute);
+        var built = new List<nn.Module>();
+        try
+        {
+            progress?.Report("text encoder");
+            var te = Build(() => new ClipTextModel(ckpt.ClipTextConfig), ckpt.TextEncoderWeights, compute, built, ct);
+            progress?.Report("UNet");
+            var unet = Build(() => new UNet2DConditionModel(ckpt.UNetConfig), ckpt.UNetWeights, compute, built, ct);
+            progress?.Report("VAE");
+            var vae = Build(() => new AutoencoderKL(ckpt.AutoencoderKLConfig), ckpt.VaeWeights, compute, built, ct);
 
-        var s = ckpt.Schedule;
-        var schedule = new NoiseSchedule(s.TrainTimesteps, s.BetaSchedule, s.BetaStart, s.BetaEnd,
-            s.PredictionType == "v_prediction" ? PredictionType.VPrediction : PredictionType.Epsilon);
-        var name = Directory.Exists(path) ? new DirectoryInfo(path).Name : System.IO.Path.GetFileNameWithoutExtension(path);
-        return new StableDiffusionModel(tokenizer, te, unet, vae, schedule, compute, name, path, ckpt.Layout);
+            var s = ckpt.Schedule;
+            var schedule = new NoiseSchedule(s.TrainTimesteps, s.BetaSchedule, s.BetaStart, s.BetaEnd,
+                s.PredictionType == "v_prediction" ? PredictionType.VPrediction : PredictionType.Epsilon);
+            var name = Directory.Exists(path) ? new DirectoryInfo(path).Name : System.IO.Path.GetFileNameWithoutExtension(path);
+            return new StableDiffusionModel(tokenizer, te, unet, vae, schedule, compute, name, path, ckpt.Layout);
+        }
+        catch
+        {
+            foreach (var m in built) m.Dispose();
+            throw;
+        }
     }
 
-    private static T Build<T>(Func<T> create, SdLora.IO.ITensorSource weights, ComputeOptions compute) where T : nn.Module
+    private static T Build<T>(Func<T> create, SdLora.IO.ITensorSource weights, ComputeOptions compute, List<nn.Module> built, CancellationToken ct) where T : nn.Module
     {
         T module;
         using (torch.no_grad()) module = create();
-        ModuleWeights.Load(module, weights);
+        built.Add(module);
+        ModuleWeights.Load(module, weights, ct: ct);
         return To(module, compute);
     }
 
-    /// <summary>Moves a module to the compute device and dtype (parameters converted one at a time).</summary>
+    /// <summary>Moves a module to the compute device and dtype (parameters converted one at a time) and gives its layers the CPU low-precision policy.</summary>
     public static T To<T>(T module, ComputeOptions compute) where T : nn.Module
     {
         if (compute.DType != ScalarType.Float32) module.to(compute.DType);
         if (compute.Device.type != DeviceType.CPU) module.to(compute.Device);
+        CpuPrecision.Apply(module, compute.CpuLowPrecision);
         return module;
     }
 

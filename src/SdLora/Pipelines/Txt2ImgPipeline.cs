@@ -77,7 +77,7 @@ public sealed class Txt2ImgPipeline(StableDiffusionModel model)
         var embeddings = new PromptEmbeddings(embeddingLibrary, model.Tokenizer, model.TextEncoder.Config.VocabSize, model.TextEncoder.Config.HiddenSize);
         var encoder = new PromptEncoder(model.Tokenizer, model.TextEncoder) { Embeddings = embeddings };
         var tags = PromptParser.Parse(o.Prompt).Loras;
-        var loraUses = o.Loras.Concat(tags.Select(t => new LoraUse(ResolveLoraTag(t.Name, o.LoraDir), t.TextEncoderWeight, t.UNetWeightOverride))).ToList();
+        var loraUses = o.Loras.Concat(tags.Select(t => new LoraUse(LoraFolder.Resolve(t.Name, o.LoraDir), t.TextEncoderWeight, t.UNetWeightOverride))).ToList();
 
         var images = new List<GeneratedImage>();
         var warnings = new List<string>();
@@ -117,8 +117,9 @@ public sealed class Txt2ImgPipeline(StableDiffusionModel model)
                     string? path = null;
                     if (o.OutputDir is { } dir)
                     {
-                        path = OutputNaming.NextPath(dir, seeds[i]);
-                        PngFile.Write(path, img, new Dictionary<string, string> { ["parameters"] = p.ToInfotext() });
+                        path = OutputNaming.Reserve(dir, seeds[i]);
+                        try { PngFile.Write(path, img, new Dictionary<string, string> { ["parameters"] = p.ToInfotext() }); }
+                        catch { File.Delete(path); throw; }
                     }
                     images.Add(new GeneratedImage(img, seeds[i], p, path));
                 }
@@ -171,16 +172,4 @@ public sealed class Txt2ImgPipeline(StableDiffusionModel model)
         var img = model.Vae.Decode(x).to(ScalarType.Float32);
         return (img / 2 + 0.5).clamp(0, 1).cpu().MoveToOuterDisposeScope();
     }
-
-    private static string ResolveLoraTag(string name, string loraDir)
-    {
-        foreach (var ext in new[] { ".safetensors", ".pt", ".ckpt" })
-        {
-            var p = Path.Combine(loraDir, name + ext);
-            if (File.Exists(p)) return p;
-        }
-        if (File.Exists(name)) return name;
-        throw new SdLoraException($"<lora:{name}> not found: no {name}.safetensors in {Path.GetFullPath(loraDir)}; put the file there or pass --lora-dir");
-    }
 }
-

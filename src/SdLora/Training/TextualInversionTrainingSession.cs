@@ -1,4 +1,3 @@
-using System.Globalization;
 using SdLora.IO;
 using SdLora.Pipelines;
 using SdLora.Text;

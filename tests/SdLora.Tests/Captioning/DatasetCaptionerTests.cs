@@ -12,8 +12,8 @@ public sealed class DatasetCaptionerTests(TinyBlip blip) : IClassFixture<TinyBli
     /// <summary>A folder with a corrupt image, an image that already has a caption, and a new image.</summary>
     private static void MakeDataset(string root)
     {
-        File.Copy(Fixtures.Golden("blip/image_a.png"), Path.Combine(root, "new.png"));
-        File.Copy(Fixtures.Golden("blip/image_b.png"), Path.Combine(root, "old.png"));
+        File.Copy(Fixtures.CopiedSet("blip/image_a.png"), Path.Combine(root, "new.png"));
+        File.Copy(Fixtures.CopiedSet("blip/image_b.png"), Path.Combine(root, "old.png"));
         File.WriteAllText(Path.Combine(root, "old.txt"), "my own caption\n");
         File.WriteAllBytes(Path.Combine(root, "broken.jpg"), [0xFF, 0xD8, 0xFF, 0x00, 1, 2, 3]);
     }
@@ -48,12 +48,12 @@ public sealed class DatasetCaptionerTests(TinyBlip blip) : IClassFixture<TinyBli
         using var dir = Fixtures.TempDir();
         var sub = Path.Combine(dir.Path, "5_sks dog");
         Directory.CreateDirectory(sub);
-        File.Copy(Fixtures.Golden("blip/image_a.png"), Path.Combine(sub, "00.png"));
+        File.Copy(Fixtures.CopiedSet("blip/image_a.png"), Path.Combine(sub, "00.png"));
         File.WriteAllText(Path.Combine(sub, "00.caption"), "old");
         var reports = new List<CaptionProgress>();
         var options = new BlipCaptionOptions { Generation = new BlipGenerationOptions { MaxLength = 20, MinLength = 5 } };
         var summary = DatasetCaptioner.Run(dir.Path, blip.Captioner, options,
-            new DatasetCaptionOptions { Extension = "caption", Overwrite = true }, new SyncProgress(reports));
+            new DatasetCaptionOptions { Extension = "caption", Overwrite = true }, new SyncProgress<CaptionProgress>(reports.Add));
         Assert.Equal(1, summary.Captioned);
         Assert.Equal("uniform portrait uniform uniform she uniform c portrait play uniform truck in\n", File.ReadAllText(Path.Combine(sub, "00.caption")));
         Assert.Single(reports);
@@ -63,8 +63,8 @@ public sealed class DatasetCaptionerTests(TinyBlip blip) : IClassFixture<TinyBli
     [Fact]
     public void Batched_captions_equal_one_at_a_time_captions()
     {
-        var a = RgbImage.Load(Fixtures.Golden("blip/image_a.png"));
-        var b = RgbImage.Load(Fixtures.Golden("blip/image_b.png"));
+        var a = RgbImage.Load(Fixtures.CopiedSet("blip/image_a.png"));
+        var b = RgbImage.Load(Fixtures.CopiedSet("blip/image_b.png"));
         var options = new BlipCaptionOptions { Generation = new BlipGenerationOptions { MaxLength = 30, MinLength = 5 } };
         var batched = blip.Captioner.Caption([a, b], options);
         Assert.Equal(blip.Captioner.Caption([a], options)[0], batched[0]);
@@ -88,10 +88,5 @@ public sealed class DatasetCaptionerTests(TinyBlip blip) : IClassFixture<TinyBli
         var e = Assert.Throws<SdLoraException>(() => DatasetCaptioner.NormalizeExtension(".png"));
         Assert.Contains("use .txt or .caption", e.Message);
         Assert.Equal(".caption", DatasetCaptioner.NormalizeExtension("caption"));
-    }
-
-    private sealed class SyncProgress(List<CaptionProgress> into) : IProgress<CaptionProgress>
-    {
-        public void Report(CaptionProgress value) => into.Add(value);
     }
 }

@@ -13,8 +13,8 @@ namespace SdLora.Tests.Checkpoints;
 /// </summary>
 public class CheckpointWriterTests
 {
-    private static string Ldm => Fixtures.Golden("tiny-sd15-ldm.safetensors");
-    private static string Diffusers => Fixtures.Golden("tiny-sd15");
+    private static string Ldm => Fixtures.CopiedSet("tiny-sd15-ldm.safetensors");
+    private static string Diffusers => Fixtures.CopiedSet("tiny-sd15");
 
     /// <summary>UNet, text encoder and VAE outputs on fixed inputs.</summary>
     private static Tensor[] Outputs(StableDiffusionModel m)
@@ -44,7 +44,7 @@ public class CheckpointWriterTests
         CheckpointWriter.Write(source, (_, _) => null, output, layout, ScalarType.Float16, metadata);
         // The tiny model's text-encoder dims are not SD1.5's and cannot be read off an LDM file's shapes; its YAML says
         // them (an LDM source's YAML is copied beside by the writer; SD1.5-sized models need none).
-        if (!fromLdm && layout == CheckpointLayout.LdmSingleFile) File.Copy(Fixtures.Golden("tiny-sd15-ldm.yaml"), dir.File("model.yaml"));
+        if (!fromLdm && layout == CheckpointLayout.LdmSingleFile) File.Copy(Fixtures.CopiedSet("tiny-sd15-ldm.yaml"), dir.File("model.yaml"));
 
         using var original = StableDiffusionModel.Load(source);
         using var written = StableDiffusionModel.Load(output);
@@ -63,7 +63,7 @@ public class CheckpointWriterTests
             Assert.Equal(expectedKeys.Order(StringComparer.Ordinal), f.Keys.Order(StringComparer.Ordinal));
             Assert.All(f.Entries.Where(e => !e.Name.EndsWith("position_ids")), e => Assert.Equal("F16", e.DType));
             Assert.Equal("stable-diffusion-v1", f.Metadata["modelspec.architecture"]);
-            if (fromLdm) Assert.Equal(File.ReadAllText(Fixtures.Golden("tiny-sd15-ldm.yaml")), File.ReadAllText(dir.File("model.yaml")));
+            if (fromLdm) Assert.Equal(File.ReadAllText(Fixtures.CopiedSet("tiny-sd15-ldm.yaml")), File.ReadAllText(dir.File("model.yaml")));
         }
         else
         {

@@ -60,7 +60,7 @@ public class ModelFamilyDetectionTests
     [Fact]
     public void Lora_file_is_named_and_refused_as_a_base_model()
     {
-        var path = Fixtures.Golden("lora_kohya_tiny.safetensors");
+        var path = Fixtures.CopiedSet("lora_kohya_tiny.safetensors");
         Assert.Equal($"{path}: is a LoRA (low-rank adapter) file; it is a LoRA, not a base model; load a base SD1.x checkpoint and apply the LoRA with --lora", OpenError(path));
     }
 
@@ -128,7 +128,7 @@ public class ModelFamilyDetectionTests
     [Fact]
     public void Inspect_reports_unusable_files_without_throwing()
     {
-        var r = CheckpointInspector.Inspect(Fixtures.Golden("lora_kohya_tiny.safetensors"));
+        var r = CheckpointInspector.Inspect(Fixtures.CopiedSet("lora_kohya_tiny.safetensors"));
         Assert.False(r.Usable);
         Assert.Equal("Lora", r.Family);
         Assert.Equal(630, r.TensorCount);
@@ -138,12 +138,12 @@ public class ModelFamilyDetectionTests
     [Fact]
     public void Inspect_counts_parts_dtypes_and_ignored_keys()
     {
-        var r = CheckpointInspector.Inspect(Fixtures.Golden("tiny-sd15-ldm.safetensors"));
+        var r = CheckpointInspector.Inspect(Fixtures.CopiedSet("tiny-sd15-ldm.safetensors"));
         Assert.True(r.Usable, r.WhyNot);
         Assert.Equal(["UNet", "VAE", "text encoder"], r.Parts.Select(p => p.Part));
         Assert.Equal([684, 244, 52], r.Parts.Select(p => p.Tensors));
         Assert.Equal(980, r.DTypeCounts["F16"]);
-        Assert.Equal(r.Parts.Sum(p => p.Parameters), CheckpointInspector.Inspect(Fixtures.Golden("tiny-sd15")).Parts.Sum(p => p.Parameters));
+        Assert.Equal(r.Parts.Sum(p => p.Parameters), CheckpointInspector.Inspect(Fixtures.CopiedSet("tiny-sd15")).Parts.Sum(p => p.Parameters));
         Assert.Equal(1, CheckpointInspector.Groups(["model_ema.decay"])["EMA weights (model_ema.*)"]);
     }
 }

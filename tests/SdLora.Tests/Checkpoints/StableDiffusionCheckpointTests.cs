@@ -9,9 +9,9 @@ namespace SdLora.Tests.Checkpoints;
 
 public class StableDiffusionCheckpointTests
 {
-    private static string LdmFile => Fixtures.Golden("tiny-sd15-ldm.safetensors");
-    private static string LdmYaml => Fixtures.Golden("tiny-sd15-ldm.yaml");
-    private static string DiffusersDir => Fixtures.Golden("tiny-sd15");
+    private static string LdmFile => Fixtures.CopiedSet("tiny-sd15-ldm.safetensors");
+    private static string LdmYaml => Fixtures.CopiedSet("tiny-sd15-ldm.yaml");
+    private static string DiffusersDir => Fixtures.CopiedSet("tiny-sd15");
 
     private static void AssertBitIdentical(ITensorSource expected, ITensorSource actual, int count, string what)
     {
@@ -62,8 +62,8 @@ public class StableDiffusionCheckpointTests
     [Fact]
     public void Reverse_map_covers_every_ldm_key()
     {
-        var unet = UNetConfig.FromDiffusersJson(File.ReadAllText(Fixtures.Golden("tiny-sd15/unet/config.json")));
-        var vae = AutoencoderKLConfig.FromDiffusersJson(File.ReadAllText(Fixtures.Golden("tiny-sd15/vae/config.json")));
+        var unet = UNetConfig.FromDiffusersJson(File.ReadAllText(Fixtures.CopiedSet("tiny-sd15/unet/config.json")));
+        var vae = AutoencoderKLConfig.FromDiffusersJson(File.ReadAllText(Fixtures.CopiedSet("tiny-sd15/vae/config.json")));
         using var raw = SafetensorsFile.Open(LdmFile);
         Assert.Equal(980, raw.Entries.Count);
         foreach (var key in raw.Keys)

@@ -9,9 +9,9 @@ namespace SdLora.Tests.Cli;
 /// <summary>No writing command loses or silently replaces a user's file; bad outputs are found before the work.</summary>
 public class OutputSafetyTests
 {
-    private static string TinyModel => Fixtures.Golden("tiny-sd15");
-    private static string TinyLdm => Fixtures.Golden("tiny-sd15-ldm.safetensors");
-    private static string TinyLora => Fixtures.Golden("lora_kohya_tiny.safetensors");
+    private static string TinyModel => Fixtures.CopiedSet("tiny-sd15");
+    private static string TinyLdm => Fixtures.CopiedSet("tiny-sd15-ldm.safetensors");
+    private static string TinyLora => Fixtures.CopiedSet("lora_kohya_tiny.safetensors");
 
     private static string Hash(string path) => Convert.ToHexString(SHA256.HashData(File.ReadAllBytes(path)));
 
@@ -226,6 +226,15 @@ public class OutputSafetyTests
             Assert.Contains("HTML", run.Err);
             Assert.DoesNotContain("safetensors file", run.Err);
         }
+    }
+
+    [Fact]
+    public void An_image_passed_as_a_model_is_reported_as_an_image()
+    {
+        var photo = Path.Combine(Fixtures.RepoRoot, "assets", "dreambooth", "dog", "00.jpg");
+        var run = CliRunner.Run("model", "inspect", photo);
+        AssertUserError(run, "is a JPEG image");
+        Assert.DoesNotContain("safetensors file", run.Err);
     }
 
     [Fact]

@@ -76,9 +76,9 @@ public class LoraFileTests
     [Fact]
     public void Golden_kohya_lora_matches_every_module_of_the_tiny_model()
     {
-        using var unet = FakeModels.FromCheckpoint(Fixtures.Golden("tiny-sd15/unet/diffusion_pytorch_model.safetensors"));
-        using var te = FakeModels.FromCheckpoint(Fixtures.Golden("tiny-sd15/text_encoder/model.safetensors"));
-        using var net = LoraNetwork.FromFile(Fixtures.Golden("lora_kohya_tiny.safetensors"), unet, te, 0.5);
+        using var unet = FakeModels.FromCheckpoint(Fixtures.CopiedSet("tiny-sd15/unet/diffusion_pytorch_model.safetensors"));
+        using var te = FakeModels.FromCheckpoint(Fixtures.CopiedSet("tiny-sd15/text_encoder/model.safetensors"));
+        using var net = LoraNetwork.FromFile(Fixtures.CopiedSet("lora_kohya_tiny.safetensors"), unet, te, 0.5);
         Assert.Empty(net.Match!.UnmatchedKeys);
         Assert.Equal(192, net.UnetModules.Count());
         Assert.Equal(18, net.TextEncoderModules.Count());
@@ -88,15 +88,15 @@ public class LoraFileTests
     [Fact]
     public void Lora_written_for_the_tiny_model_has_zero_unmatched_keys_under_the_a1111_rule()
     {
-        using var unet = FakeModels.FromCheckpoint(Fixtures.Golden("tiny-sd15/unet/diffusion_pytorch_model.safetensors"));
-        using var te = FakeModels.FromCheckpoint(Fixtures.Golden("tiny-sd15/text_encoder/model.safetensors"));
+        using var unet = FakeModels.FromCheckpoint(Fixtures.CopiedSet("tiny-sd15/unet/diffusion_pytorch_model.safetensors"));
+        using var te = FakeModels.FromCheckpoint(Fixtures.CopiedSet("tiny-sd15/text_encoder/model.safetensors"));
         using var net = LoraNetwork.Create(unet, te, new LoraNetworkOptions { UnetTargets = LoraUnetTargets.KohyaDefault | LoraUnetTargets.Convs, ConvRank = 2 });
         using var dir = Fixtures.TempDir();
         var path = dir.File("tiny.safetensors");
         net.Save(path, KohyaMetadata.Build(4, 1, 2, 1));
         // A1111 / ComfyUI / sd.cpp rule: name = prefix + module path with '.' -> '_', suffixes .lora_down.weight/.lora_up.weight/.alpha
-        using var ckptUnet = SafetensorsFile.Open(Fixtures.Golden("tiny-sd15/unet/diffusion_pytorch_model.safetensors"));
-        using var ckptTe = SafetensorsFile.Open(Fixtures.Golden("tiny-sd15/text_encoder/model.safetensors"));
+        using var ckptUnet = SafetensorsFile.Open(Fixtures.CopiedSet("tiny-sd15/unet/diffusion_pytorch_model.safetensors"));
+        using var ckptTe = SafetensorsFile.Open(Fixtures.CopiedSet("tiny-sd15/text_encoder/model.safetensors"));
         var expected = ckptUnet.Keys.Where(k => k.EndsWith(".weight")).Select(k => "lora_unet_" + k[..^7].Replace('.', '_'))
             .Concat(ckptTe.Keys.Where(k => k.EndsWith(".weight")).Select(k => "lora_te_" + k[..^7].Replace('.', '_'))).ToHashSet();
         using var file = SafetensorsFile.Open(path);
@@ -179,7 +179,7 @@ public class LoraFileTests
         string Write(string name, Dictionary<string, Tensor> t, Dictionary<string, string>? md = null) { var p = dir.File(name); Safetensors.Save(p, t, md); return p; }
         const string q = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q";
 
-        var full = Fixtures.Golden("tiny-sd15-ldm.safetensors");
+        var full = Fixtures.CopiedSet("tiny-sd15-ldm.safetensors");
         var e = Assert.Throws<SdLoraException>(() => LoraFile.Read(full));
         Assert.Contains("tiny-sd15-ldm.safetensors: is a full model checkpoint", e.Message);
 

@@ -13,14 +13,14 @@ public class LoraToolsTests
     {
         using var dir = Fixtures.TempDir();
         var outDir = dir.File("merged");
-        var lora = Fixtures.Golden("lora_kohya_tiny.safetensors");
-        var report = LoraCheckpointMerge.Merge(Fixtures.Golden("tiny-sd15"), [LoraUse.Parse(lora + ":0.5")], outDir);
+        var lora = Fixtures.CopiedSet("lora_kohya_tiny.safetensors");
+        var report = LoraCheckpointMerge.Merge(Fixtures.CopiedSet("tiny-sd15"), [LoraUse.Parse(lora + ":0.5")], outDir);
         Assert.Empty(report.Matches[0].UnmatchedKeys);
         Assert.Equal(210, report.LayersChanged);
         Assert.True(File.Exists(Path.Combine(outDir, "vae", "config.json")));
         Assert.True(File.Exists(Path.Combine(outDir, "tokenizer", "merges.txt")));
 
-        using var before = SafetensorsFile.Open(Fixtures.Golden("tiny-sd15/unet/diffusion_pytorch_model.safetensors"));
+        using var before = SafetensorsFile.Open(Fixtures.CopiedSet("tiny-sd15/unet/diffusion_pytorch_model.safetensors"));
         using var after = SafetensorsFile.Open(Path.Combine(outDir, "unet", "diffusion_pytorch_model.safetensors"));
         using var l = SafetensorsFile.Open(lora);
         Assert.Equal(before.Keys, after.Keys);
@@ -32,7 +32,7 @@ public class LoraToolsTests
         Fixtures.AssertClose(expected, actual, 1e-3, "merged fp16 weight"); // stored F16: one rounding
         Assert.True(torch.equal(before.Load("conv_in.weight"), after.Load("conv_in.weight")).all().item<bool>());
 
-        var ex = Assert.Throws<SdLoraException>(() => LoraCheckpointMerge.Merge(Fixtures.Golden("tiny-sd15"), [new LoraUse(lora)], outDir));
+        var ex = Assert.Throws<SdLoraException>(() => LoraCheckpointMerge.Merge(Fixtures.CopiedSet("tiny-sd15"), [new LoraUse(lora)], outDir));
         Assert.Contains("already exists", ex.Message);
     }
 
@@ -132,7 +132,7 @@ public class LoraToolsTests
     [Fact]
     public void Inspect_reports_dialect_ranks_and_split()
     {
-        var info = LoraInspector.Inspect(Fixtures.Golden("lora_kohya_tiny.safetensors"));
+        var info = LoraInspector.Inspect(Fixtures.CopiedSet("lora_kohya_tiny.safetensors"));
         Assert.Equal(LoraDialect.Kohya, info.Dialect);
         Assert.Equal((192, 18), (info.UnetModules, info.TextEncoderModules));
         Assert.All(info.Modules, m => Assert.Equal((4, 2.0), (m.Rank, m.Alpha)));

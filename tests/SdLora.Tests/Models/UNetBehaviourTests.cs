@@ -9,7 +9,7 @@ public class UNetBehaviourTests
 {
     private static (Tensor sample, Tensor t, Tensor context) Inputs()
     {
-        using var g = Fixtures.Open("unet");
+        using var g = SdLora.IO.SafetensorsFile.Open(Fixtures.CopiedSet("unet.safetensors"));
         return (g.Load("sample"), g.Load("timesteps_int"), g.Load("encoder_hidden_states"));
     }
 
@@ -30,7 +30,7 @@ public class UNetBehaviourTests
     [Fact]
     public void Gradient_checkpointing_gives_the_same_gradients()
     {
-        using var unet = UNetGoldenTests.LoadTinyUNet();
+        using var unet = UNetGoldenTests.LoadTinyUNet(Fixtures.CopiedTinyModel);
         unet.train();
         using var scope = torch.NewDisposeScope();
         var (sample, t, context) = Inputs();
@@ -42,11 +42,12 @@ public class UNetBehaviourTests
             unet.GradientCheckpointing = true;
             var checkpointed = Gradients(unet, sample, t, context, trainable, inputRequiresGrad);
             Assert.Equal(plain.Keys, checkpointed.Keys);
+            double largest = plain.Values.Max(g => g.abs().max().item<float>());
             foreach (var (name, g) in plain)
             {
                 Assert.True(g.abs().max().item<float>() > 0, $"{name}: zero gradient");
-                // Recomputation is deterministic; only the order in which skip-path gradients are summed may differ.
-                Fixtures.AssertClose(g, checkpointed[name], 1e-5, $"grad {name} (input requires grad: {inputRequiresGrad})");
+                // The recomputed forward and the order in which skip-path gradients are summed may round differently.
+                Fixtures.AssertClose(g, checkpointed[name], Tolerance.Gradient(largest), $"grad {name} (input requires grad: {inputRequiresGrad})");
             }
         }
     }
@@ -54,7 +55,7 @@ public class UNetBehaviourTests
     [Fact]
     public void UNet_runs_in_bf16_close_to_fp32()
     {
-        using var unet = UNetGoldenTests.LoadTinyUNet();
+        using var unet = UNetGoldenTests.LoadTinyUNet(Fixtures.CopiedTinyModel);
         using var scope = torch.NewDisposeScope();
         using var noGrad = torch.no_grad();
         var (sample, t, context) = Inputs();
@@ -62,13 +63,13 @@ public class UNetBehaviourTests
         unet.to(ScalarType.BFloat16);
         var output = unet.forward(sample.to(ScalarType.BFloat16), t, context.to(ScalarType.BFloat16));
         Assert.Equal(ScalarType.BFloat16, output.dtype);
-        Fixtures.AssertClose(reference, output.to(ScalarType.Float32), 5e-2, "bf16 noise prediction");
+        Fixtures.AssertClose(reference, output.to(ScalarType.Float32), Tolerance.Bf16VsFp32, "bf16 noise prediction");
     }
 
     [Fact]
     public void Repeated_forwards_in_dispose_scopes_keep_live_tensor_count_flat()
     {
-        using var unet = UNetGoldenTests.LoadTinyUNet();
+        using var unet = UNetGoldenTests.LoadTinyUNet(Fixtures.CopiedTinyModel);
         var (sample, t, context) = Inputs();
         var counts = new List<long>();
         for (int i = 0; i < 4; i++)

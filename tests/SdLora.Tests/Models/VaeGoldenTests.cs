@@ -6,51 +6,58 @@ using static TorchSharp.torch;
 
 namespace SdLora.Tests.Models;
 
+[Trait("Category", "Golden")]
 public class VaeGoldenTests
 {
-    internal static AutoencoderKL LoadTinyVae() =>
-        Fixtures.LoadTinyPart("vae", "diffusion_pytorch_model.safetensors", json => new AutoencoderKL(AutoencoderKLConfig.FromDiffusersJson(json)));
+    internal static AutoencoderKL LoadTinyVae(string modelDir) =>
+        Fixtures.LoadTinyPart(modelDir, "vae", "diffusion_pytorch_model.safetensors", json => new AutoencoderKL(AutoencoderKLConfig.FromDiffusersJson(json)));
 
-    [Fact]
+    private static Tolerance Tol(string tensor) => Fixtures.GoldenTolerance("vae", tensor, 1e-4);
+
+    private static void AssertMatches(SafetensorsFile g, string tensor, Tensor actual) =>
+        Fixtures.AssertClose(g.Load(tensor), actual, Tol(tensor), tensor);
+
+    [SkippableFact]
     public void Vae_parameter_names_equal_the_diffusers_checkpoint_keys()
     {
-        using var vae = LoadTinyVae();
+        using var vae = LoadTinyVae(Fixtures.Golden("tiny-sd15"));
         using var weights = SafetensorsFile.Open(Fixtures.Golden("tiny-sd15/vae/diffusion_pytorch_model.safetensors"));
         var names = vae.named_parameters().Select(p => p.name).Concat(vae.named_buffers().Select(b => b.name)).OrderBy(n => n, StringComparer.Ordinal).ToArray();
         var keys = weights.Keys.OrderBy(n => n, StringComparer.Ordinal).ToArray();
-        Assert.Equal(244, keys.Length);
+        Assert.NotEmpty(keys);
         Assert.Equal(keys, names);
-        Assert.Equal(0.18215, vae.ScalingFactor);
+        using var json = Fixtures.Json("vae");
+        Assert.Equal(json.RootElement.GetProperty("scaling_factor").GetDouble(), vae.ScalingFactor);
     }
 
-    [Fact]
+    [SkippableFact]
     public void Vae_encoder_matches_reference_posterior()
     {
-        using var vae = LoadTinyVae();
         using var g = Fixtures.Open("vae");
+        using var vae = LoadTinyVae(Fixtures.Golden("tiny-sd15"));
         using var scope = torch.NewDisposeScope();
         using var noGrad = torch.no_grad();
         var posterior = vae.Encode(g.Load("image"));
-        Fixtures.AssertClose(g.Load("encoder_moments"), posterior.Moments, 1e-4, "encoder_moments");
-        Fixtures.AssertClose(g.Load("posterior_mean"), posterior.Mean, 1e-4, "posterior_mean");
-        Fixtures.AssertClose(g.Load("posterior_logvar"), posterior.LogVar, 1e-4, "posterior_logvar");
-        Fixtures.AssertClose(g.Load("posterior_std"), posterior.Std, 1e-4, "posterior_std");
-        Fixtures.AssertClose(g.Load("latent_sample"), posterior.Sample(g.Load("sample_noise")), 1e-4, "latent_sample");
+        AssertMatches(g, "encoder_moments", posterior.Moments);
+        AssertMatches(g, "posterior_mean", posterior.Mean);
+        AssertMatches(g, "posterior_logvar", posterior.LogVar);
+        AssertMatches(g, "posterior_std", posterior.Std);
+        AssertMatches(g, "latent_sample", posterior.Sample(g.Load("sample_noise")));
     }
 
-    [Fact]
+    [SkippableFact]
     public void Vae_decoder_matches_reference_image()
     {
-        using var vae = LoadTinyVae();
         using var g = Fixtures.Open("vae");
+        using var vae = LoadTinyVae(Fixtures.Golden("tiny-sd15"));
         using var scope = torch.NewDisposeScope();
         using var noGrad = torch.no_grad();
-        var input = g.Load("decoder_input_scaled") / vae.ScalingFactor;
-        Fixtures.AssertClose(g.Load("decoder_input"), input, 1e-6, "decoder_input");
+        // One fp32 division of the UNet-space latents by the scaling factor: within a few units of fp32 rounding.
+        Fixtures.AssertClose(g.Load("decoder_input"), g.Load("decoder_input_scaled") / vae.ScalingFactor, Fixtures.GoldenTolerance("vae", "decoder_input", 1e-6), "decoder_input");
         var debug = new Dictionary<string, Tensor>();
         var decoded = vae.Decode(g.Load("decoder_input"), debug);
-        Fixtures.AssertClose(g.Load("debug.post_quant_conv"), debug["debug.post_quant_conv"], 1e-4, "debug.post_quant_conv");
-        Fixtures.AssertClose(g.Load("decoded"), decoded, 1e-4, "decoded");
+        AssertMatches(g, "debug.post_quant_conv", debug["debug.post_quant_conv"]);
+        AssertMatches(g, "decoded", decoded);
         debug["debug.post_quant_conv"].Dispose();
     }
 }

@@ -21,7 +21,7 @@ public class PngParametersTests
         };
         var pixels = new byte[4 * 2 * 3];
         for (int i = 0; i < pixels.Length; i++) pixels[i] = (byte)(i * 10);
-        var path = OutputNaming.NextPath(tmp.Path, p.Seed);
+        var path = OutputNaming.Reserve(tmp.Path, p.Seed);
         PngFile.Write(path, new RgbImage(4, 2, pixels), new Dictionary<string, string> { ["parameters"] = p.ToInfotext() });
 
         var text = PngFile.ReadText(path)["parameters"];
@@ -54,6 +54,24 @@ public class PngParametersTests
         using var tmp = Fixtures.TempDir();
         File.WriteAllText(Path.Combine(tmp.Path, "00011-5.png"), "");
         File.WriteAllText(Path.Combine(tmp.Path, "notes.txt"), "");
-        Assert.Equal(Path.Combine(tmp.Path, "00012-42.png"), OutputNaming.NextPath(tmp.Path, 42));
+        Assert.Equal(Path.Combine(tmp.Path, "00012-42.png"), OutputNaming.Reserve(tmp.Path, 42));
+        Assert.Equal(Path.Combine(tmp.Path, "00013-42.png"), OutputNaming.Reserve(tmp.Path, 42));
+    }
+
+    [Fact]
+    public void Concurrent_writers_never_get_the_same_number()
+    {
+        using var tmp = Fixtures.TempDir();
+        var paths = new System.Collections.Concurrent.ConcurrentBag<string>();
+        // Different seeds give different file names, so only the lock keeps two writers off one number.
+        Parallel.For(0, 8, new ParallelOptions { MaxDegreeOfParallelism = 8 }, writer =>
+        {
+            for (int i = 0; i < 10; i++) paths.Add(OutputNaming.Reserve(tmp.Path, writer * 1000 + i));
+        });
+        var numbers = paths.Select(p => Path.GetFileName(p)[..5]).ToList();
+        Assert.Equal(80, numbers.Count);
+        Assert.Equal(80, numbers.Distinct().Count());
+        Assert.Equal(Enumerable.Range(0, 80).Select(n => n.ToString("D5")), numbers.Order());
+        Assert.Equal(80, Directory.GetFiles(tmp.Path).Length); // the folder holds the images and nothing else
     }
 }

@@ -86,7 +86,7 @@ public sealed class SamplerBehaviourTests
     {
         // DDIM paper eq. 16: with sigma_t = the DDPM posterior std the generative process is DDPM's.
         using var scope = torch.NewDisposeScope();
-        using var file = Fixtures.Open("schedulers");
+        using var file = SdLora.IO.SafetensorsFile.Open(Fixtures.CopiedSet("schedulers.safetensors"));
         var schedule = Schedule(PredictionType.Epsilon, setAlphaToOne: true); // DDPM ends at alpha 1 too
         var initial = file.Load("initial_noise");
         var noise = file.Load("ddpm.noise");
@@ -114,7 +114,7 @@ public sealed class SamplerBehaviourTests
         using var scope = torch.NewDisposeScope();
         using var cts = new CancellationTokenSource();
         int calls = 0;
-        var progress = new SyncProgress(p => { if (p.Step == 3) cts.Cancel(); });
+        var progress = new SyncProgress<SamplingProgress>(p => { if (p.Step == 3) cts.Cancel(); });
         Assert.Throws<OperationCanceledException>(() => SamplerCatalog.Get("euler_a").Sample(
             (x, t) => { calls++; return x * 0.1; }, torch.randn(1, 4, 4, 4), SchedulerGoldenTests.Sd15Schedule(), 20,
             new SeededNoise(1), progress, cts.Token));
@@ -127,7 +127,7 @@ public sealed class SamplerBehaviourTests
         using var scope = torch.NewDisposeScope();
         var reports = new List<SamplingProgress>();
         SamplerCatalog.Get("plms").Sample((x, t) => x * 0.1, torch.randn(1, 4, 4, 4), SchedulerGoldenTests.Sd15Schedule(), 10,
-            progress: new SyncProgress(reports.Add));
+            progress: new SyncProgress<SamplingProgress>(reports.Add));
         Assert.Equal(Enumerable.Range(1, 11), reports.Select(r => r.Step));
         Assert.All(reports, r => Assert.Equal(11, r.Total));
     }
@@ -169,10 +169,5 @@ public sealed class SamplerBehaviourTests
         Assert.Equal(0f, noise.Next([2], ScalarType.Float32, CPU)[0].item<float>());
         Assert.Equal(2f, noise.Next([2], ScalarType.Float32, CPU)[0].item<float>());
         Assert.Equal(2, noise.Used);
-    }
-
-    private sealed class SyncProgress(Action<SamplingProgress> onReport) : IProgress<SamplingProgress>
-    {
-        public void Report(SamplingProgress value) => onReport(value);
     }
 }

@@ -4,76 +4,96 @@ using Xunit;
 
 namespace SdLora.Tests.Text;
 
-public class ClipTokenizerTests
+/// <summary>The tokenizer against the golden set's tokenizer fixture (transformers with ftfy) and its tokenizer folder.</summary>
+[Trait("Category", "Golden")]
+public class ClipTokenizerGoldenTests
 {
-    private static readonly Lazy<ClipTokenizer> FolderTokenizer =
-        new(() => ClipTokenizer.FromDiffusersFolder(Fixtures.Golden("tiny-sd15/tokenizer")));
-
     private sealed record FixturePrompt(int Index, string Prompt, int[] IdsUntruncated, string[] Tokens, long[] InputIds);
 
     // The reference is transformers with ftfy: where it differs from the original CLIP tokenizer the fixture
     // stores its own untruncated list as hf_ftfy_ids_untruncated.
-    private static readonly Lazy<FixturePrompt[]> Prompts = new(() =>
+    private static FixturePrompt[] Prompts()
     {
         using var json = Fixtures.Json("tokenizer");
         using var file = Fixtures.Open("tokenizer");
         using var ids = file.Load("input_ids");
+        int length = (int)ids.shape[1];
         var rows = ids.data<long>().ToArray();
-        return json.RootElement.GetProperty("prompts").EnumerateArray().Select((p, i) =>
+        var prompts = json.RootElement.GetProperty("prompts").EnumerateArray().Select((p, i) =>
         {
             var untruncated = p.TryGetProperty("hf_ftfy_ids_untruncated", out var hf) ? hf : p.GetProperty("ids_untruncated");
             bool tokensAreHf = !p.TryGetProperty("hf_ftfy_ids_untruncated", out _);
             return new FixturePrompt(i, p.GetProperty("prompt").GetString()!,
                 untruncated.EnumerateArray().Select(x => x.GetInt32()).ToArray(),
                 tokensAreHf ? p.GetProperty("tokens").EnumerateArray().Select(x => x.GetString()!).ToArray() : [],
-                rows.Skip(i * 77).Take(77).ToArray());
+                rows.Skip(i * length).Take(length).ToArray());
         }).ToArray();
-    });
+        Assert.Equal(ids.shape[0], prompts.Length);
+        return prompts;
+    }
 
-    public static TheoryData<int> PromptIndices() => [.. Enumerable.Range(0, 23)];
+    private static ClipTokenizer FolderTokenizer() => ClipTokenizer.FromDiffusersFolder(Fixtures.Golden("tiny-sd15/tokenizer"));
 
-    [Theory]
+    /// <summary>The prompt indices of the golden set's tokenizer.json (read when the tests are discovered).</summary>
+    public static TheoryData<int> PromptIndices()
+    {
+        var path = Path.Combine(Fixtures.GoldenDir, "tokenizer.json");
+        // Without the file there is one case, which the test skips naming the missing file.
+        if (!File.Exists(path)) return new() { 0 };
+        using var doc = JsonDocument.Parse(File.ReadAllText(path));
+        return new(Enumerable.Range(0, doc.RootElement.GetProperty("prompts").GetArrayLength()));
+    }
+
+    [SkippableTheory]
     [MemberData(nameof(PromptIndices))]
     public void Embedded_vocab_matches_transformers_input_ids(int index)
     {
-        var p = Prompts.Value[index];
-        Assert.Equal(p.InputIds, ClipTokenizer.Default.EncodeForModel(p.Prompt));
+        var p = Prompts()[index];
+        Assert.Equal(p.InputIds, ClipTokenizer.Default.EncodeForModel(p.Prompt).Select(x => (long)x));
         Assert.Equal(p.IdsUntruncated, ClipTokenizer.Default.Encode(p.Prompt));
         if (p.Tokens.Length > 0) Assert.Equal(p.Tokens, ClipTokenizer.Default.Tokens(p.Prompt));
     }
 
-    [Theory]
+    [SkippableTheory]
     [MemberData(nameof(PromptIndices))]
     public void Diffusers_folder_vocab_matches_transformers_input_ids(int index)
     {
-        var p = Prompts.Value[index];
-        Assert.Equal(p.InputIds, FolderTokenizer.Value.EncodeForModel(p.Prompt));
+        var p = Prompts()[index];
+        Assert.Equal(p.InputIds, FolderTokenizer().EncodeForModel(p.Prompt).Select(x => (long)x));
     }
 
-    [Fact]
+    [SkippableFact]
     public void Token_counts_match_fixture_n_tokens()
     {
+        using var json = Fixtures.Json("tokenizer");
         using var file = Fixtures.Open("tokenizer");
         using var n = file.Load("n_tokens");
         var expected = n.data<long>().ToArray();
-        foreach (var p in Prompts.Value.Where(p => p.Index != 13)) // 13: n_tokens counts the original tokenizer, which unescapes HTML differently
+        // n_tokens counts the original CLIP tokenizer, which differs from transformers (our reference) on these prompts.
+        var differs = json.RootElement.GetProperty("prompts_where_hf_ftfy_differs_from_clip_orig").EnumerateArray().Select(x => x.GetInt32()).ToHashSet();
+        var prompts = Prompts();
+        Assert.Equal(expected.Length, prompts.Length);
+        foreach (var p in prompts.Where(p => !differs.Contains(p.Index)))
             Assert.True(expected[p.Index] == ClipTokenizer.Default.Encode(p.Prompt).Length, $"prompt {p.Index}: n_tokens");
-        Assert.Equal(78, ClipTokenizer.Default.Encode(Prompts.Value[19].Prompt).Length);
     }
 
-    [Fact]
+    [SkippableFact]
     public void Embedded_vocabulary_equals_diffusers_vocab_json()
     {
         using var doc = JsonDocument.Parse(File.ReadAllText(Fixtures.Golden("tiny-sd15/tokenizer/vocab.json")));
         var tok = ClipTokenizer.Default;
-        Assert.Equal(49408, tok.VocabSize);
-        foreach (var entry in doc.RootElement.EnumerateObject())
-            Assert.True(tok.TokenOf(entry.Value.GetInt32()) == entry.Name, $"id {entry.Value.GetInt32()}");
-        Assert.Equal(ClipTokenizer.Bos, tok.BosId);
-        Assert.Equal(ClipTokenizer.Eos, tok.EosId);
-        Assert.Equal(267, tok.CommaId);
+        var vocab = doc.RootElement.EnumerateObject().ToDictionary(e => e.Name, e => e.Value.GetInt32());
+        Assert.Equal(vocab.Count, tok.VocabSize);
+        foreach (var (token, id) in vocab)
+            Assert.True(tok.TokenOf(id) == token, $"id {id}");
+        Assert.Equal(vocab["<|startoftext|>"], tok.BosId);
+        Assert.Equal(vocab["<|endoftext|>"], tok.EosId);
+        Assert.Equal(vocab[",</w>"], tok.CommaId);
     }
+}
 
+public class ClipTokenizerTests
+{
     [Fact]
     public void Long_prompt_is_truncated_to_75_ids_between_bos_and_eos()
     {

@@ -44,7 +44,7 @@ public class EmbeddingTests
         const string prompt = "a photo of sks dog on the beach, (masterpiece:1.2), 4k";
         Assert.Equal(Clip.Encode(prompt), back.Encode(prompt));
         Assert.Equal(Clip.VocabSize, back.VocabSize);
-        Assert.Equal(File.ReadAllText(Fixtures.Golden("tiny-sd15/tokenizer/merges.txt")).TrimEnd(), File.ReadAllText(dir.File("merges.txt")).TrimEnd());
+        Assert.Equal(File.ReadAllText(Fixtures.CopiedSet("tiny-sd15/tokenizer/merges.txt")).TrimEnd(), File.ReadAllText(dir.File("merges.txt")).TrimEnd());
     }
 
     // ---------------------------------------------------------------- files
@@ -210,7 +210,7 @@ public class EmbeddingTests
         using var v = Vectors(2, 32, 5);
         TextualInversionEmbedding.Write(Path.Combine(embeddings, "sks.safetensors"), v, new Dictionary<string, string>());
         TextualInversionEmbedding.Write(Path.Combine(embeddings, "wide.safetensors"), Vectors(1, 768), new Dictionary<string, string>());
-        using var model = StableDiffusionModel.Load(Fixtures.Golden("tiny-sd15"));
+        using var model = StableDiffusionModel.Load(Fixtures.CopiedSet("tiny-sd15"));
         var pipeline = new Txt2ImgPipeline(model);
         var options = new Txt2ImgOptions
         {

@@ -13,7 +13,7 @@ public class CheckpointingTests
     [Fact]
     public void Gradient_checkpointing_gives_the_same_lora_gradients_step_after_step()
     {
-        using var unet = UNetGoldenTests.LoadTinyUNet();
+        using var unet = UNetGoldenTests.LoadTinyUNet(Fixtures.CopiedTinyModel);
         foreach (var p in unet.parameters()) p.requires_grad = false;
         torch.manual_seed(3);
         using var network = LoraNetwork.Create(unet, null, new LoraNetworkOptions { Rank = 4, Alpha = 4, TrainTextEncoder = false });
@@ -39,6 +39,12 @@ public class CheckpointingTests
         }
         var plain = Grads(false);
         var checkpointed = Grads(true);
-        for (int i = 0; i < plain.Count; i++) Fixtures.AssertClose(plain[i], checkpointed[i], 1e-5, $"grad {i}");
+        // Checkpointing recomputes each block's forward in backward, with the graph on, where the first forward ran
+        // without it; the kernels may differ in rounding, and the gradients then differ as two fp32 evaluations of the
+        // same step do.
+        double largest = plain.Max(g => g.abs().max().item<float>());
+        Assert.True(largest > 0, "no gradient reached the LoRA");
+        for (int i = 0; i < plain.Count; i++)
+            Fixtures.AssertClose(plain[i], checkpointed[i], Tolerance.Gradient(largest), $"grad {i}");
     }
 }

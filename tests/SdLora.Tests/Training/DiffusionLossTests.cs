@@ -18,7 +18,7 @@ public class DiffusionLossTests
     public void Example_weights_scale_each_examples_mse_before_the_batch_mean()
     {
         using var scope = torch.NewDisposeScope();
-        using var unet = Fixtures.LoadTinyPart("unet", "diffusion_pytorch_model.safetensors", json => new UNet2DConditionModel(UNetConfig.FromDiffusersJson(json)));
+        using var unet = Fixtures.LoadTinyPart(Fixtures.CopiedTinyModel, "unet", "diffusion_pytorch_model.safetensors", json => new UNet2DConditionModel(UNetConfig.FromDiffusersJson(json)));
         var schedule = NoiseSchedule.StableDiffusion1;
         using var g = new Generator(11, CPU);
         var latents = torch.randn([3, 4, 8, 8], generator: g);

@@ -13,7 +13,7 @@ public class MethodCommandTests
     {
         using var tmp = Fixtures.TempDir();
         TrainingTestData.CopyPhotos("dog", tmp.File("data"), 1);
-        var train = CliRunner.Run("train", "--method", "textual-inversion", "--pretrained_model_name_or_path", Fixtures.Golden("tiny-sd15"),
+        var train = CliRunner.Run("train", "--method", "textual-inversion", "--pretrained_model_name_or_path", Fixtures.CopiedSet("tiny-sd15"),
             "--train_data_dir", tmp.File("data"), "--output_dir", tmp.File("out"), "--token_string", "sks", "--init_word", "dog",
             "--num_vectors_per_token", "2", "--use_object_template", "--resolution", "64", "--max_train_steps", "2", "--num_repeats", "1");
         Assert.True(train.ExitCode == 0, train.ToString());
@@ -21,7 +21,7 @@ public class MethodCommandTests
         var embedding = tmp.File("out/sks.safetensors");
         using (var f = SafetensorsFile.Open(embedding)) Assert.Equal([2L, 32], f["emb_params"].Shape);
 
-        var generate = CliRunner.Run("generate", "--model", Fixtures.Golden("tiny-sd15"), "-p", "a photo of sks on a beach", "-W", "64", "-H", "64",
+        var generate = CliRunner.Run("generate", "--model", Fixtures.CopiedSet("tiny-sd15"), "-p", "a photo of sks on a beach", "-W", "64", "-H", "64",
             "--steps", "2", "--seed", "1", "--embeddings-dir", tmp.File("out"), "--out", tmp.File("images"));
         Assert.True(generate.ExitCode == 0, generate.ToString());
         var png = Directory.GetFiles(tmp.File("images"), "*.png").Single();

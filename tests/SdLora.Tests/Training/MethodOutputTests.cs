@@ -29,8 +29,8 @@ public class MethodOutputTests
         using var dir = Fixtures.TempDir();
         // The LDM file needs its YAML for the tiny dims: copied beside a private copy of it.
         var input = dir.File("tiny.safetensors");
-        File.Copy(Fixtures.Golden("tiny-sd15-ldm.safetensors"), input);
-        File.Copy(Fixtures.Golden("tiny-sd15-ldm.yaml"), dir.File("tiny.yaml"));
+        File.Copy(Fixtures.CopiedSet("tiny-sd15-ldm.safetensors"), input);
+        File.Copy(Fixtures.CopiedSet("tiny-sd15-ldm.yaml"), dir.File("tiny.yaml"));
         using var model = StableDiffusionModel.Load(input);
         using var before = UNetOutput(model);
         var prompts = dir.File("prompts.txt");
@@ -95,7 +95,7 @@ public class MethodOutputTests
     public void Textual_inversion_writes_kohya_emb_params_leaves_the_table_alone_and_needs_its_word_in_the_captions()
     {
         using var dir = Fixtures.TempDir();
-        using var model = StableDiffusionModel.Load(Fixtures.Golden("tiny-sd15"));
+        using var model = StableDiffusionModel.Load(Fixtures.CopiedSet("tiny-sd15"));
         var table = model.TextEncoder.text_model.embeddings.token_embedding.weight!;
         using var tableBefore = table.clone();
         using var before = UNetOutput(model);

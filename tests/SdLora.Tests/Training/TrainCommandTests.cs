@@ -121,7 +121,7 @@ public class TrainCommandTests
     {
         using var tmp = Fixtures.TempDir();
         TrainingTestData.CopyPhotos("dog", tmp.File("data"), 1);
-        var run = CliRunner.Run("train", "--pretrained_model_name_or_path", Fixtures.Golden("tiny-sd15"), "--train_data_dir", tmp.File("data"),
+        var run = CliRunner.Run("train", "--pretrained_model_name_or_path", Fixtures.CopiedSet("tiny-sd15"), "--train_data_dir", tmp.File("data"),
             "--instance_prompt", "a photo of sks dog", "--output_dir", tmp.File("out"), "--output_name", "sks", "--resolution", "64",
             "--max_train_steps", "3", "--network_dim", "4", "--num_repeats", "1", "--save_every_n_epochs", "1", "--save_last_n_epochs", "1",
             "--xformers", "--save_state", "--save_model_as", "safetensors");

@@ -19,7 +19,7 @@ public class TrainerTests
         if (!Directory.Exists(data)) TrainingTestData.CopyPhotos("dog", data, images);
         return new TrainingConfig
         {
-            Model = Fixtures.Golden("tiny-sd15"), Data = data, Output = dir.File(output), OutputName = "sks",
+            Model = Fixtures.CopiedSet("tiny-sd15"), Data = data, Output = dir.File(output), OutputName = "sks",
             InstancePrompt = "a photo of sks dog", NumRepeats = 1, Resolution = Resolution.Square(64),
             MinBucketReso = 64, MaxBucketReso = 128, BucketResoSteps = 64, MaxTrainSteps = steps,
             NetworkDim = 4, NetworkAlpha = 4, LearningRate = 1e-3, TextEncoderLr = 1e-4, SavePrecision = "fp32", Seed = 7,

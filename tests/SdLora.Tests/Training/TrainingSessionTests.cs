@@ -35,7 +35,7 @@ public class TrainingSessionTests
     public void Lent_model_is_trained_on_and_given_back_exactly_as_it_was()
     {
         using var dir = Fixtures.TempDir();
-        using var model = StableDiffusionModel.Load(Fixtures.Golden("tiny-sd15"));
+        using var model = StableDiffusionModel.Load(Fixtures.CopiedSet("tiny-sd15"));
         using var before = UNetOutput(model);
         var config = TinyRun(dir, 1, 2) with { Model = null, GradientCheckpointing = true };
 

@@ -22,7 +22,7 @@ public sealed record TrainBenchmarkOptions(
     int Batch = 1,
     int Rank = 16,
     int ContextTokens = 77,
-    int? Threads = null,
+    CpuLowPrecision CpuLowPrecision = CpuLowPrecision.Upcast,
     UNetConfig? Config = null,
     bool FullFineTune = false,
     string Optimizer = "AdamW");
@@ -54,23 +54,22 @@ public sealed record TrainBenchmarkResult(
 /// <summary>
 /// Times forward + backward + optimizer step of a LoRA on the SD1.5 UNet, or of the whole UNet (DreamBooth), through the
 /// training loop's <see cref="DiffusionLoss"/>, and reads it as an efficiency against this process's dense matmul rate
-/// (<see cref="UNetBenchmark.MeasureCeiling"/>). Peak RSS is the process's high-water mark from the start of the run.
+/// (<see cref="UNetBenchmark.MeasureCeiling"/>). Runs with the caller's torch thread count and random generator (the host sets them).
 /// </summary>
 public static class TrainBenchmark
 {
     public static TrainBenchmarkResult Run(TrainBenchmarkOptions options, IReadOnlyList<MatmulThroughput> matmul,
         IProgress<string>? progress = null, CancellationToken cancellationToken = default)
     {
-        if (options.Threads is int n) torch.set_num_threads(n);
         var config = options.Config ?? UNetConfig.StableDiffusion15;
         ResetPeakRss();
 
         string label = (options.FullFineTune ? $"full fine-tune, {options.Optimizer}, " : "") +
             $"{ComputeOptions.DTypeName(options.DType)}, checkpointing {(options.GradientCheckpointing ? "on" : "off")}";
         progress?.Report($"building UNet ({label}, random weights)" + (options.FullFineTune ? "" : $" + LoRA rank {options.Rank}"));
-        torch.manual_seed(0);
         using var unet = new UNet2DConditionModel(config);
         if (options.DType != ScalarType.Float32) unet.to(options.DType);
+        CpuPrecision.Apply(unet, options.CpuLowPrecision);
         foreach (var p in unet.parameters()) p.requires_grad = options.FullFineTune;
         using var network = options.FullFineTune ? null : LoraNetwork.Create(unet, null, new LoraNetworkOptions
         {

@@ -8,7 +8,8 @@ using static TorchSharp.torch;
 
 namespace SdLora.Benchmarks;
 
-public sealed record GenerateBenchmarkOptions(ScalarType DType = ScalarType.Float32, int Steps = 2, int Size = 512, string Sampler = "Euler");
+public sealed record GenerateBenchmarkOptions(ScalarType DType = ScalarType.Float32, int Steps = 2, int Size = 512, string Sampler = "Euler",
+    CpuLowPrecision CpuLowPrecision = CpuLowPrecision.Upcast);
 
 public sealed record GenerateBenchmarkResult(
     GenerateBenchmarkOptions Options,
@@ -42,7 +43,7 @@ public static class GenerateBenchmark
         var matmul = UNetBenchmark.MeasureCeiling([o.DType], ct);
 
         progress?.Report($"building a full-size SD1.5 model with random weights ({ComputeOptions.DTypeName(o.DType)})");
-        var compute = new ComputeOptions(CPU, o.DType);
+        var compute = new ComputeOptions(CPU, o.DType, o.CpuLowPrecision);
         using var model = new StableDiffusionModel(ClipTokenizer.Default,
             StableDiffusionModel.To(new ClipTextModel(ClipTextConfig.StableDiffusion15), compute),
             StableDiffusionModel.To(new UNet2DConditionModel(UNetConfig.StableDiffusion15), compute),

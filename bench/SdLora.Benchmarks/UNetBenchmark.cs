@@ -13,7 +13,7 @@ public sealed record UNetBenchmarkOptions(
     int LatentSize = 64,
     int Batch = 2,
     int ContextTokens = 77,
-    int? Threads = null,
+    CpuLowPrecision CpuLowPrecision = CpuLowPrecision.Upcast,
     UNetConfig? Config = null);
 
 /// <summary>Dense matmul speed of one kernel on one square size.</summary>
@@ -41,13 +41,13 @@ public sealed record UNetBenchmarkResult(
 
 /// <summary>
 /// Times the SD1.5 UNet at a given resolution and compares its achieved FLOP rate with the dense
-/// matmul rate this process gets on the same machine, so the number reads as an efficiency.
+/// matmul rate this process gets on the same machine, so the number reads as an efficiency. Runs with the caller's
+/// torch thread count and random generator (the host sets them).
 /// </summary>
 public static class UNetBenchmark
 {
     public static UNetBenchmarkResult Run(UNetBenchmarkOptions options, IProgress<string>? progress = null, CancellationToken cancellationToken = default)
     {
-        if (options.Threads is int n) torch.set_num_threads(n);
         var config = options.Config ?? UNetConfig.StableDiffusion15;
 
         progress?.Report("measuring dense matmul throughput");
@@ -57,6 +57,7 @@ public static class UNetBenchmark
         using var unet = new UNet2DConditionModel(config);
         unet.eval();
         if (options.DType != ScalarType.Float32) unet.to(options.DType);
+        CpuPrecision.Apply(unet, options.CpuLowPrecision);
         GC.Collect();
         GC.WaitForPendingFinalizers();
         long modelRss = StatusBytes("VmRSS:");

@@ -22,7 +22,6 @@ public static class BlipBenchmark
     {
         compute ??= ComputeOptions.CpuFloat32;
         using var noGrad = torch.no_grad();
-        torch.manual_seed(0);
         progress?.Report($"building BLIP (vision {config.Vision.HiddenSize}x{config.Vision.NumHiddenLayers} at {config.Vision.ImageSize}, text {config.Text.HiddenSize}x{config.Text.NumHiddenLayers}) with random weights");
         using var model = new BlipForConditionalGeneration(config);
         model.eval();

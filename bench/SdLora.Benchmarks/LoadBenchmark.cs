@@ -59,12 +59,12 @@ public static class LoadBenchmark
         var files = layout.Select(e => new TensorLayout(e.Name, ScalarType.Float16, e.Shape))
             .Append(new TensorLayout(PositionIds, ScalarType.Int64, [1, 77])).ToList();
         // Streamed one tensor at a time: writing it never holds more than the largest tensor.
-        torch.random.manual_seed(1234);
+        using var generator = new torch.Generator(1234, torch.CPU);
         int done = 0;
         SafetensorsStreamWriter.Write(path, files, t =>
         {
             if (++done % 200 == 0) progress?.Report($"wrote {done}/{files.Count} tensors");
-            return t.Name == PositionIds ? torch.arange(77, ScalarType.Int64).reshape(1, 77) : (torch.randn(t.Shape) * 0.02f).to(ScalarType.Float16);
+            return t.Name == PositionIds ? torch.arange(77, ScalarType.Int64).reshape(1, 77) : (torch.randn(t.Shape, generator: generator) * 0.02f).to(ScalarType.Float16);
         }, cancellation: cancel);
         return path;
     }
