@@ -30,12 +30,15 @@ public sealed record ToyBuildOptions
     public string? VaeFrom { get; init; }
 
     /// <summary>
-    /// The VAE's shape. Few channels per norm group hide colour: GroupNorm removes each group's mean, and the decoder's
-    /// last norm sees only 16 channels, so 4 groups of 4 keep enough of them (SD's VAE: 32 groups of 4).
+    /// The VAE's shape: three blocks, so two halvings and 16x16 latents for 64x64 pictures (SD's four blocks give 8x8,
+    /// which measured far worse: 256 numbers per picture lost the shapes' outlines and every colour). One norm group:
+    /// GroupNorm takes each group's mean and spread away, and a flat colour is exactly a per-channel mean, so small
+    /// groups lose it; measured after 300 steps, colour accuracy of the reconstructions 0.38 with one group against 0.19
+    /// with eight groups of four channels after 400.
     /// </summary>
-    public AutoencoderKLConfig Vae { get; init; } = new(BlockOutChannels: [16, 32, 64, 64], LayersPerBlock: 1, NormNumGroups: 4, SampleSize: ToyWorld.ImageSize);
-    public UNetConfig UNet { get; init; } = new(BlockOutChannels: [32, 64, 64, 64], LayersPerBlock: 1, NormNumGroups: 8, CrossAttentionDim: 32,
-        AttentionHeadDim: [4, 4, 4, 4], SampleSize: ToyWorld.ImageSize / 8);
+    public AutoencoderKLConfig Vae { get; init; } = new(BlockOutChannels: [32, 64, 64], LayersPerBlock: 1, NormNumGroups: 1, SampleSize: ToyWorld.ImageSize);
+    public UNetConfig UNet { get; init; } = new(BlockOutChannels: [32, 64, 64], LayersPerBlock: 1, NormNumGroups: 4, CrossAttentionDim: 32,
+        AttentionHeadDim: [4, 4, 4], SampleSize: ToyWorld.ImageSize / 4);
     public ClipTextConfig TextEncoder { get; init; } = new(HiddenSize: 32, IntermediateSize: 128, NumHiddenLayers: 2, NumAttentionHeads: 4);
 
     public int VaeBatch { get; init; } = 4;
@@ -46,13 +49,15 @@ public sealed record ToyBuildOptions
     public double VaeHeldOutShare { get; init; } = 0.25;
     /// <summary>Extra weight of the shape's pixels in the reconstruction loss (1 + this, the background's 1).</summary>
     public double VaeForegroundWeight { get; init; } = 4;
+    /// <summary>Extra weight of the colour part of the reconstruction error (the error less its mean over the channels).</summary>
+    public double VaeChromaWeight { get; init; } = 4;
 
     /// <summary>Distinct pictures encoded once for the UNet (their captions are drawn afresh each time they are used).</summary>
     public int LatentImages { get; init; } = 6000;
     public int UNetBatch { get; init; } = 32;
-    public double UNetLearningRate { get; init; } = 2e-3;
+    public double UNetLearningRate { get; init; } = 1e-3;
     public bool TrainTextEncoder { get; init; } = true;
-    public double TextEncoderLearningRate { get; init; } = 2e-3;
+    public double TextEncoderLearningRate { get; init; } = 1e-3;
     /// <summary>Share of captions replaced by the empty prompt, so classifier-free guidance has an unconditional model.</summary>
     public double CaptionDropout { get; init; } = 0.1;
     public double MinSnrGamma { get; init; } = 5;
@@ -283,6 +288,10 @@ public sealed class ToyModelBuilder(ToyBuildOptions options)
                 // the shapes' colours last.
                 var weight = 1 + o.VaeForegroundWeight * ForegroundMask(x);
                 var reconstruction = ((diff.abs() + diff.pow(2)) * weight).sum() / (weight.sum() * 3);
+                // The colour part of the error (each pixel's error less its mean over R, G, B) counts again: a small VAE
+                // learns brightness long before hue, and shapes drawn in the wrong colour are what the scorer sees.
+                var chroma = diff - diff.mean([1], keepdim: true);
+                reconstruction = reconstruction + o.VaeChromaWeight * ((chroma.abs() + chroma.pow(2)) * weight).sum() / (weight.sum() * 3);
                 var kl = 0.5 * (posterior.Mean.pow(2) + posterior.LogVar.exp() - 1 - posterior.LogVar).sum([1, 2, 3]).mean() / x[0].numel();
                 (reconstruction + o.KlWeight * kl).backward();
                 return reconstruction.item<float>();

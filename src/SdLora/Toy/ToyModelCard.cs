@@ -51,7 +51,8 @@ public static class ToyModelCard
         else
         {
             s.AppendLine($"1. **VAE** ({ModuleSize(o.Vae)}): {r.VaeSteps} steps of batch {o.VaeBatch}, AdamW lr {o.VaeLearningRate:G3} (warm-up, cosine),");
-            s.AppendLine($"   loss L1 + L2 reconstruction (the shape's pixels weighted {1 + o.VaeForegroundWeight:G3}x) + {o.KlWeight:G3} x KL per pixel, on fresh world");
+            s.AppendLine($"   loss L1 + L2 reconstruction (the shape's pixels weighted {1 + o.VaeForegroundWeight:G3}x, the colour part of the error {1 + o.VaeChromaWeight:G3}x)");
+            s.AppendLine($"   + {o.KlWeight:G3} x KL per pixel, on fresh world");
             s.AppendLine($"   pictures each step ({F(o.VaeHeldOutShare * 100, "F0")}% with held-out shapes or colours, so the VAE can draw what is taught later).");
             s.AppendLine($"   Final reconstruction loss {F(r.VaeLoss, "F4")}; latent scaling factor 1/std = {F(r.ScalingFactor, "F5")}. Time {r.VaeTime:hh\\:mm\\:ss}.");
         }
@@ -99,7 +100,8 @@ public static class ToyModelCard
         s.AppendLine($"- Shapes right at least {F(DrawsThreshold * 100, "F0")}% of the time: {List(goodShapes)}; less often: {List(weakShapes)}.");
         s.AppendLine($"- Colours right at least {F(DrawsThreshold * 100, "F0")}% of the time: {List(goodColours)}; less often: {List(weakColours)}.");
         s.AppendLine($"- Backgrounds right {F(r.Evaluation.BackgroundAccuracy * 100, "F0")}% of the time.");
-        s.AppendLine("- It draws one shape per picture at 64x64 only; edges are soft (an 8x8x4 latent). It knows nothing outside the world above:");
+        int latent = ToyWorld.ImageSize / o.Vae.DownsampleFactor;
+        s.AppendLine($"- It draws one shape per picture at 64x64 only; edges are soft (a {latent}x{latent}x4 latent). It knows nothing outside the world above:");
         s.AppendLine("  other words are noise to it, and the held-out shapes and colours do not come out until taught.");
         return s.ToString();
     }
