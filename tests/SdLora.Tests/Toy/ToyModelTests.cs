@@ -18,6 +18,8 @@ public class ToyModelTests(ITestOutputHelper output)
         using var model = StableDiffusionModel.Load(BundledModel);
         var generated = ToyEvaluation.Generate(model, ToyEvaluation.QuickPrompts(), 2, 1000);
         var s = ToySummary.Of(generated);
+        // Its VAE halves twice (16x16 latents): pictures still come out at the asked size.
+        Assert.All(generated, g => Assert.Equal((ToyWorld.ImageSize, ToyWorld.ImageSize), (g.Image.Width, g.Image.Height)));
         foreach (var g in generated) output.WriteLine($"{g.Prompt} seed {g.Seed}: {g.Score}");
         output.WriteLine(s.ToString());
         // The bundled model's measured quality (README.md card), with a margin for other CPUs' arithmetic.
