@@ -68,6 +68,11 @@ public static class ToyCommand
             var e = result.Evaluation;
             cli.Console.WriteLine();
             cli.Console.MarkupLineInterpolated($"[green]done[/]: {result.OutputDir} in {result.Elapsed:hh\\:mm\\:ss} (VAE {result.VaeSteps} steps, UNet {result.UNetSteps} steps{(result.StoppedEarly ? ", stopped early" : "")})");
+            if (result.StoppedEarly)
+            {
+                cli.Console.WriteLine("  stopped before the evaluation: run the same command again to go on from the stop");
+                return ExitCodes.Stopped;
+            }
             cli.Console.WriteLine($"  base prompts: score {e.Overall:F2}, shape right {e.ShapeAccuracy:P0}, colour right {e.ColourAccuracy:P0}, background right {e.BackgroundAccuracy:P0} ({e.Images} images)");
             cli.Console.WriteLine($"  card: {Path.Combine(result.OutputDir, "README.md")}; samples: {Path.Combine(result.OutputDir, "samples.png")}");
             return result.StoppedEarly ? ExitCodes.Stopped : ExitCodes.Ok;

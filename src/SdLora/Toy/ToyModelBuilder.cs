@@ -192,6 +192,13 @@ public sealed class ToyModelBuilder(ToyBuildOptions options)
         Report("saving", 0, 1, message: outputDir);
         var target = Path.TrimEndingDirectorySeparator(Path.GetFullPath(outputDir));
         DiffusersFolderWriter.Write(target, unet, vaeScaled, textEncoder, tokenizer, NoiseSchedule.StableDiffusion1, o.SaveDType);
+        if (stopped)
+        {
+            // Stopped: the partly trained model is kept as it is, unmeasured (no card); run again to go on from the stop.
+            Report("stopped", 0, 1, message: $"the partly trained model is in {target}; run the same command again to go on");
+            return new ToyBuildResult(target, vaeSteps, unetSteps, vaeLoss, unetLoss, scaling, vaeClock.Elapsed + vaeTimeBefore, unetClock.Elapsed,
+                _clock.Elapsed + vaeTimeBefore, true, ToySummary.Of([]), new Dictionary<string, ToySummary>(), new Dictionary<string, ToySummary>());
+        }
         var (summary, perShape, perColour, samples) = Evaluate(target);
         var result = new ToyBuildResult(target, vaeSteps, unetSteps, vaeLoss, unetLoss, scaling, vaeClock.Elapsed + vaeTimeBefore, unetClock.Elapsed,
             _clock.Elapsed + vaeTimeBefore, stopped, summary, perShape, perColour);
