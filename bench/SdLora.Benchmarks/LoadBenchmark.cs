@@ -17,10 +17,16 @@ public sealed record LoadBenchmarkResult(
     long Fp32Bytes,
     long RssBeforeBytes,
     long PeakRssBytes,
-    double Seconds)
+    double Seconds,
+    string DType = "fp32",
+    long WeightBytes = 0,
+    long RssAfterBytes = 0)
 {
     /// <summary>Peak resident memory over the fp32 weights held; the target is below 1.3.</summary>
     public double PeakOverFp32 => (double)PeakRssBytes / Fp32Bytes;
+
+    /// <summary>Peak resident memory over the bytes of the weights as held (in <see cref="DType"/>).</summary>
+    public double PeakOverWeights => WeightBytes > 0 ? (double)PeakRssBytes / WeightBytes : PeakOverFp32;
 }
 
 /// <summary>
@@ -73,15 +79,20 @@ public static class LoadBenchmark
     /// Loads <paramref name="path"/> the way generation and training do — into the real fp32 model modules through
     /// <see cref="StableDiffusionModel.Load"/> — and reports the peak RSS against the fp32 weight bytes. Call in a fresh process.
     /// </summary>
-    public static LoadBenchmarkResult MeasureLoad(string path)
+    public static LoadBenchmarkResult MeasureLoad(string path, ComputeOptions? compute = null)
     {
+        compute ??= ComputeOptions.CpuFloat32;
         long before = ProcessMemory.ReadStatusKiB("VmRSS") * 1024;
         var clock = Stopwatch.StartNew();
-        using var model = StableDiffusionModel.Load(path);
+        using var model = StableDiffusionModel.Load(path, compute: compute);
         double seconds = clock.Elapsed.TotalSeconds;
-        long parameters = new nn.Module[] { model.UNet, model.Vae, model.TextEncoder }.Sum(ModuleWeights.ParameterCount);
+        var modules = new nn.Module[] { model.UNet, model.Vae, model.TextEncoder };
+        long parameters = modules.Sum(ModuleWeights.ParameterCount);
+        long weightBytes = modules.SelectMany(m => m.parameters()).Sum(p => p.NumberOfElements * p.ElementSize);
         long peak = ProcessMemory.ReadStatusKiB("VmHWM") * 1024;
-        return new LoadBenchmarkResult(path, new FileInfo(path).Length, parameters, parameters * 4, before, peak, seconds);
+        long after = ProcessMemory.ReadStatusKiB("VmRSS") * 1024;
+        return new LoadBenchmarkResult(path, new FileInfo(path).Length, parameters, parameters * 4, before, peak, seconds,
+            ComputeOptions.DTypeName(compute.DType), weightBytes, after);
     }
 }
 

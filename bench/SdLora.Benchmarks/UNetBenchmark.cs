@@ -14,7 +14,8 @@ public sealed record UNetBenchmarkOptions(
     int Batch = 2,
     int ContextTokens = 77,
     CpuLowPrecision CpuLowPrecision = CpuLowPrecision.Upcast,
-    UNetConfig? Config = null);
+    UNetConfig? Config = null,
+    bool Profile = false);
 
 /// <summary>Dense matmul speed of one kernel on one square size.</summary>
 public sealed record MatmulThroughput(string Kernel, ScalarType DType, int Size, double GFlopsPerSecond);
@@ -27,7 +28,9 @@ public sealed record UNetBenchmarkResult(
     IReadOnlyList<MatmulThroughput> Matmul,
     long PeakRssBytes,
     long ModelRssBytes,
-    long ForwardPeakRssBytes)
+    long ForwardPeakRssBytes,
+    IReadOnlyList<ModuleTime>? Profile = null,
+    double ProfiledSeconds = 0)
 {
     public double SecondsPerStep => StepSeconds.Average();
     public double GFlopsPerSecond => ForwardGFlop / SecondsPerStep;
@@ -85,7 +88,23 @@ public static class UNetBenchmark
             }
         }
         long forwardPeak = peakReset ? PeakRssBytes() : 0;
-        return new UNetBenchmarkResult(options, torch.get_num_threads(), gflop, steps, matmul, PeakRssBytes(), modelRss, forwardPeak);
+        IReadOnlyList<ModuleTime>? profile = null;
+        double profiled = 0;
+        if (options.Profile)
+        {
+            // One more forward with per-module timers (after the timed ones, so the hooks do not disturb them).
+            progress?.Report("profiled forward (per-module timers)");
+            using var profiler = new ModuleProfiler(unet);
+            using var noGrad = torch.no_grad();
+            using var scope = torch.NewDisposeScope();
+            var sample = torch.randn(options.Batch, config.InChannels, size, size).to(options.DType);
+            var context = torch.randn(options.Batch, options.ContextTokens, config.CrossAttentionDim).to(options.DType);
+            var sw = Stopwatch.StartNew();
+            unet.forward(sample, torch.tensor(500L), context).sum().to(ScalarType.Float32).item<float>();
+            profiled = sw.Elapsed.TotalSeconds;
+            profile = profiler.Times;
+        }
+        return new UNetBenchmarkResult(options, torch.get_num_threads(), gflop, steps, matmul, PeakRssBytes(), modelRss, forwardPeak, profile, profiled);
     }
 
     /// <summary>

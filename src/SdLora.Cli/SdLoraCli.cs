@@ -60,6 +60,13 @@ public static class SdLoraCli
                 cli.Debug |= parse.GetValue<bool>(DebugOption);
                 cli.ApplyThreads(parse.GetValue<int?>(ThreadsOption));
             }
+            else if (parse.CommandResult.Command != root)
+            {
+                // A mistyped option: say what is wrong and where the options are, not a screen of help.
+                foreach (var error in parse.Errors) cli.Error.WriteLine($"error: {OneLine(error.Message)}");
+                cli.Error.WriteLine($"see: {CommandPath(parse.CommandResult)} --help");
+                return ExitCodes.UserError;
+            }
             int rc = await parse.InvokeAsync(new InvocationConfiguration
             {
                 EnableDefaultExceptionHandler = false,
@@ -74,6 +81,16 @@ public static class SdLoraCli
         {
             return Report(e, cli);
         }
+    }
+
+    /// <summary>The words that name a command, e.g. <c>sdlora lora resize</c>.</summary>
+    private static string CommandPath(System.CommandLine.Parsing.CommandResult result)
+    {
+        var names = new List<string>();
+        for (System.CommandLine.Parsing.SymbolResult? r = result; r is not null; r = r.Parent)
+            if (r is System.CommandLine.Parsing.CommandResult c) names.Add(c.Command is RootCommand ? "sdlora" : c.Command.Name);
+        names.Reverse();
+        return string.Join(" ", names);
     }
 
     /// <summary>One line on stderr for any failure; the stack trace only with <c>--debug</c> (or for a bug, a hint to use it).</summary>

@@ -28,6 +28,7 @@ public static class SdLoraServer
     public static WebApplication Create(ServeOptions options, Action<WebApplicationBuilder>? configure = null)
     {
         options.Validate();
+        JobStorageFactory.CheckReachable(options);
         var folders = new DataFolders(options);
         var builder = WebApplication.CreateBuilder(new WebApplicationOptions { ContentRootPath = AppContext.BaseDirectory, Args = [] });
         builder.Logging.ClearProviders();
@@ -54,23 +55,7 @@ public static class SdLoraServer
         builder.Services.Configure<RouteHandlerOptions>(r => r.ThrowOnBadRequest = true);
         builder.Services.AddOpenApi();
 
-        builder.Services.AddSingleton(options);
-        builder.Services.AddSingleton(folders);
-        builder.Services.AddSingleton<JobStore>();
-        builder.Services.AddSingleton(_ => new ModelHost(capacity: 1));
-        builder.Services.AddSingleton<ModelCatalog>();
-        builder.Services.AddSingleton<Datasets>();
-        builder.Services.AddSingleton<Runs>();
-        builder.Services.AddSingleton<GenerateJob>();
-        builder.Services.AddSingleton<CaptionJob>();
-        builder.Services.AddSingleton<MergeJob>();
-        builder.Services.AddSingleton<TrainJob>();
-        builder.Services.AddSingleton<IJobHandler>(sp => sp.GetRequiredService<GenerateJob>());
-        builder.Services.AddSingleton<IJobHandler>(sp => sp.GetRequiredService<CaptionJob>());
-        builder.Services.AddSingleton<IJobHandler>(sp => sp.GetRequiredService<TrainJob>());
-        builder.Services.AddSingleton<IJobHandler>(sp => sp.GetRequiredService<MergeJob>());
-        builder.Services.AddSingleton<JobEngine>();
-        builder.Services.AddHostedService(sp => sp.GetRequiredService<JobEngine>());
+        AddJobServices(builder.Services, options, folders);
         configure?.Invoke(builder);
 
         var app = builder.Build();
@@ -89,6 +74,28 @@ public static class SdLoraServer
         app.MapFallback((HttpContext ctx) => Results.Json(new { error = $"{ctx.Request.Method} {ctx.Request.Path} is not part of this server" }, statusCode: 404));
         app.Lifetime.ApplicationStopped.Register(() => app.Services.GetRequiredService<ModelHost>().Dispose());
         return app;
+    }
+
+    /// <summary>What runs jobs, shared by <c>serve</c> and <c>worker</c>: folders, the job store, the model host, the job types and the engine.</summary>
+    public static void AddJobServices(IServiceCollection services, ServeOptions options, DataFolders folders)
+    {
+        services.AddSingleton(options);
+        services.AddSingleton(folders);
+        services.AddSingleton<JobStore>();
+        services.AddSingleton(_ => new ModelHost(capacity: 1));
+        services.AddSingleton<ModelCatalog>();
+        services.AddSingleton<Datasets>();
+        services.AddSingleton<Runs>();
+        services.AddSingleton<GenerateJob>();
+        services.AddSingleton<CaptionJob>();
+        services.AddSingleton<MergeJob>();
+        services.AddSingleton<TrainJob>();
+        services.AddSingleton<IJobHandler>(sp => sp.GetRequiredService<GenerateJob>());
+        services.AddSingleton<IJobHandler>(sp => sp.GetRequiredService<CaptionJob>());
+        services.AddSingleton<IJobHandler>(sp => sp.GetRequiredService<TrainJob>());
+        services.AddSingleton<IJobHandler>(sp => sp.GetRequiredService<MergeJob>());
+        services.AddSingleton<JobEngine>();
+        services.AddHostedService(sp => sp.GetRequiredService<JobEngine>());
     }
 
     /// <summary>Every refused request gets a 4xx with <c>{"error": "one line"}</c>; nothing a request sends takes the server down.</summary>

@@ -31,6 +31,48 @@ public sealed record ComputeOptions(Device Device, ScalarType DType, CpuLowPreci
     /// <summary>Parses the user-facing names: device <c>cpu</c>, <c>cuda</c>, <c>cuda:N</c>; dtype <c>fp32</c>, <c>bf16</c>, <c>fp16</c>.</summary>
     public static ComputeOptions Parse(string device, string dtype) => new(ParseDevice(device), ParseDType(dtype));
 
+    /// <summary>True for the dtype name that asks sdlora to choose (<c>auto</c>).</summary>
+    public static bool IsAuto(string dtype) => dtype.Trim().Equals("auto", StringComparison.OrdinalIgnoreCase);
+
+    /// <summary>
+    /// Resolves the user-facing names, <c>auto</c> included, into options for this machine. The CPU probe is consulted
+    /// only where it decides something: <c>auto</c> on the CPU, and <c>bf16</c> on the CPU (native or upcast kernels).
+    /// </summary>
+    /// <param name="device">cpu, cuda, cuda:N.</param>
+    /// <param name="dtype">auto, fp32, bf16 or fp16.</param>
+    /// <param name="probe">
+    /// How this CPU's bf16 speed is measured (usually <see cref="CpuKernelProbeCache.GetOrMeasure(CancellationToken)"/>);
+    /// null: no measurement, so <c>auto</c> means fp32 and bf16 layers upcast (the safe choices everywhere).
+    /// </param>
+    public static ComputeOptions Resolve(string device, string dtype, Func<CpuKernelProbeResult>? probe)
+    {
+        var dev = ParseDevice(device);
+        if (dev.type != DeviceType.CPU)
+            return new(dev, IsAuto(dtype) ? ScalarType.Float16 : ParseDType(dtype)); // GPUs: fp16, what diffusers users run
+        if (IsAuto(dtype)) return probe is null ? CpuFloat32 : ForCpu(probe());
+        var t = ParseDType(dtype);
+        // fp16 is not probed: without AVX512-FP16 its convolutions are emulated (hundreds of times slower), so it always upcasts.
+        if (t == ScalarType.BFloat16 && probe is not null) return new(CPU, t, probe().Bf16Policy);
+        return new(CPU, t);
+    }
+
+    /// <summary>
+    /// <c>--dtype auto</c> on the CPU, from a measurement: bf16 computed natively where the probe found bf16 at least
+    /// 10 % faster than fp32 (CPUs with AVX512-BF16 or AMX), fp32 elsewhere (bf16 there would only save memory, at a
+    /// cost in speed).
+    /// </summary>
+    public static ComputeOptions ForCpu(CpuKernelProbeResult probe) =>
+        probe.Bf16Policy == CpuLowPrecision.Native ? new(CPU, ScalarType.BFloat16, CpuLowPrecision.Native) : CpuFloat32;
+
+    /// <summary>A short description: <c>bf16 (native kernels)</c>, <c>bf16 (fp32 arithmetic)</c>, <c>fp32</c>, plus the device when not the CPU.</summary>
+    public string Describe()
+    {
+        var name = DTypeName(DType);
+        if (Device.type == DeviceType.CPU && DType != ScalarType.Float32)
+            name += CpuLowPrecision == CpuLowPrecision.Native ? " (native kernels)" : " (fp32 arithmetic)";
+        return Device.type == DeviceType.CPU ? name : $"{name} on {Device}";
+    }
+
     public static Device ParseDevice(string name)
     {
         var n = name.Trim().ToLowerInvariant();
@@ -49,7 +91,7 @@ public sealed record ComputeOptions(Device Device, ScalarType DType, CpuLowPreci
         "fp32" or "float32" or "float" or "f32" => ScalarType.Float32,
         "bf16" or "bfloat16" => ScalarType.BFloat16,
         "fp16" or "float16" or "half" or "f16" => ScalarType.Float16,
-        _ => throw new SdLoraException($"unknown dtype '{name}': use fp32, bf16 or fp16"),
+        _ => throw new SdLoraException($"unknown dtype '{name}': use auto, fp32, bf16 or fp16"),
     };
 
     /// <summary>Parses the user-facing names of <see cref="SdLora.CpuLowPrecision"/>: <c>upcast</c>, <c>native</c>.</summary>

@@ -104,7 +104,23 @@ public class BrowserTests
         Shot("jobs");
         browser.Navigate().GoToUrl(web.BaseUrl + "/models");
         wait.Until(d => d.FindElements(By.XPath("//td[text()='sks-dog']")).Count == 1);
+
+        // The new LoRA merged into the checkpoint from the models page: a merge job, then a new checkpoint in the list.
+        Find("#merge input[name=lora][value='sks-dog']").Click();
+        var weight = Find("#merge input[name=weight][data-lora='sks-dog']");
+        weight.Clear();
+        weight.SendKeys("0.8");
+        Find("#merge input[name=name]").SendKeys("dog-merged");
         Shot("models");
+        Find("#merge button").Click();
+        wait.Until(d => d.Url.Contains("/jobs/") || d.FindElement(By.Id("merge-error")).Text.Length > 0);
+        Assert.Contains("/jobs/", browser.Url);
+        wait.Until(d => d.FindElement(By.Id("state")).Text is "succeeded" or "failed");
+        Assert.Equal("succeeded", browser.FindElement(By.Id("state")).Text);
+        Assert.True(File.Exists(Path.Combine(web.DataDir, "models", "checkpoints", "dog-merged.safetensors"))
+                    || Directory.Exists(Path.Combine(web.DataDir, "models", "checkpoints", "dog-merged")), "the merge wrote no checkpoint dog-merged");
+        browser.Navigate().GoToUrl(web.BaseUrl + "/models");
+        wait.Until(d => d.FindElements(By.XPath("//td[starts-with(text(),'dog-merged')]")).Count == 1);
     }
 }
 

@@ -43,7 +43,7 @@ public class RestartTests
                 Assert.Equal(Enumerable.Range(1, steps), loss.EnumerateArray().Select(r => r.GetProperty("step").GetInt32()));
                 var log = await second.Client.GetStringAsync($"/api/jobs/{jobId}/log");
                 Assert.Contains("server stopping", log);
-                Assert.Contains("continuing after a server restart", log);
+                Assert.Contains("continuing from the last saved state", log);
                 Assert.Contains($"resuming at step {savedSteps}", log);
             }
         }

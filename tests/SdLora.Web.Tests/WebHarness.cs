@@ -35,7 +35,8 @@ public sealed class WebHarness : IAsyncDisposable
         DataDir = dataDir; _ownsData = ownsData; Options = options; App = app; Client = client; BaseUrl = baseUrl;
     }
 
-    public static async Task<WebHarness> Start(string? dataDir = null, Func<ServeOptions, ServeOptions>? tweak = null, bool kestrel = false)
+    public static async Task<WebHarness> Start(string? dataDir = null, Func<ServeOptions, ServeOptions>? tweak = null, bool kestrel = false,
+        Action<WebApplicationBuilder>? configure = null)
     {
         bool owns = dataDir is null;
         dataDir ??= Path.Combine(Path.GetTempPath(), "sdlora-web-" + Guid.NewGuid().ToString("N")[..10]);
@@ -52,7 +53,7 @@ public sealed class WebHarness : IAsyncDisposable
             ExtraCheckpoints = new Dictionary<string, string> { ["tiny-sd15"] = TinyModel },
         };
         options = tweak?.Invoke(options) ?? options;
-        var app = SdLoraServer.Create(options, b => { if (!kestrel) b.WebHost.UseTestServer(); });
+        var app = SdLoraServer.Create(options, b => { if (!kestrel) b.WebHost.UseTestServer(); configure?.Invoke(b); });
         await app.StartAsync();
         HttpClient client;
         string baseUrl;

@@ -15,6 +15,8 @@ public static class BenchCommands
         bench.Subcommands.Add(BenchGenerateCommand.Create(cli, "generate"));
         bench.Subcommands.Add(BenchTrainCommand.Create(cli, "train"));
         bench.Subcommands.Add(BenchCaptionCommand.Create(cli, "caption"));
+        bench.Subcommands.Add(BenchVaeCommand.Create(cli, "vae"));
+        bench.Subcommands.Add(BenchWorkflowCommand.Create(cli, "workflow"));
         return bench;
     }
 }
@@ -28,9 +30,21 @@ public static class BenchHost
 {
     public static Option<string> CpuLowPrecisionOption() => new("--cpu-low-precision")
     {
-        Description = "how bf16/fp16 layers compute on the CPU: upcast (fp32 arithmetic, the default) or native (bf16 arithmetic: fast on CPUs with AVX512-BF16/AMX)",
-        DefaultValueFactory = _ => "upcast",
+        Description = "how bf16/fp16 layers compute on the CPU: auto (the probe decides, as generate does), upcast (fp32 arithmetic) or native (bf16 arithmetic: fast on CPUs with AVX512-BF16/AMX)",
+        DefaultValueFactory = _ => "auto",
     };
+
+    public static Option<string> DTypeOption(string description = CliCompute.DTypeDescription) => new("--dtype") { Description = description, DefaultValueFactory = _ => "auto" };
+
+    /// <summary>
+    /// The benchmark's precision: <paramref name="dtype"/> resolved as generate resolves it (auto: the CPU probe), then
+    /// <paramref name="cpuLowPrecision"/> (auto, upcast, native) overriding the kernel policy when not auto.
+    /// </summary>
+    public static ComputeOptions Compute(string dtype, string cpuLowPrecision, CliContext cli, Action<string>? note = null)
+    {
+        var compute = CliCompute.Resolve("cpu", dtype, cli, note);
+        return ComputeOptions.IsAuto(cpuLowPrecision) ? compute : compute with { CpuLowPrecision = ComputeOptions.ParseCpuLowPrecision(cpuLowPrecision) };
+    }
 
     /// <summary>Seeds torch's generator (threads are already set by the CLI context).</summary>
     public static void Start() => torch.manual_seed(0);

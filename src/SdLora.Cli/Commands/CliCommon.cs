@@ -44,12 +44,13 @@ public sealed class ComputeArguments
 {
     public Option<string> Device { get; } = new("--device") { Description = "cpu, cuda or cuda:N", DefaultValueFactory = _ => "cpu" };
 
+    /// <summary><c>--dtype</c>: <c>auto</c> by default (see <see cref="CliCompute"/>).</summary>
     public Option<string> DType { get; }
 
-    /// <param name="dtypeDescription">what the precisions mean for this command (default: fp32, bf16, fp16)</param>
-    public ComputeArguments(string dtypeDescription = "compute precision: fp32, bf16 or fp16 (fp16 is for CUDA; on a CPU it is emulated and slow)")
+    /// <param name="dtypeDescription">what the precisions mean for this command (default: auto, fp32, bf16, fp16)</param>
+    public ComputeArguments(string dtypeDescription = CliCompute.DTypeDescription)
     {
-        DType = new Option<string>("--dtype") { Description = dtypeDescription, DefaultValueFactory = _ => "fp32" };
+        DType = new Option<string>("--dtype") { Description = dtypeDescription, DefaultValueFactory = _ => "auto" };
     }
 
     public void AddTo(Command command)
@@ -58,10 +59,13 @@ public sealed class ComputeArguments
         command.Options.Add(DType);
     }
 
-    /// <summary>The parsed choice; prints a note for choices that work but surprise (fp16 on a CPU).</summary>
-    public ComputeOptions Read(ParseResult parse, CliContext cli)
+    /// <summary>
+    /// The choice for this machine (<c>auto</c> and CPU bf16 decided by the cached CPU kernel probe); notes what auto
+    /// chose (to <paramref name="note"/>, default a grey line with the output) and choices that work but surprise (fp16 on a CPU).
+    /// </summary>
+    public ComputeOptions Read(ParseResult parse, CliContext cli, Action<string>? note = null)
     {
-        var compute = ComputeOptions.Parse(parse.GetValue(Device)!, parse.GetValue(DType)!);
+        var compute = CliCompute.Resolve(parse.GetValue(Device)!, parse.GetValue(DType)!, cli, note);
         cli.NoteCompute(compute);
         return compute;
     }

@@ -16,6 +16,8 @@ public static class CommandCatalog
         yield return DemoCommand.Create(cli);
         yield return ToyCommand.Create(cli);
         yield return ServeCommand.Create(cli);
+        yield return WorkerCommand.Create(cli);
         yield return BenchCommands.Create(cli);
+        yield return DoctorCommand.Create(cli);
     }
 }

@@ -35,15 +35,17 @@ public static class GenerateCommand
         var initLatents = new Option<string?>("--init-latents") { Description = "safetensors file with tensor 'latents' [images,4,H/8,W/8] replacing the seeded noise" };
         var outDir = CliOptions.Out("output folder (images are numbered, never replaced)", Path.Combine("outputs", "txt2img"));
         var compute = new ComputeArguments();
+        var vaeTiling = new Option<string>("--vae-tiling") { Description = "VAE decode in 512 px tiles: auto (above 768x768), on, off", DefaultValueFactory = _ => "auto" };
+        var verbose = new Option<bool>("--verbose", "-v") { Description = "print the time of each phase (load, text encoding, sampling, VAE decode, PNG) and the peak memory" };
 
         var cmd = new Command("generate", "text to image (txt2img) with CFG, samplers and LoRAs; writes PNGs with A1111 parameters")
         {
             prompt, negative, model, config, width, height, steps, sampler, cfg, seed, batchSize, batchCount, clipSkip, lora, loraDir, embeddingsDir, initLatents, outDir,
+            vaeTiling, verbose,
         };
         compute.AddTo(cmd);
         cmd.SetAction(r =>
         {
-            var computeOptions = compute.Read(r, cli);
             var options = new Txt2ImgOptions
             {
                 Prompt = r.GetValue(prompt)!, NegativePrompt = r.GetValue(negative)!, Width = r.GetValue(width), Height = r.GetValue(height),
@@ -51,6 +53,11 @@ public static class GenerateCommand
                 BatchSize = r.GetValue(batchSize), BatchCount = r.GetValue(batchCount), ClipSkip = r.GetValue(clipSkip),
                 Loras = r.GetValue(lora)!.Select(LoraUse.Parse).ToList(), LoraDir = r.GetValue(loraDir)!, EmbeddingsDir = r.GetValue(embeddingsDir),
                 OutputDir = r.GetValue(outDir),
+                VaeTiling = r.GetValue(vaeTiling)!.Trim().ToLowerInvariant() switch
+                {
+                    "auto" => VaeTilingMode.Auto, "on" => VaeTilingMode.On, "off" => VaeTilingMode.Off,
+                    var v => throw new SdLoraException($"--vae-tiling '{v}': use auto, on or off"),
+                },
             };
             options.Validate();
             // Before the model loads and sampling starts: an unwritable --out must not cost the run.
@@ -58,7 +65,11 @@ public static class GenerateCommand
             foreach (var l in options.Loras)
                 if (!File.Exists(l.Path)) throw new SdLoraException($"LoRA {l.Path} not found; check the path (or use <lora:NAME:WEIGHT> with NAME.safetensors in --lora-dir)");
             var modelPath = CliOptions.ResolveModel(r.GetValue(model), cli);
+            var computeOptions = compute.Read(r, cli);
+            var loadClock = System.Diagnostics.Stopwatch.StartNew();
             using var sd = cli.Status($"loading {modelPath}", () => StableDiffusionModel.Load(modelPath, r.GetValue(config), computeOptions));
+            double loadSeconds = loadClock.Elapsed.TotalSeconds;
+            long loadRss = ProcessMemoryInfo.ResidentBytes(), loadPeak = ProcessMemoryInfo.PeakResidentBytes();
             string? latentsPath = r.GetValue(initLatents);
             TorchSharp.torch.Tensor? latents = null;
             if (latentsPath is not null)
@@ -75,6 +86,7 @@ public static class GenerateCommand
             foreach (var w in result.Warnings) cli.Warning(w);
             foreach (var img in result.Images) cli.Console.MarkupLineInterpolated($"seed {img.Seed}: {img.Path}");
             if (result.Cancelled) cli.Console.MarkupLineInterpolated($"[yellow]stopped[/]: {result.Images.Count} finished image(s) kept");
+            if (r.GetValue(verbose)) PhaseReport.Print(cli, [new PhaseTime("model load", loadSeconds, 1, loadRss, loadPeak), .. result.Phases ?? []], computeOptions, options.Steps * options.BatchCount);
             latents?.Dispose();
             return result.Cancelled ? ExitCodes.Stopped : ExitCodes.Ok;
         });

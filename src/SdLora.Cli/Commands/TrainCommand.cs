@@ -19,27 +19,40 @@ public static class TrainCommand
         var cmd = new Command("train", "train a DreamBooth LoRA, fine-tune the whole model (--method dreambooth) or learn a new word (--method textual-inversion); kohya's options are accepted too, --config FILE.toml takes the same settings");
         var options = new TrainOptions();
         options.AddTo(cmd);
+        // --verbose belongs to the command, not to the training settings.
+        var verbose = new Option<bool>("--verbose", "-v") { Description = "print each phase's time and the peak memory at the end" };
+        cmd.Options.Add(verbose);
         cmd.SetAction(r =>
         {
             var notes = new List<string>();
-            var config = options.ToConfig(r, notes, () => CliOptions.ResolveModel(null, cli));
-            foreach (var n in notes) cli.Note(n);
-            return Run(cli, config);
+            TrainingConfig config;
+            try
+            {
+                config = options.ToConfig(r, notes, () => CliOptions.ResolveModel(null, cli), beforeValidation: c =>
+                {
+                    // fp16 on a CPU works but crawls: say so first, as generate does (auto never picks fp16: no probe needed).
+                    if (c.Dtype == "fp16" || c.MixedPrecision == "fp16") cli.NoteCompute(c.ResolveCompute(null));
+                });
+            }
+            finally { foreach (var n in notes) cli.Note(n); }
+            return Run(cli, config, verbose: r.GetValue(verbose));
         });
         return cmd;
     }
 
     /// <summary>Runs a training with progress display and prints the summary; exit code 0, or 130 when stopped with Ctrl-C.</summary>
-    internal static int Run(CliContext cli, TrainingConfig config, Action<TrainingResult>? afterSummary = null)
+    internal static int Run(CliContext cli, TrainingConfig config, Action<TrainingResult>? afterSummary = null, bool verbose = false)
     {
         TrainingResult result;
-        try { result = TrainView.Run(cli, TrainingSession.Create(config)); }
+        try { result = TrainView.Run(cli, TrainingSession.Create(config, cpuProbe: () => CliCompute.CachedProbe(cli.Cancellation).Result)); }
         catch (OperationCanceledException)
         {
             cli.Console.MarkupLine("[yellow]stopped before training began[/]: nothing to save (run the same command again to start over)");
             return ExitCodes.Stopped;
         }
         PrintSummary(cli, result);
+        if (verbose && result.Phases is { } phases)
+            PhaseReport.Print(cli, phases, config.ResolveCompute(() => CliCompute.CachedProbe(cli.Cancellation).Result));
         afterSummary?.Invoke(result);
         return result.Cancelled ? ExitCodes.Stopped : ExitCodes.Ok;
     }
@@ -59,7 +72,18 @@ public static class TrainCommand
         if (r.Samples.Count > 0) cli.Console.MarkupLineInterpolated($"  samples:   {Rel(Path.GetDirectoryName(r.Samples[0])!)} ({r.Samples.Count} images)");
         if (r.ClassImagesGenerated > 0) cli.Console.MarkupLineInterpolated($"  class images generated: {r.ClassImagesGenerated}");
         cli.Console.MarkupLineInterpolated($"  state:     {Rel(Path.Combine(r.OutputDir, "state"))} (for --resume)");
+        if (r.Phases is { Count: > 0 } phases)
+            cli.Console.MarkupLineInterpolated($"  time:      {string.Join(", ", phases.Select(p => $"{p.Phase} {FormatDuration(p.Seconds)}"))}");
     }
+
+    /// <summary>"0.4 s", "42 s", "3 min 05 s", "1 h 02 min".</summary>
+    internal static string FormatDuration(double seconds) => seconds switch
+    {
+        < 10 => $"{seconds:F1} s",
+        < 60 => $"{seconds:F0} s",
+        < 3600 => $"{(int)(seconds / 60)} min {(int)(seconds % 60):D2} s",
+        _ => $"{(int)(seconds / 3600)} h {(int)(seconds % 3600 / 60):D2} min",
+    };
 }
 
 /// <summary>
@@ -165,7 +189,8 @@ public sealed class TrainOptions
     /// The run's settings: defaults, then the <c>--config</c> file, then the options given, validated.
     /// <paramref name="defaultModel"/> supplies the model when neither names one.
     /// </summary>
-    public TrainingConfig ToConfig(ParseResult parse, ICollection<string> notes, Func<string>? defaultModel = null)
+    /// <param name="beforeValidation">sees the settings before they are checked (to note surprising choices even when a check fails)</param>
+    public TrainingConfig ToConfig(ParseResult parse, ICollection<string> notes, Func<string>? defaultModel = null, Action<TrainingConfig>? beforeValidation = null)
     {
         string? file = Given(parse, ConfigFile) ? parse.GetValue(ConfigFile) : Given(parse, _configFileKohya) ? parse.GetValue(_configFileKohya) : null;
         var values = new Dictionary<string, object?>(StringComparer.Ordinal);
@@ -184,6 +209,7 @@ public sealed class TrainOptions
         var config = file is null ? start : TrainingConfigLoader.ApplyToml(start, file, notes);
         config = TrainingConfigLoader.Apply(config, values, null, notes);
         if (config.Model is null && defaultModel is not null) config = config with { Model = defaultModel() };
+        beforeValidation?.Invoke(config);
         return config.Validate();
     }
 
@@ -239,7 +265,8 @@ internal static class TrainView
             $"epoch {p.Epoch}/{p.TotalEpochs} step {p.Done}/{p.Total} {Rate(p.StepsPerSecond, "it")} ETA {p.Eta:hh\\:mm\\:ss} " +
             $"loss {p.SmoothedLoss:F4} lr {p.LearningRate:G3}",
         TrainingPhase.ClassImages =>
-            $"class images {p.Done}/{p.Total}" + (p.StepsPerSecond > 0 ? $" {Rate(p.StepsPerSecond, "image")} ETA {p.Eta:hh\\:mm\\:ss}" : ""),
+            $"class images {p.Done}/{p.Total}" + (p.Message.Length > 0 ? $" ({p.Message})" : "") +
+            (p.StepsPerSecond > 0 ? $" {Rate(p.StepsPerSecond, "image")} ETA {p.Eta:hh\\:mm\\:ss}" : ""),
         TrainingPhase.CachingLatents => $"caching latents {p.Done}/{p.Total}",
         TrainingPhase.Sampling => $"sample images ({p.Message}) {p.Done}/{p.Total}",
         TrainingPhase.Saving => $"saving ({p.Message}) at step {p.Done}",

@@ -8,7 +8,7 @@ namespace SdLora.Web.Api;
 
 /// <summary>A job as the API shows it: the record, its live state and its last progress.</summary>
 public sealed record JobView(string Id, string Type, string Title, string State, DateTimeOffset Created, DateTimeOffset? Started, DateTimeOffset? Finished,
-    int Attempts, string? Error, JsonElement? Result, string? Run, JobProgress? Progress);
+    int Attempts, string? Error, JsonElement? Result, string? Run, JobProgress? Progress, string? Queue = null, string? Worker = null, IReadOnlyList<string>? Files = null);
 
 /// <summary><c>/api/jobs</c>: the queue and its history, one job, cancel, the log, and live events (SSE).</summary>
 public static class JobsApi
@@ -18,7 +18,7 @@ public static class JobsApi
         var state = engine.State(r);
         var progress = JobStates.IsFinal(state) && state != JobStates.Cancelled ? null
             : engine.Store.EventsAfter(r.Id, 0).LastOrDefault(e => e.Kind == "progress")?.Progress;
-        return new JobView(r.Id, r.Type, r.Title, state, r.Created, r.Started, r.Finished, r.Attempts, r.Error, r.Result, r.Run, progress);
+        return new JobView(r.Id, r.Type, r.Title, state, r.Created, r.Started, r.Finished, r.Attempts, r.Error, r.Result, r.Run, progress, r.Queue, r.Worker, r.Files);
     }
 
     public static void Map(WebApplication app)
@@ -27,6 +27,8 @@ public static class JobsApi
         api.MapGet("", (JobEngine engine, int? limit) =>
             engine.Store.All().Take(Math.Clamp(limit ?? 100, 1, 1000)).Select(r => View(engine, r)).ToList());
         api.MapGet("/{id}", (string id, JobEngine engine) => View(engine, Get(engine, id)));
+        app.MapGet("/api/workers", (JobEngine engine) => engine.Workers()).WithTags("jobs")
+            .WithDescription("The processes taking jobs from this queue (this server and, with --jobs postgres://..., every sdlora worker): name, queues, last heartbeat.");
         api.MapPost("/{id}/cancel", (string id, JobEngine engine) => View(engine, engine.Cancel(Get(engine, id).Id)));
         api.MapGet("/{id}/log", (string id, JobEngine engine) =>
             Results.Text(string.Join("\n", engine.Store.EventsAfter(Get(engine, id).Id, 0).Where(e => e.Kind == "log")

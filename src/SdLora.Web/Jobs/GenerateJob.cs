@@ -57,13 +57,14 @@ public sealed class GenerateJob(DataFolders folders, ModelCatalog catalog, Model
         var a = context.Args<GenerateArgs>();
         var checkpoint = catalog.Checkpoint(a.Model);
         context.Progress(new JobProgress("loading model", 0, 1, checkpoint.Name));
-        using var lease = host.Borrow(checkpoint.Path, ComputeOptions.Parse(options.Device, options.DType), context.Token);
+        using var lease = host.Borrow(checkpoint.Path, options.Compute(), context.Token);
         var pipeline = new Txt2ImgPipeline(lease.Model);
         var result = pipeline.Generate(a.ToOptions(folders.Outputs, folders.Loras), new SyncProgress<GenerationProgress>(p =>
             context.Progress(new JobProgress("sampling", (p.Batch - 1) * p.Steps + p.Step, p.Batches * p.Steps, $"batch {p.Batch}/{p.Batches}"))), context.Token);
         foreach (var w in result.Warnings) context.Log("warning: " + w);
         var files = result.Images.Select(i => new GeneratedFile(Path.GetFileName(i.Path!), i.Seed, i.Parameters.ToInfotext())).ToList();
         foreach (var f in files) context.Log($"saved {f.File} (seed {f.Seed})");
+        context.Owns(result.Images.Select(i => i.Path!));
         return new GenerateResult(checkpoint.Name, files, result.Cancelled, result.Warnings);
     }
 }

@@ -28,6 +28,13 @@ public sealed class JobContext(JobRecord record, JobStore store, CancellationTok
 
     public void Log(string message) => store.Append(Record.Id, "log", message);
 
+    /// <summary>Records files this job made (absolute paths under the data root) in its record.</summary>
+    public void Owns(IEnumerable<string> paths)
+    {
+        var relative = paths.Select(p => Path.GetRelativePath(store.Root, Path.GetFullPath(p)).Replace('\\', '/')).ToList();
+        store.Update(Record.Id, r => r with { Files = r.Files.Union(relative, StringComparer.Ordinal).ToList() });
+    }
+
     /// <summary>
     /// Records progress. Reports come as often as every step; the log keeps at most about four a second (plus every
     /// change of phase and the last of a phase), which is what a page can show anyway.

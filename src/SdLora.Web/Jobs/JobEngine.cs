@@ -1,4 +1,5 @@
 using System.Collections.Concurrent;
+using System.Data.Common;
 using System.Text.Json;
 using Hangfire;
 using Hangfire.Common;
@@ -10,11 +11,16 @@ using Microsoft.Extensions.Logging;
 
 namespace SdLora.Web.Jobs;
 
+/// <summary>A process taking jobs: the engine's name for it, its queues, when it started and last said it was alive.</summary>
+public sealed record WorkerInfo(string Name, IReadOnlyList<string> Queues, DateTimeOffset Started, DateTimeOffset? Heartbeat);
+
 /// <summary>
-/// The job queue, on Hangfire: its SQLite storage (<c>DATA/jobs.db</c>) holds the queue and job states durably, and one
-/// Hangfire worker per device runs one job at a time on its own thread. Our part: job records and event logs
-/// (<see cref="JobStore"/>), the job types (<see cref="IJobHandler"/>), and cancellation that reaches a running job at
-/// once. Everything is built on instances (no Hangfire globals), so several servers can live in one process (tests).
+/// The job queue, on Hangfire: its storage holds the queue and job states durably (the embedded SQLite file
+/// <c>DATA/jobs.db</c> on one machine, or a shared PostgreSQL database for a server and many workers), and one
+/// Hangfire worker per process runs one job at a time on its own thread. Our part: job records and event logs
+/// (<see cref="JobStore"/>), the job types (<see cref="IJobHandler"/>), cancellation that reaches a running job at
+/// once, queue routing (device kind, model), leases on the folders a job writes, and bounded retries.
+/// Everything is built on instances (no Hangfire globals), so several servers can live in one process (tests).
 /// </summary>
 public sealed class JobEngine : IHostedService, IDisposable
 {
@@ -25,7 +31,7 @@ public sealed class JobEngine : IHostedService, IDisposable
     private readonly ILogger<JobEngine> _logger;
     private readonly ConcurrentDictionary<string, CancellationTokenSource> _running = new();
     private readonly JobFilterCollection _filters = new();
-    private SQLiteStorage? _storage;
+    private JobStorage? _storage;
     private BackgroundJobClient? _client;
     private BackgroundJobServer? _server;
     private FileStream? _dataLock;
@@ -37,34 +43,55 @@ public sealed class JobEngine : IHostedService, IDisposable
         _store = store;
         _handlers = handlers.ToDictionary(h => h.Type);
         _logger = logger;
-        // A job that throws fails with its message; it is not retried (a bad setting fails the same way again).
-        _filters.Add(new AutomaticRetryAttribute { Attempts = 0, LogEvents = false });
+        // An unexpected error (lost connection, full disk) is retried a bounded number of times; the runner decides when
+        // to give up, and fails a bad setting at once (JobFailedException: it would fail the same way again).
+        _filters.Add(new AutomaticRetryAttribute
+        {
+            Attempts = options.MaxAttempts, LogEvents = false, ExceptOn = [typeof(JobFailedException)],
+            DelayInSecondsByAttemptFunc = attempt => (int)Math.Ceiling(options.RetryDelay.TotalSeconds * attempt * attempt),
+        });
         _filters.Add(new KeepHistoryFilter());
+        _filters.Add(new KeepQueueFilter(store));
     }
 
     /// <summary>The Hangfire queue of this server's device ("cpu", "cuda", ...).</summary>
     public string Queue => _options.Device.Split(':')[0].Trim().ToLowerInvariant();
     public JobStore Store => _store;
+    /// <summary>The queues this process takes jobs from: <c>--queues</c>, else its device kind.</summary>
+    public IReadOnlyList<string> Queues => _options.Queues ?? [Queue];
+    /// <summary>This process as the engine and the leases name it (host, process id, a random tag).</summary>
+    public string WorkerName { get; } = $"{Environment.MachineName.ToLowerInvariant()}-{Environment.ProcessId}-{Guid.NewGuid().ToString("N")[..6]}";
+    public int MaxAttempts => _options.MaxAttempts;
 
     public Task StartAsync(CancellationToken cancellationToken)
     {
-        // One server per data folder: the lock makes "every job marked running is orphaned" true at start.
-        var lockPath = Path.Combine(_folders.Root, ".serve.lock");
-        try { _dataLock = new FileStream(lockPath, FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.None); }
-        catch (IOException)
+        if (!_options.SharedJobs)
         {
-            throw new SdLoraException($"{_folders.Root} is in use by another sdlora serve: stop it, or pass another --data folder");
+            // One server per data folder: the lock makes "every job marked running is orphaned" true at start.
+            var lockPath = Path.Combine(_folders.Root, ".serve.lock");
+            try { _dataLock = new FileStream(lockPath, FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.None); }
+            catch (IOException)
+            {
+                throw new SdLoraException($"{_folders.Root} is in use by another sdlora serve: stop it, or pass another --data folder (or share it through --jobs postgres://...)");
+            }
         }
-        _storage = new SQLiteStorage(_folders.JobDatabase, new SQLiteStorageOptions { QueuePollInterval = _options.QueuePollInterval });
+        _storage = JobStorageFactory.Create(_options, _folders);
         _client = new BackgroundJobClient(_storage, _filters);
-        RecoverInterruptedJobs();
+        // With shared storage other processes may be running these jobs right now: a job whose worker died is taken over
+        // by the engine after --takeover-after instead.
+        if (!_options.SharedJobs) RecoverInterruptedJobs();
+        if (!_options.RunJobs) return Task.CompletedTask;
         _server = new BackgroundJobServer(new BackgroundJobServerOptions
         {
             WorkerCount = 1,
-            Queues = [Queue],
-            ServerName = $"sdlora-{Environment.ProcessId}-{Guid.NewGuid().ToString("N")[..6]}",
+            Queues = Queues.ToArray(),
+            ServerName = WorkerName,
+            HeartbeatInterval = TimeSpan.FromSeconds(Math.Clamp(_options.TakeoverAfter.TotalSeconds / 4, 1, 30)),
+            ServerCheckInterval = TimeSpan.FromSeconds(Math.Clamp(_options.TakeoverAfter.TotalSeconds / 2, 1, 300)),
+            ServerTimeout = _options.TakeoverAfter * 2,
             CancellationCheckInterval = TimeSpan.FromSeconds(1),
-            SchedulePollingInterval = TimeSpan.FromSeconds(5),
+            // Retries wait in the schedule; a short queue poll (tests) polls the schedule more often too.
+            SchedulePollingInterval = TimeSpan.FromSeconds(Math.Clamp(_options.QueuePollInterval.TotalSeconds * 5, 1, 5)),
             // On stop, a running job's token fires at once (StopTimeout 0): training saves its state and the job goes
             // back to the queue; it gets this long to do so before Hangfire gives up on it.
             StopTimeout = TimeSpan.Zero,
@@ -109,9 +136,18 @@ public sealed class JobEngine : IHostedService, IDisposable
             Id = JobStore.NewId(), Type = type, Title = title, Args = JsonSerializer.SerializeToElement(args, JobJson.Options),
             Queue = Queue, Created = DateTimeOffset.UtcNow, Run = run,
         };
+        record = record with { Queue = QueueFor(record.Args) };
         _store.Create(record);
         _store.Append(record.Id, "state", JobStates.Queued);
-        var engineId = Client.Create(Job.FromExpression<JobRunner>(r => r.Run(record.Id, CancellationToken.None)), new EnqueuedState(Queue));
+        string engineId;
+        try { engineId = WithDatabase(() => Client.Create(Job.FromExpression<JobRunner>(r => r.Run(record.Id, CancellationToken.None)), new EnqueuedState(record.Queue))); }
+        catch (DbException e)
+        {
+            var message = $"the job database is unavailable ({JobRunner.OneLine(e)}): try again in a moment";
+            _store.Update(record.Id, r => r with { State = JobStates.Failed, Finished = DateTimeOffset.UtcNow, Error = message });
+            _store.Append(record.Id, "state", JobStates.Failed);
+            throw new ApiException(503, message);
+        }
         return _store.Update(record.Id, r => r with { EngineId = engineId });
     }
 
@@ -122,13 +158,15 @@ public sealed class JobEngine : IHostedService, IDisposable
         if (JobStates.IsFinal(State(record))) throw new ApiException(409, $"job {id} has already {State(record)}");
         record = _store.Update(id, r => r with { CancelRequested = true });
         if (_running.TryGetValue(id, out var cts)) cts.Cancel();
+        // Running in another process: deleting it in the engine fires that worker's token; the worker ends the record.
+        else if (_options.SharedJobs && record.State == JobStates.Running) { }
         else
         {
             // Not started: it is removed from the queue and ends here.
             record = _store.Update(id, r => r with { State = JobStates.Cancelled, Finished = DateTimeOffset.UtcNow });
             _store.Append(id, "state", JobStates.Cancelled);
         }
-        if (record.EngineId is { } engineId) Client.Delete(engineId);
+        if (record.EngineId is { } engineId) WithDatabase(() => Client.Delete(engineId));
         return record;
     }
 
@@ -138,13 +176,101 @@ public sealed class JobEngine : IHostedService, IDisposable
         // A running job's runner writes its final state (and result) itself: until then it is running, even when
         // Hangfire already shows the job deleted (cancel) while it saves its state.
         if (JobStates.IsFinal(record.State) || record.State == JobStates.Running || record.EngineId is null || _storage is null) return record.State;
-        using var connection = _storage.GetConnection();
-        var name = connection.GetStateData(record.EngineId)?.Name;
+        string? name;
+        try
+        {
+            using var connection = _storage.GetConnection();
+            name = connection.GetStateData(record.EngineId)?.Name;
+        }
+        catch (DbException) { return record.State; } // the database is away for a moment: the record's view
         if (name == ProcessingState.StateName) return JobStates.Running;
         if (name == SucceededState.StateName) return JobStates.Succeeded;
-        if (name == FailedState.StateName) return JobStates.Failed;
+        // A failure the runner recorded (Error set, record not final) is one attempt of a retry still to come; only a
+        // failure outside the runner (the job could not even start) ends the job here.
+        if (name == FailedState.StateName) return record.Error is null ? JobStates.Failed : JobStates.Queued;
         if (name == DeletedState.StateName) return JobStates.Cancelled;
         return record.State == JobStates.Running ? JobStates.Running : JobStates.Queued;
+    }
+
+    /// <summary>
+    /// The queue a job goes to: <c>KIND-MODEL</c> (e.g. <c>cuda-sd15-base</c>) when a live worker serves that model's
+    /// queue, else the device kind. A worker started with <c>--queues cuda-sd15-base</c> takes only that model's jobs.
+    /// </summary>
+    private string QueueFor(JsonElement args)
+    {
+        if (!_options.SharedJobs || args.ValueKind != JsonValueKind.Object || !args.TryGetProperty("model", out var m) || m.GetString() is not { Length: > 0 } model)
+            return Queue;
+        var modelQueue = ModelQueue(Queue, model);
+        // Only live workers count: a killed one stays listed until the engine's watchdog removes it.
+        return Workers().Any(w => w.Queues.Contains(modelQueue)) ? modelQueue : Queue;
+    }
+
+    /// <summary>The live processes taking jobs from this queue, with their queues (the engine's server list).</summary>
+    public IReadOnlyList<WorkerInfo> Workers()
+    {
+        if (_storage is null) return [];
+        var alive = DateTime.UtcNow - _options.TakeoverAfter * 2;
+        return WithDatabase(() => _storage.GetMonitoringApi().Servers())
+            .Where(s => (s.Heartbeat ?? s.StartedAt) > alive)
+            // Hangfire names a server "NAME:PID:GUID"; NAME is our WorkerName.
+            .Select(s => new WorkerInfo(s.Name.Split(':')[0], s.Queues.ToList(), new DateTimeOffset(DateTime.SpecifyKind(s.StartedAt, DateTimeKind.Utc)),
+                s.Heartbeat is { } h ? new DateTimeOffset(DateTime.SpecifyKind(h, DateTimeKind.Utc)) : null))
+            .OrderBy(w => w.Name, StringComparer.Ordinal).ToList();
+    }
+
+    /// <summary>
+    /// Runs a short database call, again after a moment when the connection broke (PostgreSQL restarted: the first use
+    /// of each pooled connection fails once) or the server is briefly away.
+    /// </summary>
+    private static T WithDatabase<T>(Func<T> call)
+    {
+        for (int attempt = 1; ; attempt++)
+        {
+            try { return call(); }
+            catch (DbException) when (attempt < 4) { Thread.Sleep(250 * attempt * attempt); }
+        }
+    }
+
+    /// <summary>The queue name of a model on a device kind: lowercase letters and digits, the rest as '-'.</summary>
+    public static string ModelQueue(string kind, string model)
+    {
+        var slug = new string(model.ToLowerInvariant().Select(c => c is >= 'a' and <= 'z' or >= '0' and <= '9' ? c : '-').ToArray());
+        while (slug.Contains("--")) slug = slug.Replace("--", "-");
+        return kind + "-" + slug.Trim('-');
+    }
+
+    /// <summary>
+    /// With shared storage: leases on the job's folder and (training) its run folder, taken under the engine's
+    /// distributed lock; waits while another live worker holds one (the engine handed the job out again while that
+    /// worker still ran it). Null on one machine, where the data folder lock already excludes a second server.
+    /// </summary>
+    internal IReadOnlyList<FileLease>? TakeLeases(JobRecord record, CancellationToken ct)
+    {
+        if (!_options.SharedJobs) return null;
+        var folders = new List<string> { _store.Folder(record.Id) };
+        if (record.Run is { } run) folders.Add(Path.Combine(_folders.Runs, DataFolders.CheckNewName(run, "run")));
+        bool logged = false;
+        while (true)
+        {
+            var taken = new List<FileLease>();
+            string? heldBy = null;
+            using (var connection = _storage!.GetConnection())
+            using (WithDatabase(() => connection.AcquireDistributedLock("sdlora:leases", TimeSpan.FromSeconds(30))))
+            {
+                foreach (var folder in folders)
+                {
+                    var lease = FileLease.TryAcquire(folder, WorkerName, record.Id, _options.TakeoverAfter);
+                    if (lease is null) { heldBy = FileLease.Holder(folder) ?? "another worker"; break; }
+                    taken.Add(lease);
+                }
+            }
+            if (heldBy is null) return taken;
+            foreach (var l in taken) l.Dispose();
+            if (!logged) _store.Append(record.Id, "log", $"{heldBy} still holds this job's folder: waiting for it to finish or its lease to expire");
+            logged = true;
+            ct.WaitHandle.WaitOne(TimeSpan.FromSeconds(1));
+            ct.ThrowIfCancellationRequested();
+        }
     }
 
     /// <summary>Waits until the job has ended and returns its record.</summary>
@@ -187,7 +313,7 @@ public sealed class JobEngine : IHostedService, IDisposable
     {
         _server?.Dispose();
         _server = null;
-        _storage?.Dispose();
+        (_storage as IDisposable)?.Dispose();
         _storage = null;
         _dataLock?.Dispose();
         _dataLock = null;
@@ -197,6 +323,20 @@ public sealed class JobEngine : IHostedService, IDisposable
     {
         public override object ActivateJob(Type jobType) =>
             jobType == typeof(JobRunner) ? new JobRunner(engine, engine._store) : base.ActivateJob(jobType);
+    }
+
+    /// <summary>
+    /// A retried job goes back to its own queue (device kind or model), not Hangfire's "default" one, which no worker of
+    /// ours serves: the queue is in our record.
+    /// </summary>
+    private sealed class KeepQueueFilter(JobStore store) : JobFilterAttribute, IElectStateFilter
+    {
+        public void OnStateElection(ElectStateContext context)
+        {
+            if (context.CandidateState is EnqueuedState enqueued && context.BackgroundJob?.Job?.Args is [string id, ..]
+                && store.Get(id)?.Queue is { } queue && enqueued.Queue != queue)
+                enqueued.Queue = queue;
+        }
     }
 
     /// <summary>Keeps finished jobs in Hangfire's storage for a year (the default is a day); our records keep them for good.</summary>

@@ -26,12 +26,19 @@ public sealed record JobRecord
     public string State { get; init; } = JobStates.Queued;
     public DateTimeOffset? Started { get; init; }
     public DateTimeOffset? Finished { get; init; }
+    /// <summary>How many times the job was started.</summary>
     public int Attempts { get; init; }
+    /// <summary>Starts that ended in an orderly hand-over (server or worker stopping): they do not count against the attempt limit.</summary>
+    public int Handovers { get; init; }
     public bool CancelRequested { get; init; }
     public string? Error { get; init; }
     public JsonElement? Result { get; init; }
     /// <summary>For training jobs: the run folder's name.</summary>
     public string? Run { get; init; }
+    /// <summary>The worker (process) that runs or last ran the job.</summary>
+    public string? Worker { get; init; }
+    /// <summary>The files this job made, relative to the data root (images, LoRAs, the run folder's LoRA and state).</summary>
+    public IReadOnlyList<string> Files { get; init; } = [];
 }
 
 /// <summary>One line of a job's <c>events.jsonl</c>: a log message, a progress record, or a state change.</summary>

@@ -22,6 +22,9 @@ public sealed class JobStore(DataFolders folders)
     private readonly ConcurrentDictionary<string, EventLog> _logs = new();
     private readonly ConcurrentDictionary<string, object> _recordLocks = new();
 
+    /// <summary>The data root; <see cref="JobRecord.Files"/> are relative to it.</summary>
+    public string Root => folders.Root;
+
     public string Folder(string id) => DataFolders.Inside(folders.Jobs, id, "job", mustExist: false);
 
     public static string NewId() => $"{DateTime.UtcNow:yyyyMMdd-HHmmss}-{Guid.NewGuid().ToString("N")[..6]}";
@@ -46,10 +49,23 @@ public sealed class JobStore(DataFolders folders)
     {
         lock (_recordLocks.GetOrAdd(id, _ => new object()))
         {
+            // Workers on other machines update the same record (progress, state) as the server (cancel): a lock file
+            // makes read-change-write one step across processes too.
+            using var across = LockFile(id);
             var updated = change(Get(id) ?? throw new ApiException(404, $"job '{id}' not found"));
             Write(updated);
             Touch(id);
             return updated;
+        }
+    }
+
+    private FileStream LockFile(string id)
+    {
+        var path = Path.Combine(Folder(id), ".record.lock");
+        for (int attempt = 0; ; attempt++)
+        {
+            try { return new FileStream(path, FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.None); }
+            catch (IOException) when (attempt < 200) { Thread.Sleep(10 + Random.Shared.Next(20)); }
         }
     }
 
@@ -69,6 +85,10 @@ public sealed class JobStore(DataFolders folders)
         JobEvent e;
         lock (log.Sync)
         {
+            // Another process may have appended since: number after its events, not ours.
+            using var across = LockFile(id);
+            var file = new FileInfo(Path.Combine(Folder(id), "events.jsonl"));
+            if (file.Exists && file.Length != log.Bytes) log.Events = null;
             var events = Load(id, log);
             e = new JobEvent(events.Count == 0 ? 1 : events[^1].Seq + 1, DateTimeOffset.UtcNow, kind, message, progress);
             events.Add(e);

@@ -46,6 +46,7 @@ public sealed class MergeJob(DataFolders folders, ModelCatalog catalog) : IJobHa
         var report = LoraCheckpointMerge.Merge(source.Path, loras, output, a.Fp16, overwrite: false,
             new SyncProgress<string>(context.Log), context.Token);
         context.Progress(new JobProgress("merging", 1, 1));
+        context.Owns([output]);
         return new MergeResult(Path.GetRelativePath(folders.Checkpoints, output).Replace('\\', '/'), report.LayersChanged,
             report.Matches.SelectMany(m => m.UnmatchedKeys).ToList());
     }

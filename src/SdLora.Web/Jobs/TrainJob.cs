@@ -100,7 +100,7 @@ public sealed class TrainJob(DataFolders folders, Datasets datasets, ModelCatalo
         if (a.Resume || ours && hasState)
         {
             config = RunFolder.ReadRunJson(Path.Combine(dir, "run.json")) with { Resume = true, Overwrite = false, Device = options.Device };
-            context.Log(a.Resume ? "resuming the run from its saved state" : "continuing after a server restart from the last saved state");
+            context.Log(a.Resume ? "resuming the run from its saved state" : "continuing from the last saved state: the previous attempt was cut off (server restart or lost worker)");
         }
         else
         {
@@ -111,7 +111,8 @@ public sealed class TrainJob(DataFolders folders, Datasets datasets, ModelCatalo
         AtomicFile.WriteAllText(marker, context.Record.Id);
 
         // The session trains on the hosted model (loaded once, shared with generation) and hands it back clean.
-        var compute = ComputeOptions.Parse(config.Device, config.MixedPrecision is "bf16" or "fp16" ? config.MixedPrecision : config.Dtype);
+        // dtype auto (the form's default) resolves as the server's own precision does, from the same CPU probe.
+        var compute = options.Compute(config.MixedPrecision is "bf16" or "fp16" ? config.MixedPrecision : config.Dtype, config.Device);
         context.Progress(new JobProgress("loading model", 0, 1, Path.GetFileName(config.Model)));
         using var lease = host.Borrow(config.Model!, compute, context.Token);
         var session = new LoraTrainingSession(config, lease.Model);
@@ -124,6 +125,11 @@ public sealed class TrainJob(DataFolders folders, Datasets datasets, ModelCatalo
             context.Log($"LoRA ready: {Path.GetFileName(lora)}; use it as <lora:{config.EffectiveOutputName}:0.8>");
         }
         else if (result.Cancelled) context.Log($"stopped at step {result.Steps}: state saved, Resume continues from here");
+        var made = new List<string> { Path.Combine(dir, "run.json"), Path.Combine(dir, "loss.csv"), Path.Combine(dir, "state") };
+        if (result.LoraPath is { } trained) made.Add(trained);
+        if (library is not null) made.Add(Path.Combine(folders.Loras, library + ".safetensors"));
+        made.AddRange(result.Samples);
+        context.Owns(made.Where(p => File.Exists(p) || Directory.Exists(p)));
         return new TrainResult(a.Run, result.LoraPath is null ? null : Path.GetRelativePath(dir, result.LoraPath), library, result.Steps, result.TotalSteps,
             result.Cancelled, result.SmoothedLoss, result.Samples.Select(s => Path.GetRelativePath(dir, s)).ToList(), result.ClassImagesGenerated);
     }

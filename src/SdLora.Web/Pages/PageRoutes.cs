@@ -154,7 +154,7 @@ public static class PageRoutes
         ("learning-rate", "Learning rate (UNet)", "1e-4", ""),
         ("text-encoder-lr", "Text encoder LR", "5e-5", "0 = UNet only"),
         ("train-batch-size", "Batch size", "1", ""),
-        ("num-class-images", "Class images", "100", "with a class prompt"),
+        ("num-class-images", "Class images", "", "8 on the CPU, 100 on a GPU"),
         ("seed", "Seed", "42", ""),
         ("save-every-n-epochs", "Save every N epochs", "", ""),
         ("sample-every-n-epochs", "Sample every N epochs", "", ""),
@@ -180,7 +180,7 @@ public static class PageRoutes
         ("caption-dropout", "Caption dropout", "0", ""),
         ("min-bucket-reso", "Min bucket", "256", ""),
         ("max-bucket-reso", "Max bucket", "1024", ""),
-        ("dtype", "Model dtype", "fp32", ""),
+        ("dtype", "Model dtype", "auto", "auto, fp32, bf16"),
     ];
 
     private static readonly (string Flag, string Label, bool On)[] AdvancedSwitches =
@@ -295,11 +295,38 @@ public static class PageRoutes
               <tbody>{{(loras.Length == 0 ? "<tr><td colspan=\"8\" class=\"muted\">None yet: finished training runs put their LoRA here.</td></tr>" : loras)}}</tbody></table>
             </section>
             <section class="panel">
+              <h2>Merge LoRAs into a checkpoint</h2>
+              {{MergeForm(catalog)}}
+            </section>
+            <section class="panel">
               <h2>Captioner</h2>
               <p>{{(catalog.HasBlip ? $"BLIP model found in {H(folders.Blip)}." : $"No BLIP model: put a Hugging Face BLIP folder (config.json, model.safetensors, vocab.txt, ...) in {H(folders.Blip)}.")}}</p>
             </section>
             """;
-        return Page("Models", "/models", body);
+        return Page("Models", "/models", body, "models.js");
+    }
+
+    /// <summary><c>sdlora lora merge</c> as a form: a checkpoint, the LoRAs with their weights, the new checkpoint's name (a job).</summary>
+    private static string MergeForm(ModelCatalog catalog)
+    {
+        var checkpoints = catalog.Checkpoints().ToList();
+        var loras = catalog.Loras().ToList();
+        if (checkpoints.Count == 0 || loras.Count == 0)
+            return "<p class=\"muted\">Needs a checkpoint and at least one LoRA.</p>";
+        var options = string.Join("", checkpoints.Select(c => $"<option value=\"{H(c.Name)}\">{H(c.Name)}</option>"));
+        var rows = string.Join("", loras.Select(l =>
+            $"<tr><td><label class=\"check\"><input type=\"checkbox\" name=\"lora\" value=\"{H(l.Name)}\"> {H(l.Name)}</label></td>" +
+            $"<td><input type=\"number\" class=\"weight\" name=\"weight\" data-lora=\"{H(l.Name)}\" value=\"1\" step=\"0.05\" min=\"-4\" max=\"4\"></td></tr>"));
+        return $$"""
+            <form id="merge" class="form">
+              <p class="muted">W' = W + weight · (alpha / rank) · up · down for each LoRA, in fp32; the result is a new checkpoint beside the others (the input is never changed).</p>
+              <label>Checkpoint <select name="model">{{options}}</select></label>
+              <table class="list"><thead><tr><th>LoRA</th><th>Weight</th></tr></thead><tbody>{{rows}}</tbody></table>
+              <label>New checkpoint name <input name="name" required pattern="[A-Za-z0-9._-]+" placeholder="my-model-merged"></label>
+              <label class="check"><input type="checkbox" name="fp16" checked> store fp16</label>
+              <button type="submit">Merge</button> <span id="merge-error" class="error"></span>
+            </form>
+            """;
     }
 
     private static string JobRow(JobView j) =>
@@ -329,11 +356,12 @@ public static class PageRoutes
         var body = $$"""
             <h1>{{H(v.Title)}} <span id="state" class="state {{H(v.State)}}">{{H(v.State)}}</span></h1>
             <section class="panel">
-              <p class="muted">{{H(v.Type)}} job {{H(v.Id)}}, queued {{v.Created.ToLocalTime():yyyy-MM-dd HH:mm:ss}}{{(v.Run is { } run ? $" · run <a href=\"/runs/{U(run)}\">{H(run)}</a>" : "")}}</p>
+              <p class="muted">{{H(v.Type)}} job {{H(v.Id)}}, queued {{v.Created.ToLocalTime():yyyy-MM-dd HH:mm:ss}}{{(v.Run is { } run ? $" · run <a href=\"/runs/{U(run)}\">{H(run)}</a>" : "")}} · queue {{H(v.Queue)}}{{(v.Worker is { } w ? $" · worker {H(w)}" : "")}} · attempt {{v.Attempts}}</p>
               <div id="progress" class="progress" hidden><div class="bar"></div><span class="label"></span></div>
               <div class="actions"><button id="cancel"{{(JobStates.IsFinal(v.State) ? " hidden" : "")}}>Cancel</button> <a href="/api/jobs/{{U(v.Id)}}/log">plain log</a></div>
               <p id="error" class="error">{{H(v.Error)}}</p>
               <div id="result"></div>
+              {{(v.Files is { Count: > 0 } files ? $"<details><summary>{files.Count} file(s) this job made</summary><pre class=\"log\">{H(string.Join("\n", files))}</pre></details>" : "")}}
               <h2>Log</h2>
               <pre id="log" class="log"></pre>
             </section>

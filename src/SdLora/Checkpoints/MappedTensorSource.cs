@@ -51,6 +51,10 @@ public sealed class MappedTensorSource : ITensorSource
         return r;
     }
 
+    /// <summary>Reads straight into <paramref name="target"/> (a reshape only changes the view, not the bytes).</summary>
+    public void CopyInto(string name, Tensor target) => _inner.CopyInto(Entry(name).Source, target);
+    public bool SupportsParallelReads => _inner.SupportsParallelReads;
+
     private (string Source, long[]? Shape) Entry(string name) =>
         _map.TryGetValue(name, out var e) ? e : throw new SdLoraException($"{Description}: has no tensor '{name}'");
 }
@@ -64,4 +68,6 @@ public sealed class FilteredTensorSource(ITensorSource inner, Func<string, bool>
     public bool Contains(string name) => keep(name) && inner.Contains(name);
     public long[] ShapeOf(string name) => inner.ShapeOf(name);
     public Tensor Load(string name, ScalarType? dtype = null) => inner.Load(name, dtype);
+    public void CopyInto(string name, Tensor target) => inner.CopyInto(name, target);
+    public bool SupportsParallelReads => inner.SupportsParallelReads;
 }

@@ -16,6 +16,20 @@ public interface ITensorSource
     long[] ShapeOf(string name);
     /// <summary>Reads one tensor, converted to <paramref name="dtype"/> when given. The caller owns (disposes) it.</summary>
     Tensor Load(string name, ScalarType? dtype = null);
+
+    /// <summary>Whether <see cref="CopyInto"/> may run on several threads at once (for different targets).</summary>
+    bool SupportsParallelReads => false;
+
+    /// <summary>
+    /// Copies one tensor into <paramref name="target"/> (same number of elements; converted to the target's dtype).
+    /// Sources that can, override it to write straight from the file into the target.
+    /// </summary>
+    void CopyInto(string name, Tensor target)
+    {
+        using var t = Load(name);
+        using var shaped = t.reshape(target.shape);
+        target.copy_(shaped);
+    }
 }
 
 /// <summary>Tensors already in memory (fixtures, tests, freshly built weights).</summary>
@@ -40,4 +54,6 @@ public sealed class PrefixedTensorSource(ITensorSource inner, string prefix) : I
     public bool Contains(string name) => inner.Contains(prefix + name);
     public long[] ShapeOf(string name) => inner.ShapeOf(prefix + name);
     public Tensor Load(string name, ScalarType? dtype = null) => inner.Load(prefix + name, dtype);
+    public void CopyInto(string name, Tensor target) => inner.CopyInto(prefix + name, target);
+    public bool SupportsParallelReads => inner.SupportsParallelReads;
 }

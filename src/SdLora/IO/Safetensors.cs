@@ -130,6 +130,29 @@ public sealed class SafetensorsFile : ITensorSource, IDisposable
         return t;
     }
 
+    /// <summary>
+    /// Copies tensor <paramref name="name"/> into <paramref name="target"/>: a contiguous CPU target of the file's dtype
+    /// gets the bytes straight from the mapped file; any other goes through one staging tensor in the file's dtype and
+    /// one converting <c>copy_</c>. Thread-safe for different targets.
+    /// </summary>
+    public bool SupportsParallelReads => true;
+
+    public void CopyInto(string name, Tensor target)
+    {
+        var e = this[name];
+        if (e.ElementCount != target.NumberOfElements)
+            throw new SdLoraException($"{Path}: tensor '{name}' has {e.ElementCount} elements, the target {target.NumberOfElements}");
+        if (e.End == e.Begin) return;
+        if (e.ScalarType == target.dtype && target.device_type == DeviceType.CPU && target.is_contiguous())
+        {
+            CopyInto(e, target);
+            return;
+        }
+        using var staging = torch.empty(target.shape, e.ScalarType);
+        CopyInto(e, staging);
+        target.copy_(staging);
+    }
+
     private unsafe void CopyInto(SafetensorsEntry e, Tensor t)
     {
         long size = e.End - e.Begin;

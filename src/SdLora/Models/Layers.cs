@@ -35,11 +35,12 @@ public sealed class AdaptableLinear : nn.Module<Tensor, Tensor>, ICpuLowPrecisio
         InFeatures = inFeatures;
         OutFeatures = outFeatures;
         weight = new Parameter(torch.empty(outFeatures, inFeatures));
-        nn.init.kaiming_uniform_(weight, Math.Sqrt(5));
+        bool initialize = !ModuleInitialization.IsSkipped;
+        if (initialize) nn.init.kaiming_uniform_(weight, Math.Sqrt(5));
         if (hasBias)
         {
             double bound = 1.0 / Math.Sqrt(inFeatures);
-            bias = new Parameter(torch.empty(outFeatures).uniform_(-bound, bound));
+            bias = new Parameter(initialize ? torch.empty(outFeatures).uniform_(-bound, bound) : torch.empty(outFeatures));
         }
         RegisterComponents();
     }
@@ -88,11 +89,12 @@ public sealed class AdaptableConv2d : nn.Module<Tensor, Tensor>, ICpuLowPrecisio
         Stride = stride;
         Padding = padding;
         weight = new Parameter(torch.empty(outChannels, inChannels, kernelSize, kernelSize));
-        nn.init.kaiming_uniform_(weight, Math.Sqrt(5));
+        bool initialize = !ModuleInitialization.IsSkipped;
+        if (initialize) nn.init.kaiming_uniform_(weight, Math.Sqrt(5));
         if (hasBias)
         {
             double bound = 1.0 / Math.Sqrt(inChannels * kernelSize * kernelSize);
-            bias = new Parameter(torch.empty(outChannels).uniform_(-bound, bound));
+            bias = new Parameter(initialize ? torch.empty(outChannels).uniform_(-bound, bound) : torch.empty(outChannels));
         }
         RegisterComponents();
     }

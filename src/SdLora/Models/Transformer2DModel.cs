@@ -69,9 +69,25 @@ public sealed class BasicTransformerBlock : nn.Module<Tensor, Tensor, Tensor>
 
     public override Tensor forward(Tensor x, Tensor context)
     {
-        x = attn1.call(norm1.call(x), null) + x;
-        x = attn2.call(norm2.call(x), context) + x;
-        return ff.call(norm3.call(x)) + x;
+        var h1 = Residual(x, t => attn1.call(norm1.call(t), null));
+        var h2 = Residual(h1, t => attn2.call(norm2.call(t), context));
+        if (!torch.is_grad_enabled()) h1.Dispose();
+        var h3 = Residual(h2, t => ff.call(norm3.call(t)));
+        if (!torch.is_grad_enabled()) h2.Dispose();
+        return h3;
+    }
+
+    /// <summary>
+    /// <c>branch(x) + x</c>. Without autograd the branch's intermediates (norm output, q/k/v, the feed-forward's wide
+    /// hidden layer) are freed as soon as it returns and the sum is formed in place: at 64x64 latents one block's
+    /// intermediates are hundreds of megabytes.
+    /// </summary>
+    private static Tensor Residual(Tensor x, Func<Tensor, Tensor> branch)
+    {
+        if (torch.is_grad_enabled()) return branch(x) + x;
+        Tensor y;
+        using (var scope = torch.NewDisposeScope()) y = branch(x).MoveToOuterDisposeScope();
+        return y.add_(x);
     }
 }
 
@@ -102,7 +118,13 @@ public sealed class GEGLU : nn.Module<Tensor, Tensor>
 
     public override Tensor forward(Tensor x)
     {
-        var parts = proj.call(x).chunk(2, -1);
-        return parts[0] * nn.functional.gelu(parts[1]);
+        var projected = proj.call(x);
+        var parts = projected.chunk(2, -1);
+        if (torch.is_grad_enabled()) return parts[0] * nn.functional.gelu(parts[1]);
+        // Inference: the product goes into the GELU's output, and the wide projection is freed at once.
+        var gated = nn.functional.gelu(parts[1]).mul_(parts[0]);
+        foreach (var p in parts) p.Dispose();
+        projected.Dispose();
+        return gated;
     }
 }

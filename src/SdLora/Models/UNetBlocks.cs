@@ -17,6 +17,25 @@ public abstract class UNetBlock : nn.Module
 
     protected static Tensor RunTransformer(Transformer2DModel attention, Tensor x, Tensor context, bool checkpoint) =>
         checkpoint ? GradientCheckpoint.Run(t => attention.call(t[0], t[1]), x, context) : attention.call(x, context);
+
+    /// <summary>
+    /// Without autograd, frees activations the block has consumed (its input once joined with the skip, the skip, a
+    /// resnet output once the transformer has read it): otherwise each stays alive until the caller's scope ends, and
+    /// at 64x64 latents they add up to hundreds of megabytes per step. With autograd the graph needs them.
+    /// </summary>
+    protected static void FreeIfInference(params Tensor[] consumed)
+    {
+        if (torch.is_grad_enabled()) return;
+        foreach (var t in consumed) t.Dispose();
+    }
+
+    protected static Tensor Upsample(ModuleList<Upsample2D>? upsamplers, Tensor x, long[]? size)
+    {
+        if (upsamplers is null) return x;
+        var y = upsamplers[0].Forward(x, size);
+        FreeIfInference(x);
+        return y;
+    }
 }
 
 /// <summary>An encoder stage: its output and the skip connections it hands to the decoder.</summary>
@@ -59,8 +78,9 @@ public sealed class CrossAttnDownBlock2D : UNetDownBlock
     {
         for (int i = 0; i < resnets.Count; i++)
         {
-            x = RunResnet(resnets[i], x, temb, checkpoint);
-            x = RunTransformer(attentions[i], x, context, checkpoint);
+            var h = RunResnet(resnets[i], x, temb, checkpoint);
+            x = RunTransformer(attentions[i], h, context, checkpoint);
+            FreeIfInference(h);
             skips.Add(x);
         }
         if (downsamplers is not null)
@@ -116,9 +136,12 @@ public sealed class UNetMidBlock2DCrossAttn : UNetBlock
 
     public Tensor Forward(Tensor x, Tensor temb, Tensor context, bool checkpoint)
     {
-        x = RunResnet(resnets[0], x, temb, checkpoint);
-        x = RunTransformer(attentions[0], x, context, checkpoint);
-        return RunResnet(resnets[1], x, temb, checkpoint);
+        var h1 = RunResnet(resnets[0], x, temb, checkpoint);
+        var h2 = RunTransformer(attentions[0], h1, context, checkpoint);
+        FreeIfInference(h1);
+        var output = RunResnet(resnets[1], h2, temb, checkpoint);
+        FreeIfInference(h2);
+        return output;
     }
 }
 
@@ -144,11 +167,15 @@ public sealed class CrossAttnUpBlock2D : UNetUpBlock
     {
         for (int i = 0; i < resnets.Count; i++)
         {
-            x = torch.cat([x, PopLast(skips)], 1);
-            x = RunResnet(resnets[i], x, temb, checkpoint);
-            x = RunTransformer(attentions[i], x, context, checkpoint);
+            var skip = PopLast(skips);
+            var joined = torch.cat([x, skip], 1);
+            FreeIfInference(x, skip);
+            var h = RunResnet(resnets[i], joined, temb, checkpoint);
+            FreeIfInference(joined);
+            x = RunTransformer(attentions[i], h, context, checkpoint);
+            FreeIfInference(h);
         }
-        return upsamplers is null ? x : upsamplers[0].Forward(x, upsampleSize);
+        return Upsample(upsamplers, x, upsampleSize);
     }
 
     /// <summary>Resnet j takes the previous output (j = 0) or this block's width, plus the skip's width.</summary>
@@ -187,9 +214,12 @@ public sealed class UpBlock2D : UNetUpBlock
     {
         foreach (var resnet in resnets)
         {
-            x = torch.cat([x, CrossAttnUpBlock2D.PopLast(skips)], 1);
-            x = RunResnet(resnet, x, temb, checkpoint);
+            var skip = CrossAttnUpBlock2D.PopLast(skips);
+            var joined = torch.cat([x, skip], 1);
+            FreeIfInference(x, skip);
+            x = RunResnet(resnet, joined, temb, checkpoint);
+            FreeIfInference(joined);
         }
-        return upsamplers is null ? x : upsamplers[0].Forward(x, upsampleSize);
+        return Upsample(upsamplers, x, upsampleSize);
     }
 }

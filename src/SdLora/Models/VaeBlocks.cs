@@ -17,10 +17,11 @@ public sealed class DownEncoderBlock2D : nn.Module<Tensor, Tensor>
         RegisterComponents();
     }
 
-    public override Tensor forward(Tensor x)
+    public override Tensor forward(Tensor input)
     {
-        foreach (var resnet in resnets) x = resnet.call(x, null);
-        return downsamplers is null ? x : downsamplers[0].call(x);
+        var x = input;
+        foreach (var resnet in resnets) x = Intermediate.Step(x, input, h => resnet.call(h, null));
+        return downsamplers is null ? x : Intermediate.Step(x, input, downsamplers[0].call);
     }
 }
 
@@ -37,10 +38,11 @@ public sealed class UpDecoderBlock2D : nn.Module<Tensor, Tensor>
         RegisterComponents();
     }
 
-    public override Tensor forward(Tensor x)
+    public override Tensor forward(Tensor input)
     {
-        foreach (var resnet in resnets) x = resnet.call(x, null);
-        return upsamplers is null ? x : upsamplers[0].call(x);
+        var x = input;
+        foreach (var resnet in resnets) x = Intermediate.Step(x, input, h => resnet.call(h, null));
+        return upsamplers is null ? x : Intermediate.Step(x, input, upsamplers[0].call);
     }
 }
 
@@ -57,7 +59,12 @@ public sealed class UNetMidBlock2D : nn.Module<Tensor, Tensor>
         RegisterComponents();
     }
 
-    public override Tensor forward(Tensor x) => resnets[1].call(attentions[0].call(resnets[0].call(x, null)), null);
+    public override Tensor forward(Tensor input)
+    {
+        var x = resnets[0].call(input, null);
+        x = Intermediate.Step(x, input, attentions[0].call);
+        return Intermediate.Step(x, input, h => resnets[1].call(h, null));
+    }
 }
 
 /// <summary>
@@ -124,9 +131,10 @@ public sealed class VaeEncoder : nn.Module<Tensor, Tensor>
     public override Tensor forward(Tensor image)
     {
         var x = conv_in.call(image);
-        foreach (var block in down_blocks) x = block.call(x);
-        x = mid_block.call(x);
-        return conv_out.call(nn.functional.silu(conv_norm_out.call(x)));
+        foreach (var block in down_blocks) x = Intermediate.Step(x, image, block.call);
+        x = Intermediate.Step(x, image, mid_block.call);
+        x = Intermediate.Step(x, image, conv_norm_out.call);
+        return Intermediate.Step(x, image, h => conv_out.call(Intermediate.Silu(h)));
     }
 }
 
@@ -160,8 +168,28 @@ public sealed class VaeDecoder : nn.Module<Tensor, Tensor>
 
     public override Tensor forward(Tensor latents)
     {
-        var x = mid_block.call(conv_in.call(latents));
-        foreach (var block in up_blocks) x = block.call(x);
-        return conv_out.call(nn.functional.silu(conv_norm_out.call(x)));
+        var x = conv_in.call(latents);
+        x = Intermediate.Step(x, latents, mid_block.call);
+        foreach (var block in up_blocks) x = Intermediate.Step(x, latents, block.call);
+        x = Intermediate.Step(x, latents, conv_norm_out.call);
+        return Intermediate.Step(x, latents, h => conv_out.call(Intermediate.Silu(h)));
     }
+}
+
+/// <summary>
+/// Frees activations a forward pass has finished with, when no autograd graph needs them: at 1024x1024 each VAE map is
+/// hundreds of megabytes, and a chain of blocks would otherwise keep every one alive until the caller's scope ends.
+/// </summary>
+internal static class Intermediate
+{
+    /// <summary><c>next(x)</c>; without autograd, <paramref name="x"/> is then freed unless it is the caller's <paramref name="input"/>.</summary>
+    public static Tensor Step(Tensor x, Tensor input, Func<Tensor, Tensor> next)
+    {
+        var y = next(x);
+        if (!torch.is_grad_enabled() && !ReferenceEquals(x, input) && !ReferenceEquals(x, y)) x.Dispose();
+        return y;
+    }
+
+    /// <summary>SiLU, in place when no autograd graph needs its input.</summary>
+    public static Tensor Silu(Tensor x) => torch.is_grad_enabled() ? nn.functional.silu(x) : nn.functional.silu(x, inplace: true);
 }

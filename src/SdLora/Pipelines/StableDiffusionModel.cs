@@ -77,11 +77,18 @@ public sealed class StableDiffusionModel : IDisposable
         }
     }
 
+    /// <summary>
+    /// Builds a module without random initial weights, gives it the compute dtype, then loads the weights into it: each
+    /// tensor is converted once, from the file's dtype straight to the one it is kept in (no fp32 copy of a bf16 model).
+    /// </summary>
     private static T Build<T>(Func<T> create, SdLora.IO.ITensorSource weights, ComputeOptions compute, List<nn.Module> built, CancellationToken ct) where T : nn.Module
     {
-        T module;
-        using (torch.no_grad()) module = create();
+        T module = ModuleInitialization.WithoutRandomInit(() =>
+        {
+            using (torch.no_grad()) return create();
+        });
         built.Add(module);
+        if (compute.DType != ScalarType.Float32) module.to(compute.DType);
         ModuleWeights.Load(module, weights, ct: ct);
         return To(module, compute);
     }

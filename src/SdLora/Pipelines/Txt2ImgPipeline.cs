@@ -1,6 +1,7 @@
 using SdLora.Imaging;
 using SdLora.IO;
 using SdLora.Lora;
+using SdLora.Models;
 using SdLora.Sampling;
 using SdLora.Text;
 using TorchSharp;
@@ -35,6 +36,8 @@ public sealed record Txt2ImgOptions
     public Tensor? InitialLatents { get; init; }
     /// <summary>Folder for the PNGs; null keeps images in memory only.</summary>
     public string? OutputDir { get; init; }
+    /// <summary>VAE decode in tiles: auto (above 768x768 pixels, where untiled activations pass ~2 GiB), on or off.</summary>
+    public VaeTilingMode VaeTiling { get; init; } = VaeTilingMode.Auto;
 
     public void Validate()
     {
@@ -48,12 +51,17 @@ public sealed record Txt2ImgOptions
     }
 }
 
+/// <summary>Whether the VAE decodes in tiles (<see cref="Models.VaeTiling"/>).</summary>
+public enum VaeTilingMode { Auto, On, Off }
+
 public sealed record GeneratedImage(RgbImage Image, long Seed, GenerationParameters Parameters, string? Path);
 
 /// <summary>Progress of a generation run: model call <see cref="Step"/> of <see cref="Steps"/> for batch <see cref="Batch"/> of <see cref="Batches"/>.</summary>
 public readonly record struct GenerationProgress(int Batch, int Batches, int Step, int Steps);
 
-public sealed record GenerationResult(IReadOnlyList<GeneratedImage> Images, bool Cancelled, IReadOnlyList<string> Warnings);
+/// <param name="Phases">Where the time went: LoRA attach, text encoding, sampling, VAE decode, PNG writing.</param>
+public sealed record GenerationResult(IReadOnlyList<GeneratedImage> Images, bool Cancelled, IReadOnlyList<string> Warnings,
+    IReadOnlyList<PhaseTime>? Phases = null);
 
 /// <summary>
 /// Text to image: prompt -> CLIP conditioning -> denoising with classifier-free guidance -> VAE decode -> PNG.
@@ -81,15 +89,17 @@ public sealed class Txt2ImgPipeline(StableDiffusionModel model)
 
         var images = new List<GeneratedImage>();
         var warnings = new List<string>();
-        using var loras = LoraSet.Attach(model, loraUses, warnings);
+        var timer = new PhaseTimer();
+        using var loras = timer.Time("LoRA attach", () => LoraSet.Attach(model, loraUses, warnings));
         using var scope = torch.NewDisposeScope();
-        Tensor cond, uncond;
-        using (torch.no_grad())
+        Tensor cond = null!, uncond = null!;
+        timer.Time("text encoding", () =>
         {
+            using var noGrad = torch.no_grad();
             using var c = encoder.Encode(o.Prompt, o.ClipSkip);
             using var u = encoder.Encode(o.NegativePrompt, o.ClipSkip);
             (cond, uncond) = encoder.PadToSameLength(c.Conditioning, u.Conditioning, o.ClipSkip);
-        }
+        });
         var parametersBase = new GenerationParameters
         {
             Prompt = o.Prompt, NegativePrompt = o.NegativePrompt, Steps = o.Steps, Sampler = sampler.Name, CfgScale = o.CfgScale,
@@ -108,28 +118,32 @@ public sealed class Txt2ImgPipeline(StableDiffusionModel model)
                 int batch = b;
                 var prog = progress is null ? null : new SyncProgress<SamplingProgress>(p => progress.Report(new GenerationProgress(batch + 1, o.BatchCount, p.Step, p.Total)));
                 using var ancestral = new SeededNoise(seeds[0]);
-                var latents = Sample(sampler, noise, cond, uncond, o.CfgScale, o.Steps, ancestral, prog, ct);
-                var decoded = Decode(latents);
-                for (int i = 0; i < o.BatchSize; i++)
+                var latents = timer.Time("sampling", () => Sample(sampler, noise, cond, uncond, o.CfgScale, o.Steps, ancestral, prog, ct));
+                HeapTrim.ReleaseFreedMemory();
+                var decoded = timer.Time("VAE decode", () => Decode(latents, o.VaeTiling));
+                timer.Time(o.OutputDir is null ? "image conversion" : "PNG writing", () =>
                 {
-                    var img = RgbImage.FromTensor01(decoded[i]);
-                    var p = parametersBase with { Seed = seeds[i] };
-                    string? path = null;
-                    if (o.OutputDir is { } dir)
+                    for (int i = 0; i < o.BatchSize; i++)
                     {
-                        path = OutputNaming.Reserve(dir, seeds[i]);
-                        try { PngFile.Write(path, img, new Dictionary<string, string> { ["parameters"] = p.ToInfotext() }); }
-                        catch { File.Delete(path); throw; }
+                        var img = RgbImage.FromTensor01(decoded[i]);
+                        var p = parametersBase with { Seed = seeds[i] };
+                        string? path = null;
+                        if (o.OutputDir is { } dir)
+                        {
+                            path = OutputNaming.Reserve(dir, seeds[i]);
+                            try { PngFile.Write(path, img, new Dictionary<string, string> { ["parameters"] = p.ToInfotext() }); }
+                            catch { File.Delete(path); throw; }
+                        }
+                        images.Add(new GeneratedImage(img, seeds[i], p, path));
                     }
-                    images.Add(new GeneratedImage(img, seeds[i], p, path));
-                }
+                });
             }
         }
         catch (OperationCanceledException)
         {
-            return new GenerationResult(images, true, warnings);
+            return new GenerationResult(images, true, warnings, timer.Phases);
         }
-        return new GenerationResult(images, false, warnings);
+        return new GenerationResult(images, false, warnings, timer.Phases);
     }
 
     /// <summary>The seeded N(0,1) starting latents of one image: generated on the CPU in fp32, so a seed gives the same image on every device.</summary>
@@ -153,23 +167,33 @@ public sealed class Txt2ImgPipeline(StableDiffusionModel model)
         var context = torch.cat([uncond.expand(n, -1, -1), cond.expand(n, -1, -1)], 0).to(dtype).to(dev);
         Tensor Denoise(Tensor x, Tensor t)
         {
-            using var s = torch.NewDisposeScope();
-            var input = torch.cat([x, x], 0).to(dtype);
-            var output = model.UNet.forward(input, t, context).to(ScalarType.Float32);
-            var chunks = output.chunk(2, 0);
-            return (chunks[0] + cfg * (chunks[1] - chunks[0])).MoveToOuterDisposeScope();
+            Tensor guided;
+            using (var s = torch.NewDisposeScope())
+            {
+                var input = torch.cat([x, x], 0).to(dtype);
+                var output = model.UNet.forward(input, t, context).to(ScalarType.Float32);
+                var chunks = output.chunk(2, 0);
+                guided = (chunks[0] + cfg * (chunks[1] - chunks[0])).MoveToOuterDisposeScope();
+            }
+            // The step's activations are free now; give their pages back before the next step allocates anew.
+            HeapTrim.ReleaseFreedMemory();
+            return guided;
         }
         var latents = sampler.Sample(Denoise, initialNoise.to(ScalarType.Float32).to(dev), model.Schedule, steps, noise, progress, ct, onStep);
         return latents.MoveToOuterDisposeScope();
     }
 
     /// <summary>VAE decode to a [B, 3, H, W] float image in [0, 1]: <c>clamp(decode(latents / scaling) / 2 + 0.5)</c>.</summary>
-    public Tensor Decode(Tensor latents)
+    public Tensor Decode(Tensor latents) => Decode(latents, VaeTilingMode.Auto);
+
+    /// <summary>As <see cref="Decode(Tensor)"/>, tiled as <paramref name="tiling"/> says (auto: above 768x768 pixels, see <see cref="VaeTiling.AutoTiles"/>).</summary>
+    public Tensor Decode(Tensor latents, VaeTilingMode tiling)
     {
         using var noGrad = torch.no_grad();
         using var scope = torch.NewDisposeScope();
         var x = (latents / model.Vae.ScalingFactor).to(model.Compute.DType);
-        var img = model.Vae.Decode(x).to(ScalarType.Float32);
-        return (img / 2 + 0.5).clamp(0, 1).cpu().MoveToOuterDisposeScope();
+        bool tiled = tiling == VaeTilingMode.On || (tiling == VaeTilingMode.Auto && VaeTiling.AutoTiles(x.shape[2], x.shape[3]));
+        var img = (tiled ? VaeTiling.Default.Decode(model.Vae, x) : model.Vae.Decode(x)).to(ScalarType.Float32);
+        return img.div_(2).add_(0.5).clamp_(0, 1).cpu().MoveToOuterDisposeScope();
     }
 }

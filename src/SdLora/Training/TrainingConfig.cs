@@ -34,7 +34,17 @@ public sealed partial record TrainingConfig
     // ---- dataset and captions ----
     public string? InstancePrompt { get; init; }
     public string? ClassPrompt { get; init; }
-    public int NumClassImages { get; init; } = 100;
+    /// <summary>Class images for prior preservation; null: 8 on the CPU (minutes, not hours, on 2 cores), 100 on a GPU (diffusers' default).</summary>
+    public int? NumClassImages { get; init; }
+    /// <summary>Sampling steps per class image; null: 12 on the CPU, 20 on a GPU.</summary>
+    public int? ClassImageSteps { get; init; }
+    /// <summary>Sampler for class images; null: DPM++ 2M Karras on the CPU (good images in few steps), DDIM on a GPU.</summary>
+    public string? ClassImageSampler { get; init; }
+    /// <summary>
+    /// Where generated class images are kept for reuse by later runs, keyed by model hash, class prompt, size, sampler and
+    /// steps; null: the class-images folder in sdlora's user cache; "none": no cache.
+    /// </summary>
+    public string? ClassImageCache { get; init; }
     public double PriorLossWeight { get; init; } = 1.0;
     /// <summary>Repeats for plain-folder datasets (kohya folders carry their own in the name).</summary>
     public int NumRepeats { get; init; } = 10;
@@ -120,8 +130,11 @@ public sealed partial record TrainingConfig
 
     // ---- compute and memory ----
     public string Device { get; init; } = "cpu";
-    /// <summary>Dtype the frozen base model is held in.</summary>
-    public string Dtype { get; init; } = "fp32";
+    /// <summary>
+    /// Dtype the frozen base model is held and computed in: auto (bf16 where this CPU computes it faster than fp32,
+    /// else fp32; see <see cref="ComputeOptions.Resolve"/>), fp32, bf16 or fp16. <see cref="MixedPrecision"/> bf16/fp16 wins.
+    /// </summary>
+    public string Dtype { get; init; } = "auto";
     /// <summary>no, fp16 or bf16.</summary>
     public string MixedPrecision { get; init; } = "no";
     public string SavePrecision { get; init; } = "fp16";
@@ -225,6 +238,32 @@ public sealed partial record TrainingConfig
         return d;
     }
 
+    private bool OnCpu => Device.Trim().Equals("cpu", StringComparison.OrdinalIgnoreCase);
+
+    /// <summary><see cref="NumClassImages"/>, or its device default.</summary>
+    public int EffectiveNumClassImages => NumClassImages ?? (OnCpu ? 8 : 100);
+
+    /// <summary><see cref="ClassImageSteps"/>, or its device default.</summary>
+    public int EffectiveClassImageSteps => ClassImageSteps ?? (OnCpu ? 12 : 20);
+
+    /// <summary><see cref="ClassImageSampler"/>, or its device default.</summary>
+    public string EffectiveClassImageSampler => ClassImageSampler ?? (OnCpu ? "DPM++ 2M Karras" : "DDIM");
+
+    /// <summary>The class-image cache folder, or null when turned off (<see cref="ClassImageCache"/> "none").</summary>
+    public string? ClassImageCacheFolder => ClassImageCache switch
+    {
+        null => Path.Combine(UserCache.Folder, "class-images"),
+        var v when v.Trim().Equals("none", StringComparison.OrdinalIgnoreCase) || v.Trim().Length == 0 => null,
+        var v => v,
+    };
+
+    /// <summary>
+    /// Where and in which precision the model computes: <see cref="MixedPrecision"/> bf16/fp16 when set, else
+    /// <see cref="Dtype"/>; <c>auto</c> and CPU bf16 are decided by <paramref name="cpuProbe"/> (see <see cref="ComputeOptions.Resolve"/>).
+    /// </summary>
+    public ComputeOptions ResolveCompute(Func<CpuKernelProbeResult>? cpuProbe) =>
+        ComputeOptions.Resolve(Device, MixedPrecision is "bf16" or "fp16" ? MixedPrecision : Dtype, cpuProbe);
+
     /// <summary>
     /// Checks every value and throws <see cref="SdLoraException"/> naming the first bad setting (by its
     /// <see cref="TrainingSettings"/> name, with <see cref="SdLoraException.Setting"/> set).
@@ -247,7 +286,13 @@ public sealed partial record TrainingConfig
         AtLeast("gradient-accumulation-steps", GradientAccumulationSteps, 1);
         NonNegative("max-grad-norm", MaxGradNorm);
         AtLeast("num-repeats", NumRepeats, 1);
-        AtLeast("num-class-images", NumClassImages, 0);
+        if (NumClassImages is { } nc) AtLeast("num-class-images", nc, 0);
+        if (ClassImageSteps is { } cs) AtLeast("class-image-steps", cs, 1);
+        if (ClassImageSampler is { } sampler)
+        {
+            try { Sampling.SamplerCatalog.Get(sampler); }
+            catch (SdLoraException bad) { Fail("class-image-sampler", $"class-image-sampler: {bad.Message}"); }
+        }
         NonNegative("prior-loss-weight", PriorLossWeight);
         AtLeast("keep-tokens", KeepTokens, 0);
         if (CaptionDropout is < 0 or > 1 || double.IsNaN(CaptionDropout))
@@ -289,8 +334,11 @@ public sealed partial record TrainingConfig
         ParsedOptimizerArgs();
         if (MixedPrecision is not ("no" or "fp16" or "bf16")) Fail("mixed-precision", $"mixed-precision '{MixedPrecision}' is not supported: use no, fp16 or bf16");
         if (SavePrecision is not ("fp32" or "fp16" or "bf16" or "float")) Fail("save-precision", $"save-precision '{SavePrecision}' is not supported: use fp32, fp16 or bf16");
-        try { ComputeOptions.ParseDType(Dtype); }
-        catch (SdLoraException) { Fail("dtype", $"dtype '{Dtype}' is not supported: use fp32, bf16 or fp16"); }
+        if (!ComputeOptions.IsAuto(Dtype))
+        {
+            try { ComputeOptions.ParseDType(Dtype); }
+            catch (SdLoraException) { Fail("dtype", $"dtype '{Dtype}' is not supported: use auto, fp32, bf16 or fp16"); }
+        }
         if (Device.Trim().ToLowerInvariant() is not ("cpu" or "cuda") && !Device.StartsWith("cuda:", StringComparison.OrdinalIgnoreCase))
             Fail("device", $"device '{Device}' is not known: use cpu, cuda or cuda:N");
         if (SaveEveryNEpochs is { } se) AtLeast("save-every-n-epochs", se, 1);

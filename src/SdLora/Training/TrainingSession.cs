@@ -28,7 +28,7 @@ public sealed record TrainingProgress(TrainingPhase Phase, int Done, int Total, 
 /// </summary>
 public sealed record TrainingResult(string OutputDir, string? OutputFile, IReadOnlyList<string> SavedOutputs, string LossCsv, string? LossPng,
     IReadOnlyList<string> Samples, int Steps, int TotalSteps, int Epochs, bool Cancelled, double? SmoothedLoss, TimeSpan Elapsed,
-    string BucketSummary, int ClassImagesGenerated, string Method = TrainingConfig.MethodLora)
+    string BucketSummary, int ClassImagesGenerated, string Method = TrainingConfig.MethodLora, IReadOnlyList<PhaseTime>? Phases = null)
 {
     /// <summary>The final result under its LoRA-era name (see <see cref="OutputFile"/>).</summary>
     public string? LoraPath => OutputFile;
@@ -68,6 +68,7 @@ public abstract class TrainingSession
     private IProgress<TrainingProgress>? _progress;
     private CancellationToken _ct;
     private readonly Stopwatch _clock = new();
+    private readonly PhaseTimer _timer = new();
     private TrainingState? _resumed;
     private DreamBoothDataset _dataset = null!;
     private StableDiffusionModel _model = null!;
@@ -111,12 +112,24 @@ public abstract class TrainingSession
     }
 
     /// <summary>The session for the config's <see cref="TrainingConfig.Method"/>: LoRA, DreamBooth fine-tuning or textual inversion.</summary>
-    public static TrainingSession Create(TrainingConfig config, StableDiffusionModel? model = null) => config.Method switch
+    /// <param name="cpuProbe">See <see cref="CpuProbe"/>.</param>
+    public static TrainingSession Create(TrainingConfig config, StableDiffusionModel? model = null, Func<CpuKernelProbeResult>? cpuProbe = null)
     {
-        TrainingConfig.MethodTextualInversion => new TextualInversionTrainingSession(config, model),
-        TrainingConfig.MethodDreamBooth => new DreamBoothTrainingSession(config, model),
-        _ => new LoraTrainingSession(config, model),
-    };
+        TrainingSession session = config.Method switch
+        {
+            TrainingConfig.MethodTextualInversion => new TextualInversionTrainingSession(config, model),
+            TrainingConfig.MethodDreamBooth => new DreamBoothTrainingSession(config, model),
+            _ => new LoraTrainingSession(config, model),
+        };
+        session.CpuProbe = cpuProbe;
+        return session;
+    }
+
+    /// <summary>
+    /// How <c>dtype auto</c> (and CPU bf16) learn this CPU's bf16 speed when the session loads the model, e.g. a cached
+    /// probe (<see cref="CpuKernelProbeCache"/>); null measures afresh with <see cref="CpuKernelProbe.Measure"/> when needed.
+    /// </summary>
+    public Func<CpuKernelProbeResult>? CpuProbe { get; set; }
 
     /// <summary>The settings as given (the session's working copy also records where class images went).</summary>
     public TrainingConfig Config { get; }
@@ -265,9 +278,9 @@ public abstract class TrainingSession
         if (_lentModel is not null) _model = _lentModel;
         else
         {
-            var compute = ComputeOptions.Parse(c.Device, c.MixedPrecision is "bf16" or "fp16" ? c.MixedPrecision : c.Dtype);
-            Info($"loading {c.Model} ({ComputeOptions.DTypeName(compute.DType)} on {compute.Device})");
-            _model = StableDiffusionModel.Load(c.Model!, null, compute);
+            var compute = c.ResolveCompute(CpuProbe ?? (() => CpuKernelProbe.Measure(null, _ct)));
+            Info($"loading {c.Model} ({compute.Describe()} on {compute.Device}{(ComputeOptions.IsAuto(c.Dtype) && c.MixedPrecision == "no" ? ", chosen by dtype auto" : "")})");
+            _model = _timer.Time("model load", () => StableDiffusionModel.Load(c.Model!, null, compute, ct: _ct));
         }
         _pipeline = new Txt2ImgPipeline(_model);
     }
@@ -279,38 +292,37 @@ public abstract class TrainingSession
     private void GenerateClassImages()
     {
         var c = _c;
-        if (c.ClassPrompt is null || c.RegData is not null || c.NumClassImages <= 0)
+        if (c.ClassPrompt is null || c.RegData is not null || c.EffectiveNumClassImages <= 0)
         {
             Info(_dataset.Summary());
             return;
         }
         var classDir = c.ClassData ?? Folder.ClassImagesDir;
-        int existing = ClassImageFolder.CountExisting(classDir);
-        int missing = ClassImageFolder.Missing(classDir, c.NumClassImages);
-        Info(missing == 0 ? $"class images: reusing {existing} in {classDir}" : $"class images: {existing} in {classDir}, generating {missing} for '{c.ClassPrompt}'");
-        var clock = Stopwatch.StartNew();
-        _progress?.Report(new TrainingProgress(TrainingPhase.ClassImages, 0, missing));
-        for (int i = 0; i < missing; i++)
-        {
-            _ct.ThrowIfCancellationRequested();
-            using (torch.no_grad())
-            {
-                var result = _pipeline.Generate(new Txt2ImgOptions
-                {
-                    Prompt = c.ClassPrompt, Width = c.Resolution.Width, Height = c.Resolution.Height, Seed = c.Seed + existing + i,
-                    ClipSkip = c.ClipSkip, Steps = 20, Sampler = "DDIM", CfgScale = 7,
-                }, null, _ct);
-                if (result.Cancelled) throw new OperationCanceledException(_ct);
-                ClassImageFolder.Save(classDir, result.Images[0].Image, c.ClassPrompt);
-            }
-            _classImagesGenerated++;
-            double rate = (i + 1) / Math.Max(1e-9, clock.Elapsed.TotalSeconds);
-            _progress?.Report(new TrainingProgress(TrainingPhase.ClassImages, i + 1, missing, StepsPerSecond: rate,
-                Eta: TimeSpan.FromSeconds((missing - i - 1) / rate)));
-        }
+        // The class-image cache shared by runs, CPU defaults for sampler and steps, and an estimate of every phase
+        // from one measured step before generating (on a CPU this is minutes to hours).
+        var job = new ClassImageJob(_pipeline, c, classDir);
+        int missing = _timer.Time("class images", () => job.Prepare(Info));
+        if (missing > 0 && _resumed is null) _timer.Time("estimate", () => PrintEstimate(missing));
+        _classImagesGenerated = _timer.Time("class images", () => job.Generate(missing, _progress, _ct));
         _c = c with { ClassData = classDir };
         _dataset = DreamBoothDataset.Load(_c);
         Info(_dataset.Summary());
+    }
+
+    /// <summary>Measures one step of each kind and prints what every phase should take.</summary>
+    private void PrintEstimate(int classImages)
+    {
+        var c = _c;
+        var t = WorkflowEstimate.Measure(_model, c.Resolution.Width, c.Resolution.Height, _ct);
+        // Before the class images exist, kohya's balancing will double the draws per epoch once they do.
+        var planner = new BatchPlanner(_dataset, BucketManager.FromConfig(c), c.TrainBatchSize, c.Seed, CaptionRules(), c.RandomCrop, c.FlipAug);
+        int steps = c.MaxTrainSteps ?? 2 * planner.TotalSteps(c);
+        int latentImages = c.CacheLatents ? (planner.DistinctImages.Count() + c.EffectiveNumClassImages) * (c.FlipAug ? 2 : 1) : 0;
+        var phases = WorkflowEstimate.Estimate(t, classImages, c.EffectiveClassImageSteps, latentImages, steps, c.GradientCheckpointing,
+            _samplePrompts?.Count ?? 0, 20);
+        Info($"estimate from one measured step at {t.Width}x{t.Height} (CFG step {t.CfgStepSeconds:F1} s, VAE decode {t.DecodeSeconds:F1} s, encode {t.EncodeSeconds:F1} s):");
+        foreach (var p in phases) Info($"  {p.Phase,-15} ~ {WorkflowEstimate.Format(p.Seconds),-14} {p.Detail}");
+        Info($"  {"total",-15} ~ {WorkflowEstimate.Format(phases.Sum(p => p.Seconds))}");
     }
 
     // ---------------------------------------------------------------------------------------------------------------
@@ -328,7 +340,12 @@ public abstract class TrainingSession
         Info($"{_totalSteps} steps: {_totalEpochs} epoch(s) x {_planner.StepsPerEpoch(c.GradientAccumulationSteps)} steps " +
              $"(batch {c.TrainBatchSize}, gradient accumulation {c.GradientAccumulationSteps})");
         if (!c.CacheLatents) return;
+        _timer.Time("latent caching", CacheLatents);
+    }
 
+    private void CacheLatents()
+    {
+        var c = _c;
         _latentCache = new LatentCache(c.CacheLatentsToDisk ? Folder.LatentCacheDir : null, keepInMemory: true);
         var todo = _planner.DistinctImages
             .SelectMany(d => c.FlipAug ? new[] { (d.Image, d.Placement, Flip: false), (d.Image, d.Placement, Flip: true) } : [(d.Image, d.Placement, Flip: false)])
@@ -393,7 +410,9 @@ public abstract class TrainingSession
             int b = epoch == startEpoch ? startBatch : 0;
             while (b < batches.Count && step < _totalSteps)
             {
+                var stepClock = Stopwatch.StartNew();
                 double loss = Step(step, epoch, batches, ref b);
+                _timer.Add("training", stepClock.Elapsed.TotalSeconds);
                 step++; stepsThisSession++;
                 nextEpoch = epoch; nextBatch = b;
 
@@ -439,7 +458,7 @@ public abstract class TrainingSession
     private TrainingResult Result(string? output, int step, bool cancelled, LossRow? lastRow) =>
         new(Folder.Path, output, _saved.Where(p => File.Exists(p) || Directory.Exists(p)).ToList(), Folder.LossCsv,
             File.Exists(Folder.LossPng) ? Folder.LossPng : null, _samples, step, _totalSteps, _totalEpochs, cancelled, lastRow?.SmoothedLoss,
-            TimeSpan.FromSeconds(Elapsed()), _bucketSummary, _classImagesGenerated, _c.Method);
+            TimeSpan.FromSeconds(Elapsed()), _bucketSummary, _classImagesGenerated, _c.Method, _timer.Phases.ToList());
 
     /// <summary>
     /// One optimizer step: up to <c>gradient-accumulation-steps</c> micro-batches of <paramref name="batches"/> from
@@ -543,7 +562,9 @@ public abstract class TrainingSession
     // ---------------------------------------------------------------------------------------------------------------
 
     /// <summary>Writes the result with the run's metadata; refuses weights that are no longer finite.</summary>
-    private string SaveOutput(string path, int step, int epoch)
+    private string SaveOutput(string path, int step, int epoch) => _timer.Time("saving", () => SaveOutputNow(path, step, epoch));
+
+    private string SaveOutputNow(string path, int step, int epoch)
     {
         using (torch.no_grad())
             if (Trainable.Any(p => !p.isfinite().all().item<bool>()))
@@ -569,12 +590,12 @@ public abstract class TrainingSession
     protected ScalarType SaveDType => _c.SavePrecision switch { "fp32" or "float" => ScalarType.Float32, "bf16" => ScalarType.BFloat16, _ => ScalarType.Float16 };
 
     /// <summary>The resumable state (weights, optimizer, position) and the loss plot so far.</summary>
-    private void SaveState(int step, int epoch, int batchInEpoch)
+    private void SaveState(int step, int epoch, int batchInEpoch) => _timer.Time("saving", () =>
     {
         TrainingStateStore.Save(Folder, new TrainingState(step, epoch, batchInEpoch, Elapsed(), TrainingStateStore.ConfigHash(Config),
             _metadataBase["ss_session_id"], _startedAt.ToUnixTimeMilliseconds() / 1000.0, _lastOutput), StateWeightsFile, StateWeights(), Optimizer);
         if (_lossLog.Rows.Count > 0) _lossLog.RenderPlot(Folder.LossPng);
-    }
+    });
 
     /// <summary><c>save-last-n-epochs</c>: deletes the epoch results older than the last N (kohya keeps N the same way).</summary>
     private void KeepLastEpochOutputs(int currentEpoch)
@@ -594,6 +615,7 @@ public abstract class TrainingSession
     {
         if (_samplePrompts is null) return;
         var c = _c;
+        var sampleClock = Stopwatch.StartNew();
         SetEvalMode();
         using (torch.no_grad())
         {
@@ -618,6 +640,7 @@ public abstract class TrainingSession
             _progress?.Report(new TrainingProgress(TrainingPhase.Sampling, _samplePrompts.Count, _samplePrompts.Count, Message: label));
         }
         SetTrainMode();
+        _timer.Add("sampling", sampleClock.Elapsed.TotalSeconds);
     }
 
     // ---------------------------------------------------------------------------------------------------------------

@@ -256,10 +256,17 @@ public static class TrainingSettings
             kohya: "reg_data_dir", advanced: true);
         Add(nameof(TrainingConfig.ClassData), Paths, "where generated class images are kept and reused", "DIR", kohya: "class_data_dir",
             advanced: true, defaultText: "<output>/class_images");
+        Add(nameof(TrainingConfig.ClassImageCache), Paths, "where generated class images are kept for later runs (keyed by model, prompt, size, sampler, steps); none turns it off",
+            "DIR", advanced: true, defaultText: "class-images in sdlora's user cache folder");
 
         Add(nameof(TrainingConfig.InstancePrompt), Dataset, "caption of every image in a plain folder (same-name .txt files override it)", "TEXT");
         Add(nameof(TrainingConfig.ClassPrompt), Dataset, "turns on prior preservation: class images are generated from this prompt", "TEXT");
-        Add(nameof(TrainingConfig.NumClassImages), Dataset, "class images wanted for prior preservation (missing ones are generated)");
+        Add(nameof(TrainingConfig.NumClassImages), Dataset, "class images wanted for prior preservation (missing ones are generated)",
+            defaultText: "8 on the CPU, 100 on a GPU");
+        Add(nameof(TrainingConfig.ClassImageSteps), Dataset, "sampling steps per generated class image", advanced: true,
+            defaultText: "12 on the CPU, 20 on a GPU");
+        Add(nameof(TrainingConfig.ClassImageSampler), Dataset, "sampler for generated class images", "NAME", advanced: true,
+            defaultText: "DPM++ 2M Karras on the CPU, DDIM on a GPU");
         Add(nameof(TrainingConfig.PriorLossWeight), Dataset, "weight of the class images' loss");
         Add(nameof(TrainingConfig.NumRepeats), Dataset, "repeats per epoch of a plain folder's images (kohya folders carry theirs in the name)",
             aliases: ["dataset_repeats"]);
@@ -328,7 +335,8 @@ public static class TrainingSettings
         Add(nameof(TrainingConfig.VParameterization), Objective, "v-prediction objective (for v-prediction models)", advanced: true);
 
         Add(nameof(TrainingConfig.Device), Compute, "cpu, cuda or cuda:N", "DEVICE");
-        Add(nameof(TrainingConfig.Dtype), Compute, "precision the frozen base model is held in", allowed: ["fp32", "bf16", "fp16"], advanced: true);
+        Add(nameof(TrainingConfig.Dtype), Compute, "precision the frozen base model is held and computed in (auto: bf16 where this CPU computes it faster, else fp32)",
+            allowed: ["auto", "fp32", "bf16", "fp16"], advanced: true);
         Add(nameof(TrainingConfig.MixedPrecision), Compute, "compute precision (bf16 halves memory on CPUs that support it)", allowed: ["no", "bf16", "fp16"]);
         Add(nameof(TrainingConfig.SavePrecision), Compute, "precision of the saved LoRA", allowed: ["fp16", "bf16", "fp32"], advanced: true);
         Add(nameof(TrainingConfig.GradientCheckpointing), Compute, "recompute activations in the backward pass: much less memory, ~1.5x slower");

@@ -29,7 +29,7 @@ public sealed class DatasetCaptionerTests(TinyBlip blip) : IClassFixture<TinyBli
         var output = new StringWriter();
         using var cli = SdLora.Cli.CliContext.Plain(output);
         var root = new RootCommand { CaptionCommand.Create(cli) };
-        int rc = root.Parse(["caption", dir.Path, "--model", TinyBlip.ModelDir, "--prefix", "sks dog, ", "--max-length", "20"]).Invoke();
+        int rc = root.Parse(["caption", dir.Path, "--model", TinyBlip.ModelDir, "--prefix", "sks dog, ", "--max-length", "20", "--dtype", "fp32"]).Invoke();
 
         Assert.Equal(0, rc);
         Assert.Equal(["broken.jpg", "new.png", "new.txt", "old.png", "old.txt"], Listing(dir.Path));

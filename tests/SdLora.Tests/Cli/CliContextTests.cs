@@ -65,6 +65,23 @@ public class CliContextTests
         Assert.Contains("sdlora lora resize", CliRunner.Run("lora", "resize", "--help").Out);
     }
 
+    [Theory]
+    [InlineData("'abc'", "generate", "--steps", "abc", "-p", "x")]
+    [InlineData("--no-such-option", "train", "--no-such-option")]
+    [InlineData("--rank", "lora", "resize", "a.safetensors", "--rank")]
+    public void A_mistyped_command_line_names_the_problem_and_the_help_in_a_few_lines(string named, params string[] args)
+    {
+        var run = CliRunner.Run(args);
+        Assert.Equal(ExitCodes.UserError, run.ExitCode);
+        var lines = run.Err.Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        Assert.True(lines.Length <= 3, run.ToString());
+        Assert.StartsWith("error: ", lines[0]);
+        Assert.Contains(named, run.Err);
+        string command = args[0] == "lora" ? "sdlora lora resize" : "sdlora " + args[0];
+        Assert.Equal($"see: {command} --help", lines[^1].Trim());
+        Assert.DoesNotContain("Options:", run.Out + run.Err);
+    }
+
     [Fact]
     public void User_error_is_one_line_with_exit_code_2_and_no_stack_trace()
     {
@@ -113,6 +130,19 @@ public class CliContextTests
         var bad = CliRunner.Run("tokenize", "a dog", "--threads", "0");
         Assert.Equal(SdLoraException.ExitCode, bad.ExitCode);
         Assert.Contains("--threads", bad.Err);
+    }
+
+    [Theory]
+    [InlineData("--dtype", "fp16", true)]
+    [InlineData("--mixed-precision", "fp16", true)]
+    [InlineData("--dtype", "fp32", false)]
+    public void Train_notes_fp16_on_the_cpu_before_it_starts(string option, string value, bool noted)
+    {
+        using var dir = Fixtures.TempDir();
+        var run = CliRunner.Run("train", option, value, "--output", dir.File("run"));   // no --data: stops at once
+        Assert.Equal(ExitCodes.UserError, run.ExitCode);
+        Assert.Equal(noted, run.Err.Contains("note: fp16 on the CPU is emulated", StringComparison.Ordinal));
+        Assert.Contains("error: data is required", run.Err);
     }
 
     [Fact]

@@ -23,6 +23,8 @@ public class TrainerTests
             InstancePrompt = "a photo of sks dog", NumRepeats = 1, Resolution = Resolution.Square(64),
             MinBucketReso = 64, MaxBucketReso = 128, BucketResoSteps = 64, MaxTrainSteps = steps,
             NetworkDim = 4, NetworkAlpha = 4, LearningRate = 1e-3, TextEncoderLr = 1e-4, SavePrecision = "fp32", Seed = 7,
+            Dtype = "fp32", // exact numbers on every CPU (auto would pick bf16 where it is faster)
+            ClassImageCache = dir.File("class-image-cache"), // the test's own: the user's cache may hold the tiny model's class images
         };
     }
 
@@ -132,5 +134,41 @@ public class TrainerTests
         var after = Measure();
         Assert.True(after.Loss < 0.8 * before.Loss, $"eval loss {before.Loss:F4} -> {after.Loss:F4}");
         Assert.True(after.Mse < 0.8 * before.Mse, $"generated latent MSE to the training image {before.Mse:F4} -> {after.Mse:F4}");
+    }
+
+    [Fact]
+    public void Class_images_come_from_the_cache_in_a_later_run_and_every_phase_is_estimated_and_timed()
+    {
+        using var dir = Fixtures.TempDir();
+        var cfg = TinyRun(dir, 1, 1, "first") with
+        {
+            NetworkTrainUnetOnly = true, ClassPrompt = "a photo of a dog", NumClassImages = 2, ClassImageSteps = 2,
+            ClassImageCache = dir.File("cache"),
+        };
+        var messages = new List<string>();
+        var classProgress = new List<TrainingProgress>();
+        var progress = new SyncProgress<TrainingProgress>(p =>
+        {
+            if (p.Phase == TrainingPhase.Info) messages.Add(p.Message);
+            if (p.Phase == TrainingPhase.ClassImages) classProgress.Add(p);
+        });
+        var first = new DreamBoothLoraTrainer(cfg).Train(progress);
+        Assert.Equal(2, first.ClassImagesGenerated);
+        Assert.Contains(messages, m => m.StartsWith("estimate from one measured step at 64x64"));
+        Assert.Contains(messages, m => m.TrimStart().StartsWith("class images") && m.Contains("2 x (2 steps"));
+        Assert.Contains(messages, m => m.Contains("DPM++ 2M Karras, 2 steps"));
+        // Progress after every sampling step, with an ETA once a step is done.
+        Assert.Contains(classProgress, p => p.Message == "image 2/2 step 1/2" && p.Eta > TimeSpan.Zero);
+        var phases = first.Phases!.Select(p => p.Phase).ToList();
+        Assert.Equal(["model load", "class images", "estimate", "latent caching", "training", "saving"], phases);
+        Assert.Equal(1, first.Phases!.Single(p => p.Phase == "training").Count);
+        Assert.All(first.Phases!, p => Assert.True(p.Seconds >= 0));
+
+        messages.Clear();
+        var second = new DreamBoothLoraTrainer(cfg with { Output = dir.File("second") }).Train(progress);
+        Assert.Equal(0, second.ClassImagesGenerated);
+        Assert.Contains(messages, m => m.StartsWith("class images: 2 reused from the cache"));
+        Assert.DoesNotContain(messages, m => m.StartsWith("estimate"));
+        Assert.Equal(2, ClassImageFolder.CountExisting(Path.Combine(dir.File("second"), "class_images")));
     }
 }

@@ -89,7 +89,8 @@ public class TrainingSessionTests
         Assert.ThrowsAny<OperationCanceledException>(() => new LoraTrainingSession(config).Run(progress, cts.Token));
         var classDir = Path.Combine(config.Output!, "class_images");
         Assert.Equal(2, ClassImageFolder.CountExisting(classDir));
-        var second = reports.Single(r => r.Phase == TrainingPhase.ClassImages && r.Done == 1);
+        // The report as the first image is done (later ones with Done == 1 are the second image's per-step progress).
+        var second = reports.First(r => r.Phase == TrainingPhase.ClassImages && r.Done == 1);
         Assert.True(second.StepsPerSecond > 0);
         Assert.True(second.Eta > TimeSpan.Zero, "class-image progress carries an ETA");
         Assert.Equal(3, second.Total);
