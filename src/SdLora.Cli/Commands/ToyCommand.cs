@@ -31,17 +31,20 @@ public static class ToyCommand
         var vaeSteps = new Option<int?>("--vae-steps") { Description = "VAE training steps (default: from the time budget)" };
         var unetSteps = new Option<int?>("--unet-steps") { Description = "UNet + text encoder training steps (default: from the time budget)" };
         var vaeFrom = new Option<string?>("--vae-from") { Description = "reuse the VAE of this toy model folder (skips the VAE stage)" };
+        var defaults = new ToyBuildOptions();
+        var unetLr = new Option<double>("--unet-lr") { Description = "learning rate of the UNet stage", DefaultValueFactory = _ => defaults.UNetLearningRate };
+        var textEncoderLr = new Option<double>("--text-encoder-lr") { Description = "learning rate of the text encoder (trained with the UNet)", DefaultValueFactory = _ => defaults.TextEncoderLearningRate };
         var overwrite = CliOptions.Overwrite();
         var cmd = new Command("build", "train the toy model from scratch (VAE, then UNet + text encoder) and write it as a diffusers folder with a card")
         {
-            output, minutes, seed, vaeSteps, unetSteps, vaeFrom, overwrite,
+            output, minutes, seed, vaeSteps, unetSteps, vaeFrom, unetLr, textEncoderLr, overwrite,
         };
         cmd.SetAction(r =>
         {
             var options = new ToyBuildOptions
             {
                 Minutes = r.GetValue(minutes), Seed = r.GetValue(seed), VaeSteps = r.GetValue(vaeSteps), UNetSteps = r.GetValue(unetSteps),
-                VaeFrom = r.GetValue(vaeFrom),
+                VaeFrom = r.GetValue(vaeFrom), UNetLearningRate = r.GetValue(unetLr), TextEncoderLearningRate = r.GetValue(textEncoderLr),
             }.Validate();
             if (options.VaeFrom is { } from && !Directory.Exists(Path.Combine(from, "vae")))
                 throw new SdLoraException($"--vae-from {from}: not a model folder with a vae/ inside; give a folder `sdlora toy build` wrote");

@@ -14,6 +14,16 @@ public static class ToyModelCard
     /// <summary>Shapes or colours whose pictures are right at least this often count as "draws it".</summary>
     public const double DrawsThreshold = 0.6;
 
+    /// <summary>The command-line options of a build's settings that differ from the defaults (learning rates).</summary>
+    private static string ExtraOptions(ToyBuildOptions o)
+    {
+        var d = new ToyBuildOptions();
+        var s = new StringBuilder();
+        if (o.UNetLearningRate != d.UNetLearningRate) s.Append(CultureInfo.InvariantCulture, $" --unet-lr {o.UNetLearningRate:G}");
+        if (o.TextEncoderLearningRate != d.TextEncoderLearningRate) s.Append(CultureInfo.InvariantCulture, $" --text-encoder-lr {o.TextEncoderLearningRate:G}");
+        return s.ToString();
+    }
+
     public static string Write(ToyBuildOptions o, ToyBuildResult r, string name)
     {
         var s = new StringBuilder();
@@ -33,7 +43,7 @@ public static class ToyModelCard
         if (o.VaeFrom is not null && r.VaeSteps > 0)
         {
             // Built in two runs (the VAE first, then the UNet with --vae-from): one run with both step counts is the same.
-            s.AppendLine($"sdlora toy build --out {name} --seed {o.Seed} --vae-steps {r.VaeSteps} --unet-steps {r.UNetSteps} --threads 1   # repeats this build");
+            s.AppendLine($"sdlora toy build --out {name} --seed {o.Seed} --vae-steps {r.VaeSteps} --unet-steps {r.UNetSteps}{ExtraOptions(o)} --threads 1   # repeats this build");
             s.AppendLine("```");
             s.AppendLine();
             s.AppendLine($"(It was made in two runs, the VAE first and then `--vae-from` it with `--unet-steps {r.UNetSteps}`; the UNet stage trains on the");
@@ -42,7 +52,7 @@ public static class ToyModelCard
         else
         {
             s.AppendLine($"sdlora toy build --out {name} --seed {o.Seed} " + (o.VaeFrom is { } v ? $"--vae-from {v}" : $"--vae-steps {r.VaeSteps}") +
-                         $" --unet-steps {r.UNetSteps} --threads 1   # repeats this build");
+                         $" --unet-steps {r.UNetSteps}{ExtraOptions(o)} --threads 1   # repeats this build");
             s.AppendLine("```");
         }
         s.AppendLine();
@@ -55,6 +65,13 @@ public static class ToyModelCard
             s.AppendLine($"   + {o.KlWeight:G3} x KL per pixel, on fresh world");
             s.AppendLine($"   pictures each step ({F(o.VaeHeldOutShare * 100, "F0")}% with held-out shapes or colours, so the VAE can draw what is taught later).");
             s.AppendLine($"   Final reconstruction loss {F(r.VaeLoss, "F4")}; latent scaling factor 1/std = {F(r.ScalingFactor, "F5")}. Time {r.VaeTime:hh\\:mm\\:ss}.");
+        }
+        if (r.VaeReconstruction.Images > 0)
+        {
+            var v = r.VaeReconstruction;
+            s.AppendLine($"   Its reconstructions of {v.Images} fresh pictures (encode, decode, `ToyScorer` against each picture's full caption):");
+            s.AppendLine($"   shape right {F(v.ShapeAccuracy * 100, "F0")}%, colour right {F(v.ColourAccuracy * 100, "F0")}%, background right {F(v.BackgroundAccuracy * 100, "F0")}% " +
+                         $"(score {F(v.Overall)}): what the UNet can draw at best.");
         }
         s.AppendLine($"2. **UNet + text encoder** ({ModuleSize(o.UNet)}, {ModuleSize(o.TextEncoder)}): {r.UNetSteps} steps of batch {o.UNetBatch} on");
         s.AppendLine($"   the VAE latents of {o.LatentImages} base scenes, a caption drawn afresh for each use ({F(o.CaptionDropout * 100, "F0")}% empty for");
@@ -135,6 +152,7 @@ public static class ToyModelCard
         min_snr_gamma = o.MinSnrGamma,
         ema_decay = o.EmaDecay,
         scaling_factor = r.ScalingFactor,
+        vae_reconstruction = r.VaeReconstruction,
         vae_loss = r.VaeLoss,
         unet_loss = r.UNetLoss,
         vae_seconds = r.VaeTime.TotalSeconds,

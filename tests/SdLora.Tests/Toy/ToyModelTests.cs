@@ -12,26 +12,36 @@ public class ToyModelTests(ITestOutputHelper output)
 {
     public static string BundledModel => Path.Combine(Fixtures.RepoRoot, "assets", "toy-shapes");
 
-    [Fact(Skip = "not done (issue 13): the bundled toy model does not follow its prompts yet; measured on these prompts: score 0.41, " +
-                 "shape right 14 %, colour 36 %, background 29 % (its card: 0.37 on all base prompts). Its VAE loses colours and " +
-                 "backgrounds (reconstructions: colour right 38 %, background 44 %), so this check waits for a better build.")]
+    [Fact(Skip = "not done (issue 13): the bundled toy model's VAE now keeps colours (reconstructions: colour right 98 %, " +
+                 "background 100 %), but its UNet (590 steps) does not follow its prompts yet: on all base prompts score 0.36, " +
+                 "colour right 23 %, background 34 %, shape 14 % (chance about 14 %, 25 %, 20 %); see its card's Status.")]
     public void The_bundled_toy_model_draws_each_base_shape_colour_and_background_from_its_prompt()
     {
         using var model = StableDiffusionModel.Load(BundledModel);
-        var generated = ToyEvaluation.Generate(model, ToyEvaluation.QuickPrompts(), 2, 1000);
+        var prompts = ToyEvaluation.QuickPrompts();
+        var generated = ToyEvaluation.Generate(model, prompts, 2, 1000);
         var s = ToySummary.Of(generated);
         // Its VAE halves twice (16x16 latents): pictures still come out at the asked size.
         Assert.All(generated, g => Assert.Equal((ToyWorld.ImageSize, ToyWorld.ImageSize), (g.Image.Width, g.Image.Height)));
         foreach (var g in generated) output.WriteLine($"{g.Prompt} seed {g.Seed}: {g.Score}");
-        output.WriteLine(s.ToString());
-        // The bundled model's measured quality (README.md card), with a margin for other CPUs' arithmetic.
-        Assert.True(s.Overall >= ToyModelExpectations.MinScore, s.ToString());
-        Assert.True(s.ColourAccuracy >= ToyModelExpectations.MinColourAccuracy, s.ToString());
-        Assert.True(s.BackgroundAccuracy >= ToyModelExpectations.MinBackgroundAccuracy, s.ToString());
-        Assert.True(s.ShapeAccuracy >= ToyModelExpectations.MinShapeAccuracy, s.ToString());
-        // Far above what the renderer's pictures of unrelated prompts score against the same prompts.
-        var shuffled = generated.Select((g, i) => ToyScorer.Score(generated[(i + 3) % generated.Count].Image, ToyPrompt.Parse(g.Prompt)).Overall).Average();
-        Assert.True(s.Overall > shuffled + 0.2, $"matched {s.Overall:F2}, mismatched {shuffled:F2}");
+
+        // The two ends of the scale, measured here rather than assumed: chance = the same pictures scored against every
+        // other prompt (what a model that ignores its prompt scores), best = the renderer's own pictures of the prompts.
+        var chance = ToySummary.Of(generated.SelectMany(g => prompts.Where(p => p != g.Prompt)
+            .Select(p => g with { Prompt = p, Score = ToyScorer.Score(g.Image, ToyPrompt.Parse(p)) })).ToList());
+        var best = ToySummary.Of(prompts.SelectMany(p => new[] { 1000, 1001 }.Select(seed =>
+        {
+            var image = ToyPrompt.Parse(p).Render(seed);
+            return new ToyGenerated(p, seed, image, ToyScorer.Score(image, ToyPrompt.Parse(p)));
+        })).ToList());
+        output.WriteLine($"model  {s}\nchance {chance}\nbest   {best}");
+        void AtLeast(string what, double model, double chance, double best, double share) =>
+            Assert.True(model >= chance + share * (best - chance),
+                $"{what}: {model:F2}, needs {share:P0} of the way from chance {chance:F2} to the renderer's {best:F2}");
+        AtLeast("colour right", s.ColourAccuracy, chance.ColourAccuracy, best.ColourAccuracy, ToyModelExpectations.ColourShare);
+        AtLeast("background right", s.BackgroundAccuracy, chance.BackgroundAccuracy, best.BackgroundAccuracy, ToyModelExpectations.BackgroundShare);
+        AtLeast("shape right", s.ShapeAccuracy, chance.ShapeAccuracy, best.ShapeAccuracy, ToyModelExpectations.ShapeShare);
+        AtLeast("score", s.Overall, chance.Overall, best.Overall, ToyModelExpectations.ScoreShare);
     }
 
     [Fact]
@@ -102,11 +112,15 @@ public class ToyModelTests(ITestOutputHelper output)
     }
 }
 
-/// <summary>What the bundled toy model measurably does (see assets/toy-shapes/README.md), less a margin.</summary>
+/// <summary>
+/// How far from chance towards the renderer's own pictures the bundled toy model gets on the quick prompts (0 = chance,
+/// 1 = as the renderer): below what it measured over several seed sets (see its card), so another CPU's arithmetic or
+/// seed does not fail the check, and well above chance.
+/// </summary>
 public static class ToyModelExpectations
 {
-    public const double MinScore = 0.5;
-    public const double MinShapeAccuracy = 0.3;
-    public const double MinColourAccuracy = 0.5;
-    public const double MinBackgroundAccuracy = 0.5;
+    public const double ColourShare = 0.6;
+    public const double BackgroundShare = 0.6;
+    public const double ShapeShare = 0.4;
+    public const double ScoreShare = 0.5;
 }
