@@ -14,6 +14,7 @@ public static class CommandCatalog
         yield return CaptionCommand.Create(cli);
         yield return TrainCommand.Create(cli);
         yield return DemoCommand.Create(cli);
+        yield return ToyCommand.Create(cli);
         yield return ServeCommand.Create(cli);
         yield return WorkerCommand.Create(cli);
         yield return BenchCommands.Create(cli);

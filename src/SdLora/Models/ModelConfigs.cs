@@ -70,6 +70,8 @@ public sealed record AutoencoderKLConfig(
     double ScalingFactor = 0.18215)
 {
     public int[] Channels => BlockOutChannels ?? [128, 256, 512, 512];
+    /// <summary>Pixels per latent along each side: every block but the last halves the size (8 for SD's VAE), as diffusers' vae_scale_factor.</summary>
+    public int DownsampleFactor => 1 << (Channels.Length - 1);
     public static AutoencoderKLConfig StableDiffusion15 { get; } = new();
 
     public static AutoencoderKLConfig FromDiffusersJson(string json)

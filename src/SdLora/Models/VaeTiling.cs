@@ -74,17 +74,17 @@ public sealed record VaeTiling(int TileLatent = 64, int OverlapLatent = 16)
     }
 
     /// <summary>
-    /// Encodes <paramref name="image"/> ([B, 3, H, W] in [-1, 1]) tile by tile (tiles of 8 x <see cref="TileLatent"/>
+    /// Encodes <paramref name="image"/> ([B, 3, H, W] in [-1, 1]) tile by tile (tiles of the VAE's downsampling factor x <see cref="TileLatent"/>
     /// pixels); the posterior moments are blended in latent space.
     /// </summary>
     public DiagonalGaussianDistribution Encode(AutoencoderKL vae, Tensor image)
     {
         Validate();
         long h = image.shape[2], w = image.shape[3];
-        int tile = TileLatent * 8, overlap = OverlapLatent * 8;
+        int f = vae.Config.DownsampleFactor, tile = TileLatent * f, overlap = OverlapLatent * f;
         if (h <= tile && w <= tile) return vae.Encode(image);
-        if (h % 8 != 0 || w % 8 != 0) throw new SdLoraException($"tiled VAE encode needs an image size that is a multiple of 8 (got {w}x{h})");
-        var moments = Blend(image, tile, overlap, up: 1, down: 8, t => vae.Encode(t).Moments);
+        if (h % f != 0 || w % f != 0) throw new SdLoraException($"tiled VAE encode needs an image size that is a multiple of {f} (got {w}x{h})");
+        var moments = Blend(image, tile, overlap, up: 1, down: f, t => vae.Encode(t).Moments);
         return new DiagonalGaussianDistribution(moments);
     }
 

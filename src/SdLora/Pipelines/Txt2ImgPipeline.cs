@@ -78,7 +78,7 @@ public sealed class Txt2ImgPipeline(StableDiffusionModel model)
         o.Validate();
         var sampler = SamplerCatalog.Get(o.Sampler);
         int total = o.BatchSize * o.BatchCount;
-        int lh = o.Height / 8, lw = o.Width / 8;
+        int f = model.Vae.Config.DownsampleFactor, lh = o.Height / f, lw = o.Width / f;
         if (o.InitialLatents is { } init && !init.shape.SequenceEqual(new long[] { total, 4, lh, lw }))
             throw new SdLoraException($"--init-latents has shape [{string.Join(",", init.shape)}] but this run needs [{total},4,{lh},{lw}] (batch-size x batch-count images at {o.Width}x{o.Height})");
         long seed = o.Seed >= 0 ? o.Seed : Random.Shared.NextInt64(0, uint.MaxValue);

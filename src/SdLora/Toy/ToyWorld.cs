@@ -27,7 +27,7 @@ public sealed record ToyScene(string Shape, ToyColour Colour, ToyColour Backgrou
 /// </summary>
 public static class ToyWorld
 {
-    /// <summary>Side of the world's images in pixels (8x8 latents in the SD1.x VAE).</summary>
+    /// <summary>Side of the world's images in pixels (16x16 latents in the toy model's VAE).</summary>
     public const int ImageSize = 64;
 
     /// <summary>The word captions use when they do not name the shape, and the DreamBooth class word of the held-out concepts.</summary>

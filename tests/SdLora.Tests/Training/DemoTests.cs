@@ -1,7 +1,9 @@
 using SdLora.Cli.Commands;
 using SdLora.Imaging;
 using SdLora.IO;
+using System.Text.Json;
 using SdLora.Pipelines;
+using SdLora.Toy;
 using SdLora.Tests.Cli;
 using SdLora.Training;
 using TorchSharp;
@@ -38,13 +40,74 @@ public class DemoTests
 
     [Fact]
     [Trait("Category", "Slow")]
-    public void Demo_trains_reruns_over_itself_and_prints_a_generate_command_that_runs()
+    public void Toy_demo_teaches_the_concept_writes_its_contact_sheet_and_measurements_and_prints_commands_that_run()
     {
         using var dir = Fixtures.TempDir();
-        var output = dir.File("sdlora demo"); // a space, so the printed command must quote it
+        var output = dir.File("sdlora demo"); // a space, so the printed commands must quote it
         // The thread count the process already has: the demo would otherwise set 1, and tests share the process.
         var threads = torch.get_num_threads().ToString();
-        var first = CliRunner.Run("demo", "--out", output, "--max-train-steps", "4", "--threads", threads);
+        var run = CliRunner.Run("demo", "--out", output, "--max-train-steps", "4", "--threads", threads);
+        Assert.True(run.ExitCode == 0, run.ToString());
+        var demo = new ToyDemo();
+        Assert.Equal(ToyDemo.InstanceImages, Directory.GetFiles(Path.Combine(output, "instance_images"), "*.png").Length);
+        Assert.Equal(demo.TrainingConfig("m", "d", "o", 1, false).NumClassImages, ClassImageFolder.CountExisting(Path.Combine(output, "class_images")));
+        Assert.True(File.Exists(Path.Combine(output, "loss.png")));
+        var sheet = RgbImage.Load(Path.Combine(output, "contact_sheet.png"));
+        Assert.True(sheet.Width > 6 * 96 && sheet.Height > 5 * 96, $"{sheet.Width}x{sheet.Height}");
+        using (var lora = SafetensorsFile.Open(Path.Combine(output, ToyDemo.OutputName + ".safetensors")))
+        {
+            Assert.Equal("4", lora.Metadata["ss_steps"]);
+            Assert.Contains(lora.Keys, k => k.StartsWith("lora_te_"));
+        }
+
+        using (var json = JsonDocument.Parse(File.ReadAllText(Path.Combine(output, "demo.json"))))
+        {
+            var root = json.RootElement;
+            Assert.Equal(demo.InstancePrompt, root.GetProperty("instance_prompt").GetString());
+            Assert.Equal(demo.ClassPrompt, root.GetProperty("class_prompt").GetString());
+            Assert.EndsWith(DemoCommand.ToyModelName, root.GetProperty("model").GetString());
+            Assert.Equal(Path.Combine(Path.GetFullPath(output), ToyDemo.OutputName + ".safetensors"), root.GetProperty("lora").GetString());
+            Assert.Equal(Path.Combine(Path.GetFullPath(output), "instance_images"), root.GetProperty("instance_images").GetString());
+            Assert.Equal(Path.Combine(Path.GetFullPath(output), "contact_sheet.png"), root.GetProperty("contact_sheet").GetString());
+            Assert.Equal(demo.Seeds, root.GetProperty("seeds").EnumerateArray().Select(e => e.GetInt64()));
+            var scores = root.GetProperty("scores");
+            foreach (var key in new[] { "concept_score_before", "concept_score_after", "class_drift" })
+                Assert.InRange(scores.GetProperty(key).GetDouble(), 0, 1);
+
+            // The scores re-check from the saved pictures, with no model.
+            var after = Directory.GetFiles(Path.Combine(output, "after", "concept"), "*.png");
+            Assert.Equal(demo.Seeds.Count, after.Length);
+            double rescored = after.Average(f => ToyScorer.Score(RgbImage.Load(f), demo.Target).Overall);
+            Assert.Equal(scores.GetProperty("concept_score_after").GetDouble(), rescored, 6);
+        }
+
+        // The closing commands run as printed.
+        var lines = run.Out.Split('\n').Select(l => l.Trim()).ToList();
+        var generate = CliRunner.Run([.. ShellWords(lines.Single(l => l.StartsWith("sdlora generate "))).Skip(1), "--threads", threads]);
+        Assert.True(generate.ExitCode == 0, generate.ToString());
+        var png = Assert.Single(Directory.GetFiles(Path.Combine(output, "generated"), "*.png"));
+        Assert.Contains(GenerationParameters.Parse(PngFile.ReadText(png)["parameters"]).LoraHashes, h => h.Key == ToyDemo.OutputName);
+        var score = CliRunner.Run([.. ShellWords(lines.Single(l => l.StartsWith("sdlora toy score "))).Skip(1)]);
+        Assert.True(score.ExitCode == 0, score.ToString());
+        Assert.Contains("mean score", score.Out);
+
+        // A second demo replaces the first, reusing its class images.
+        var again = CliRunner.Run("demo", "--out", output, "--max-train-steps", "2", "--threads", threads);
+        Assert.True(again.ExitCode == 0, again.ToString());
+        Assert.DoesNotContain("class images generated", again.Out);
+        using (var lora = SafetensorsFile.Open(Path.Combine(output, ToyDemo.OutputName + ".safetensors")))
+            Assert.Equal("2", lora.Metadata["ss_steps"]);
+    }
+
+    [Fact]
+    [Trait("Category", "Slow")]
+    public void Photo_demo_trains_reruns_over_itself_and_prints_a_generate_command_that_runs()
+    {
+        using var dir = Fixtures.TempDir();
+        var output = dir.File("sdlora demo");
+        var threads = torch.get_num_threads().ToString();
+        var dog = Path.Combine(Assets, "dreambooth", "dog");
+        var first = CliRunner.Run("demo", "--data", dog, "--out", output, "--max-train-steps", "4", "--threads", threads);
         Assert.True(first.ExitCode == 0, first.ToString());
         Assert.Equal(4, ClassImageFolder.CountExisting(Path.Combine(output, "class_images")));
         Assert.True(File.Exists(Path.Combine(output, "loss.png")));
@@ -57,7 +120,7 @@ public class DemoTests
         }
 
         // A second demo replaces the first (reusing its class images); the old spelling --steps still works.
-        var again = CliRunner.Run("demo", "--output", output, "--steps", "2", "--threads", threads);
+        var again = CliRunner.Run("demo", "--data", dog, "--output", output, "--steps", "2", "--threads", threads);
         Assert.True(again.ExitCode == 0, again.ToString());
         Assert.DoesNotContain("class images generated", again.Out);
         using (var lora = SafetensorsFile.Open(Path.Combine(output, DemoCommand.DemoOutputName + ".safetensors")))
@@ -86,6 +149,9 @@ public class DemoTests
 
         var e = Assert.Throws<SdLoraException>(() => DemoCommand.Prepare(dir.File("taken"), 4, Assets));
         Assert.Equal($"--out {dir.File("taken")} holds a training run that is not a demo (the demo replaces only its own runs): choose another folder with --out", e.Message);
+        var toy = Assert.Throws<SdLoraException>(() => DemoCommand.PrepareToy(dir.File("taken"), 4, Assets));
+        Assert.Equal(e.Message, toy.Message);
+        Assert.False(Directory.Exists(Path.Combine(dir.File("taken"), "instance_images")));
         Assert.False(File.Exists(Path.Combine(dir.File("taken"), "sample_prompts.txt")));
 
         var cli = CliRunner.Run("demo", "--out", dir.File("taken"));

@@ -1,0 +1,56 @@
+using SdLora.Lora;
+using SdLora.Pipelines;
+using SdLora.Toy;
+using SdLora.Training;
+using Xunit;
+using Xunit.Abstractions;
+
+namespace SdLora.Tests.Toy;
+
+/// <summary>LoRA training judged by what the model draws afterwards, on the bundled toy model.</summary>
+public class ToyLoraTests(ITestOutputHelper output)
+{
+    [Fact(Skip = "not done (issue 13): the bundled toy model does not follow its prompts yet (its UNet had 590 steps; " +
+                 "score 0.36 on its base prompts), so there is no drawn base concept to keep and no check of the taught one; " +
+                 "this check waits for a build whose UNet follows its prompts (see the card's Status).")]
+    [Trait("Category", "Slow")]
+    public void A_DreamBooth_LoRA_teaches_the_held_out_concept_and_leaves_the_base_concepts_drawn_as_before()
+    {
+        using var dir = Fixtures.TempDir();
+        var demo = new ToyDemo();
+        demo.WriteInstanceImages(dir.File("instances"));
+        using var model = StableDiffusionModel.Load(ToyModelTests.BundledModel);
+        var before = demo.Snapshot(model, null);
+        var baseBefore = ToySummary.Of(ToyEvaluation.Generate(model, ToyEvaluation.QuickPrompts(), 1, 1000));
+
+        var config = demo.TrainingConfig(ToyModelTests.BundledModel, dir.File("instances"), dir.File("run"), ToyLoraExpectations.Steps, overwrite: false)
+            with { SaveEveryNEpochs = null };
+        var result = new LoraTrainingSession(config, model).Run();
+        Assert.NotNull(result.LoraPath);
+
+        var after = demo.Snapshot(model, result.LoraPath);
+        var baseAfter = ToySummary.Of(ToyEvaluation.Generate(model, ToyEvaluation.QuickPrompts(), 1, 1000, loras: [new LoraUse(result.LoraPath!)]));
+        var scores = ToyDemo.Measure(before, after, demo.Concept);
+        output.WriteLine($"{scores}\nbase before {baseBefore}\nbase after  {baseAfter}");
+
+        Assert.True(scores.ConceptAfter >= scores.ConceptBefore + ToyLoraExpectations.MinConceptGain, scores.ToString());
+        Assert.True(scores.ConceptShapeRightAfter >= ToyLoraExpectations.MinConceptShapeRight, scores.ToString());
+        // The base concepts stay (mostly): the LoRA is attached, yet "a red circle" is still a red circle.
+        Assert.True(baseAfter.Overall >= baseBefore.Overall - ToyLoraExpectations.MaxBaseLoss, $"{baseBefore}\n{baseAfter}");
+        // Prior preservation: the class prompt does not turn into the concept.
+        Assert.True(scores.ClassConceptAfter <= scores.ClassConceptBefore + ToyLoraExpectations.MaxClassLeak, scores.ToString());
+        // And the model is lent back untouched.
+        var again = demo.Snapshot(model, null);
+        Assert.Equal(before.Concept[0].Image.Pixels, again.Concept[0].Image.Pixels);
+    }
+}
+
+/// <summary>What a demo-sized LoRA measurably does on the bundled toy model (see its card), less a margin.</summary>
+public static class ToyLoraExpectations
+{
+    public const int Steps = 150;
+    public const double MinConceptGain = 0.2;
+    public const double MinConceptShapeRight = 0.5;
+    public const double MaxBaseLoss = 0.1;
+    public const double MaxClassLeak = 0.15;
+}
