@@ -23,23 +23,26 @@ public static class ContactSheet
     /// <param name="cell">Side of each picture on the sheet, in pixels.</param>
     public static RgbImage Render(string title, IReadOnlyList<ContactSheetRow> rows, int cell = 128, int labelWidth = 250)
     {
-        const int pad = 8, titleHeight = 36, captionHeight = 16;
+        const int pad = 8, captionHeight = 16, titleSize = 18;
         int columns = Math.Max(1, rows.Max(r => r.Images.Count));
         bool captions = rows.Any(r => r.Captions is { Count: > 0 });
         int rowHeight = cell + pad + (captions ? captionHeight : 0);
         int width = labelWidth + columns * (cell + pad) + pad;
+        using var titleFont = new SKFont(Font.Value, titleSize);
+        // A long title wraps instead of running off the sheet.
+        var titleLines = Wrap(title, width - 2 * pad, titleFont);
+        int titleHeight = 14 + titleLines.Count * (titleSize + 4);
         int height = titleHeight + rows.Count * rowHeight + pad;
 
         using var bitmap = new SKBitmap(new SKImageInfo(width, height, SKColorType.Rgba8888, SKAlphaType.Unpremul));
         using (var canvas = new SKCanvas(bitmap))
         {
             canvas.Clear(SKColors.White);
-            using var titleFont = new SKFont(Font.Value, 18);
             using var labelFont = new SKFont(Font.Value, 14);
             using var captionFont = new SKFont(Font.Value, 11);
             using var ink = new SKPaint { Color = new SKColor(30, 30, 30), IsAntialias = true };
             using var grey = new SKPaint { Color = new SKColor(90, 90, 90), IsAntialias = true };
-            canvas.DrawText(title, pad, 24, titleFont, ink);
+            for (int i = 0; i < titleLines.Count; i++) canvas.DrawText(titleLines[i], pad, 24 + i * (titleSize + 4), titleFont, ink);
             for (int r = 0; r < rows.Count; r++)
             {
                 int top = titleHeight + r * rowHeight;
@@ -84,18 +87,29 @@ public static class ContactSheet
     // Word-wraps the label into the label column.
     private static void DrawWrapped(SKCanvas canvas, string text, float x, float y, float maxWidth, SKFont font, SKPaint paint)
     {
+        foreach (var line in Wrap(text, maxWidth, font))
+        {
+            canvas.DrawText(line, x, y, font, paint);
+            y += font.Size + 4;
+        }
+    }
+
+    /// <summary>Splits <paramref name="text"/> at spaces into lines no wider than <paramref name="maxWidth"/> (a longer single word stays whole).</summary>
+    internal static List<string> Wrap(string text, float maxWidth, SKFont font)
+    {
+        var lines = new List<string>();
         var line = "";
         foreach (var word in text.Split(' '))
         {
             var candidate = line.Length == 0 ? word : line + " " + word;
             if (line.Length > 0 && font.MeasureText(candidate) > maxWidth)
             {
-                canvas.DrawText(line, x, y, font, paint);
-                y += font.Size + 4;
+                lines.Add(line);
                 line = word;
             }
             else line = candidate;
         }
-        if (line.Length > 0) canvas.DrawText(line, x, y, font, paint);
+        if (line.Length > 0) lines.Add(line);
+        return lines;
     }
 }

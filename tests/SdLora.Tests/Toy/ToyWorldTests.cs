@@ -163,4 +163,21 @@ public class ToyWorldTests
         int left = 200 + 128 + 8, top = 36, x = left + 64 + 1, y = top + 64 + 1;
         Assert.Equal(b.Pixels.AsSpan((32 * 64 + 32) * 3, 3).ToArray(), sheet.Pixels.AsSpan((y * sheet.Width + x) * 3, 3).ToArray());
     }
+
+    [Fact]
+    public void A_title_wider_than_the_sheet_wraps_onto_more_lines_instead_of_running_off_it()
+    {
+        var a = ToyWorld.Render(ToyWorld.RandomScene(new Random(1)));
+        var rows = new List<ContactSheetRow> { new("row", [a]) };
+        var shortTitle = ContactSheet.Render("title", rows, cell: 64, labelWidth: 100);
+        var longTitle = ContactSheet.Render(string.Join(" ", Enumerable.Repeat("a long title word", 12)), rows, cell: 64, labelWidth: 100);
+        Assert.Equal(shortTitle.Width, longTitle.Width);
+        int extraLines = (longTitle.Height - shortTitle.Height) / 22;
+        Assert.True(extraLines >= 3, $"the long title took {extraLines} extra lines");
+        Assert.Equal(shortTitle.Height + 22 * extraLines, longTitle.Height);
+        // Nothing is drawn in the right margin: every line ends inside the sheet.
+        for (int y = 0; y < longTitle.Height - shortTitle.Height + 30; y++)
+        for (int x = longTitle.Width - 6; x < longTitle.Width; x++)
+            Assert.True(longTitle.Pixels[(y * longTitle.Width + x) * 3] > 200, $"ink at ({x}, {y}) in the margin");
+    }
 }
