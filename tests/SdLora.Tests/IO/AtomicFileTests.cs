@@ -48,4 +48,15 @@ public class AtomicFileTests
         Assert.Equal("trained", File.ReadAllText(path));
         Assert.Equal([path], Directory.GetFileSystemEntries(dir.Path));
     }
+
+    [Fact]
+    public void A_write_creates_the_folder_and_replaces_the_file_whole()
+    {
+        using var dir = Fixtures.TempDir();
+        var path = Path.Combine(dir.Path, "new", "folder", "result.bin");
+        AtomicFile.WriteAllBytes(path, [1, 2, 3]);
+        AtomicFile.WriteAllBytes(path, [4, 5]);
+        Assert.Equal(new byte[] { 4, 5 }, File.ReadAllBytes(path));
+        Assert.Equal([path], Directory.GetFiles(Path.GetDirectoryName(path)!));
+    }
 }
