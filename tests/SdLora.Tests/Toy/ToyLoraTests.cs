@@ -10,8 +10,8 @@ namespace SdLora.Tests.Toy;
 /// <summary>LoRA training judged by what the model draws afterwards, on the bundled toy model.</summary>
 public class ToyLoraTests(ITestOutputHelper output)
 {
-    [Fact(Skip = "not done (issue 13): the bundled toy model does not follow its prompts yet (its UNet had 590 steps; " +
-                 "score 0.36 on its base prompts), so there is no drawn base concept to keep and no check of the taught one; " +
+    [Fact(Skip = "not done (issue 13): the bundled toy model draws the asked shape (83 % right) but not yet the asked colour and " +
+                 "background (44 %, 31 %; score 0.51), and the demo-sized LoRA measured no gain on the taught concept (0.29 -> 0.28); " +
                  "this check waits for a build whose UNet follows its prompts (see the card's Status).")]
     [Trait("Category", "Slow")]
     public void A_DreamBooth_LoRA_teaches_the_held_out_concept_and_leaves_the_base_concepts_drawn_as_before()
