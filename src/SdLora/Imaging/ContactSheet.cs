@@ -30,8 +30,7 @@ public static class ContactSheet
         int width = labelWidth + columns * (cell + pad) + pad;
         using var titleFont = new SKFont(Font.Value, titleSize);
         // A long title wraps instead of running off the sheet.
-        var titleLines = Wrap(title, width - 2 * pad, titleFont);
-        int titleHeight = 14 + titleLines.Count * (titleSize + 4);
+        int titleHeight = 14 + Wrap(title, width - 2 * pad, titleFont).Count * (titleSize + 4);
         int height = titleHeight + rows.Count * rowHeight + pad;
 
         using var bitmap = new SKBitmap(new SKImageInfo(width, height, SKColorType.Rgba8888, SKAlphaType.Unpremul));
@@ -42,7 +41,7 @@ public static class ContactSheet
             using var captionFont = new SKFont(Font.Value, 11);
             using var ink = new SKPaint { Color = new SKColor(30, 30, 30), IsAntialias = true };
             using var grey = new SKPaint { Color = new SKColor(90, 90, 90), IsAntialias = true };
-            for (int i = 0; i < titleLines.Count; i++) canvas.DrawText(titleLines[i], pad, 24 + i * (titleSize + 4), titleFont, ink);
+            DrawWrapped(canvas, title, pad, 24, width - 2 * pad, titleFont, ink);
             for (int r = 0; r < rows.Count; r++)
             {
                 int top = titleHeight + r * rowHeight;
@@ -84,7 +83,7 @@ public static class ContactSheet
         return bmp;
     }
 
-    // Word-wraps the label into the label column.
+    // Word-wraps text (a row label, the title) into its column, a line every font size + 4 pixels.
     private static void DrawWrapped(SKCanvas canvas, string text, float x, float y, float maxWidth, SKFont font, SKPaint paint)
     {
         foreach (var line in Wrap(text, maxWidth, font))
