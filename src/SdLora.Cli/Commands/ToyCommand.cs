@@ -31,24 +31,29 @@ public static class ToyCommand
         var vaeSteps = new Option<int?>("--vae-steps") { Description = "VAE training steps (default: from the time budget)" };
         var unetSteps = new Option<int?>("--unet-steps") { Description = "UNet + text encoder training steps (default: from the time budget)" };
         var vaeFrom = new Option<string?>("--vae-from") { Description = "reuse the VAE of this toy model folder (skips the VAE stage)" };
+        var unetFrom = new Option<string?>("--unet-from") { Description = "start the UNet and text encoder from this toy model folder (train a built model further)" };
         var defaults = new ToyBuildOptions();
+        var noiseOffset = new Option<double>("--noise-offset") { Description = "offset noise of the UNet stage (lets the prompt, not the seed, set the background)", DefaultValueFactory = _ => defaults.NoiseOffset };
         var unetLr = new Option<double>("--unet-lr") { Description = "learning rate of the UNet stage", DefaultValueFactory = _ => defaults.UNetLearningRate };
         var textEncoderLr = new Option<double>("--text-encoder-lr") { Description = "learning rate of the text encoder (trained with the UNet)", DefaultValueFactory = _ => defaults.TextEncoderLearningRate };
+        var debiased = new Option<bool>("--debiased-loss") { Description = "weight the UNet loss by 1/sqrt(SNR), as kohya's --debiased_estimation_loss", DefaultValueFactory = _ => defaults.DebiasedEstimation };
         var overwrite = CliOptions.Overwrite();
         var cmd = new Command("build", "train the toy model from scratch (VAE, then UNet + text encoder) and write it as a diffusers folder with a card")
         {
-            output, minutes, seed, vaeSteps, unetSteps, vaeFrom, unetLr, textEncoderLr, overwrite,
+            output, minutes, seed, vaeSteps, unetSteps, vaeFrom, unetFrom, unetLr, textEncoderLr, noiseOffset, debiased, overwrite,
         };
         cmd.SetAction(r =>
         {
             var options = new ToyBuildOptions
             {
                 Minutes = r.GetValue(minutes), Seed = r.GetValue(seed), VaeSteps = r.GetValue(vaeSteps), UNetSteps = r.GetValue(unetSteps),
-                VaeFrom = r.GetValue(vaeFrom), UNetLearningRate = r.GetValue(unetLr), TextEncoderLearningRate = r.GetValue(textEncoderLr),
+                VaeFrom = r.GetValue(vaeFrom), UNetFrom = r.GetValue(unetFrom), NoiseOffset = r.GetValue(noiseOffset), DebiasedEstimation = r.GetValue(debiased), UNetLearningRate = r.GetValue(unetLr), TextEncoderLearningRate = r.GetValue(textEncoderLr),
             }.Validate();
             if (options.VaeFrom is { } from && !Directory.Exists(Path.Combine(from, "vae")))
                 throw new SdLoraException($"--vae-from {from}: not a model folder with a vae/ inside; give a folder `sdlora toy build` wrote");
-            var folder = OutputPath.CheckReplacedFolder(r.GetValue(output)!, r.GetValue(overwrite), [options.VaeFrom], what: "model folder");
+            if (options.UNetFrom is { } uFrom && !Directory.Exists(Path.Combine(uFrom, "unet")))
+                throw new SdLoraException($"--unet-from {uFrom}: not a model folder with a unet/ inside; give a folder `sdlora toy build` wrote");
+            var folder = OutputPath.CheckReplacedFolder(r.GetValue(output)!, r.GetValue(overwrite), [options.VaeFrom, options.UNetFrom], what: "model folder");
             if (cli.Threads is null)
             {
                 cli.ApplyThreads(1);

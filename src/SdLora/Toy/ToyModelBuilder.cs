@@ -28,6 +28,11 @@ public sealed record ToyBuildOptions
     public int? UNetSteps { get; init; }
     /// <summary>A toy model folder whose VAE is reused as it is (the VAE stage is skipped; only the UNet and text encoder train).</summary>
     public string? VaeFrom { get; init; }
+    /// <summary>
+    /// A toy model folder whose UNet and text encoder the UNet stage starts from instead of fresh weights (to train a
+    /// built model further, e.g. with other settings). Null: fresh weights from the seed.
+    /// </summary>
+    public string? UNetFrom { get; init; }
 
     /// <summary>
     /// The VAE's shape: three blocks, so two halvings and 16x16 latents for 64x64 pictures (SD's four blocks give 8x8,
@@ -74,6 +79,15 @@ public sealed record ToyBuildOptions
     /// <summary>Share of captions replaced by the empty prompt, so classifier-free guidance has an unconditional model.</summary>
     public double CaptionDropout { get; init; } = 0.1;
     public double MinSnrGamma { get; init; } = 5;
+    /// <summary>
+    /// Offset noise (kohya's --noise_offset): a random constant per picture and channel added to the training noise. The
+    /// SD1 schedule leaves some of the picture in its noisiest step, and in a 16x16 latent the mean of pure noise is as
+    /// large as that leak, so without the offset the model reads a picture's overall colour (the background) from the
+    /// starting noise and not from the prompt: measured, the background followed the seed whatever the prompt said.
+    /// </summary>
+    public double NoiseOffset { get; init; } = 0.3;
+    /// <summary>Debiased estimation loss weighting (<see cref="DiffusionLossOptions.DebiasedEstimation"/>).</summary>
+    public bool DebiasedEstimation { get; init; }
     /// <summary>Decay of the exponential moving average of the UNet and text-encoder weights that is saved.</summary>
     public double EmaDecay { get; init; } = 0.998;
     public int WarmupSteps { get; init; } = 50;
@@ -96,6 +110,7 @@ public sealed record ToyBuildOptions
         if (VaeSteps < 1 || UNetSteps < 1) throw new SdLoraException("--vae-steps and --unet-steps must be at least 1");
         if (VaeShare is <= 0 or >= 1) throw new SdLoraException($"VAE share {VaeShare}: use a fraction between 0 and 1");
         if (UNetLearningRate <= 0 || TextEncoderLearningRate <= 0) throw new SdLoraException("--unet-lr and --text-encoder-lr must be positive");
+        if (NoiseOffset < 0) throw new SdLoraException($"--noise-offset {NoiseOffset}: use 0 (off) or a small positive value such as 0.1");
         if (LatentImages < UNetBatch) throw new SdLoraException($"latent images {LatentImages}: use at least one batch ({UNetBatch})");
         return this;
     }
@@ -206,6 +221,12 @@ public sealed class ToyModelBuilder(ToyBuildOptions options)
         using var textEncoder = new ClipTextModel(o.TextEncoder);
         ModuleInit.Seeded(unet, Seed(InitStream, 2), zeroResidualOutputs: true);
         ModuleInit.Seeded(textEncoder, Seed(InitStream, 3), zeroResidualOutputs: false);
+        if (o.UNetFrom is { } unetFrom)
+        {
+            LoadPart(unetFrom, unet, "unet", "diffusion_pytorch_model.safetensors");
+            LoadPart(unetFrom, textEncoder, "text_encoder", "model.safetensors");
+            Report("UNet", 0, 0, message: $"starting from the UNet and text encoder of {unetFrom}");
+        }
         var unetClock = Stopwatch.StartNew();
         double unetBudget = budget - _clock.Elapsed.TotalSeconds - o.EvaluationSeconds;
         var (unetSteps, unetLoss, stopped) = TrainUNet(unet, textEncoder, tokenizer, scenes, latents, o.UNetSteps, unetBudget);
@@ -264,6 +285,14 @@ public sealed class ToyModelBuilder(ToyBuildOptions options)
         using var json = System.Text.Json.JsonDocument.Parse(File.ReadAllText(record));
         var r = json.RootElement;
         return r.GetProperty("seed").GetInt64() == Options.Seed && (Options.VaeSteps is not { } n || r.GetProperty("vae_steps").GetInt32() == n);
+    }
+
+    private static void LoadPart(string folder, nn.Module module, string part, string file)
+    {
+        var path = Path.Combine(folder, part, file);
+        if (!File.Exists(path)) throw new SdLoraException($"{path}: not found; give a toy model folder that `sdlora toy build` wrote");
+        using var weights = IO.Safetensors.Open(path);
+        using (torch.no_grad()) ModuleWeights.Load(module, weights);
     }
 
     private static AutoencoderKL LoadVae(string folder)
@@ -417,7 +446,7 @@ public sealed class ToyModelBuilder(ToyBuildOptions options)
         using var optimizer = new AdamW(groups, weightDecay: 0.01);
         using var ema = new WeightAverage(trainable);
         var ids = new Dictionary<string, long[]>();
-        var lossOptions = new DiffusionLossOptions(MinSnrGamma: o.MinSnrGamma);
+        var lossOptions = new DiffusionLossOptions(MinSnrGamma: o.MinSnrGamma, DebiasedEstimation: o.DebiasedEstimation);
         var plan = new StepPlan(fixedSteps, seconds, o.WarmupSteps);
         double smoothed = double.NaN;
         bool stopped = false;
@@ -460,6 +489,7 @@ public sealed class ToyModelBuilder(ToyBuildOptions options)
                 using var g = new Generator(SeededRandom.Mix(o.Seed, UNetStream, step, 1), CPU);
                 var noise = torch.randn(x0.shape, generator: g);
                 var timesteps = torch.randint(0, schedule.NumTrainTimesteps, [o.UNetBatch], ScalarType.Int64, CPU, generator: g);
+                if (o.NoiseOffset > 0) noise = noise + o.NoiseOffset * torch.randn([x0.shape[0], x0.shape[1], 1, 1], generator: g);
                 var idTensor = torch.tensor(tokens, [o.UNetBatch, 77], ScalarType.Int64);
                 Tensor context;
                 if (o.TrainTextEncoder) context = textEncoder.Encode(idTensor);

@@ -21,6 +21,9 @@ public static class ToyModelCard
         var s = new StringBuilder();
         if (o.UNetLearningRate != d.UNetLearningRate) s.Append(CultureInfo.InvariantCulture, $" --unet-lr {o.UNetLearningRate:G}");
         if (o.TextEncoderLearningRate != d.TextEncoderLearningRate) s.Append(CultureInfo.InvariantCulture, $" --text-encoder-lr {o.TextEncoderLearningRate:G}");
+        if (o.NoiseOffset != d.NoiseOffset) s.Append(CultureInfo.InvariantCulture, $" --noise-offset {o.NoiseOffset:G}");
+        if (o.DebiasedEstimation) s.Append(" --debiased-loss");
+        if (o.UNetFrom is { } from) s.Append($" --unet-from {from}");
         return s.ToString();
     }
 
@@ -43,7 +46,7 @@ public static class ToyModelCard
         if (o.VaeFrom is not null && r.VaeSteps > 0)
         {
             // Built in two runs (the VAE first, then the UNet with --vae-from): one run with both step counts is the same.
-            s.AppendLine($"sdlora toy build --out {name} --seed {o.Seed} --vae-steps {r.VaeSteps} --unet-steps {r.UNetSteps}{ExtraOptions(o)} --threads 1   # repeats this build");
+            s.AppendLine($"sdlora toy build --out {name} --seed {o.Seed} --vae-steps {r.VaeSteps} --unet-steps {r.UNetSteps}{ExtraOptions(o)} --threads {Threads}   # repeats this build");
             s.AppendLine("```");
             s.AppendLine();
             s.AppendLine($"(It was made in two runs, the VAE first and then `--vae-from` it with `--unet-steps {r.UNetSteps}`; the UNet stage trains on the");
@@ -52,7 +55,7 @@ public static class ToyModelCard
         else
         {
             s.AppendLine($"sdlora toy build --out {name} --seed {o.Seed} " + (o.VaeFrom is { } v ? $"--vae-from {v}" : $"--vae-steps {r.VaeSteps}") +
-                         $" --unet-steps {r.UNetSteps}{ExtraOptions(o)} --threads 1   # repeats this build");
+                         $" --unet-steps {r.UNetSteps}{ExtraOptions(o)} --threads {Threads}   # repeats this build");
             s.AppendLine("```");
         }
         s.AppendLine();
@@ -75,7 +78,9 @@ public static class ToyModelCard
         }
         s.AppendLine($"2. **UNet + text encoder** ({ModuleSize(o.UNet)}, {ModuleSize(o.TextEncoder)}): {r.UNetSteps} steps of batch {o.UNetBatch} on");
         s.AppendLine($"   the VAE latents of {o.LatentImages} base scenes, a caption drawn afresh for each use ({F(o.CaptionDropout * 100, "F0")}% empty for");
-        s.AppendLine($"   classifier-free guidance); epsilon prediction on SD1.x's noise schedule, min-SNR-{o.MinSnrGamma:G3} weighting, AdamW");
+        if (o.UNetFrom is { } unetFrom) s.AppendLine($"   Started from the UNet and text encoder of `{unetFrom}`.");
+        s.AppendLine($"   classifier-free guidance); epsilon prediction on SD1.x's noise schedule, offset noise {o.NoiseOffset:G3} (so the prompt, not");
+        s.AppendLine($"   the starting noise, sets the background), min-SNR-{o.MinSnrGamma:G3}{(o.DebiasedEstimation ? " and debiased-estimation" : "")} weighting, AdamW");
         s.AppendLine($"   lr {o.UNetLearningRate:G3} (text encoder {(o.TrainTextEncoder ? o.TextEncoderLearningRate.ToString("G3", CultureInfo.InvariantCulture) : "frozen")}), " +
                      $"EMA {o.EmaDecay:G4} of the weights saved. Final loss {F(r.UNetLoss, "F4")}. Time {r.UNetTime:hh\\:mm\\:ss}{(r.StoppedEarly ? " (stopped early)" : "")}.");
         s.AppendLine($"3. Saved as {(o.SaveDType == TorchSharp.torch.ScalarType.Float16 ? "fp16" : "fp32")} safetensors; whole build {r.Elapsed:hh\\:mm\\:ss} on {Environment.ProcessorCount} CPU core(s).");
@@ -123,6 +128,9 @@ public static class ToyModelCard
         return s.ToString();
     }
 
+    /// <summary>Torch threads of the build (the card's command repeats them: results differ in the last bits with the count).</summary>
+    private static int Threads => TorchSharp.torch.get_num_threads();
+
     private static string List(IReadOnlyCollection<string> items) => items.Count == 0 ? "none" : string.Join(", ", items);
 
     private static string Row(string label, ToySummary s) =>
@@ -150,6 +158,10 @@ public static class ToyModelCard
         latent_images = o.LatentImages,
         caption_dropout = o.CaptionDropout,
         min_snr_gamma = o.MinSnrGamma,
+        noise_offset = o.NoiseOffset,
+        debiased_estimation = o.DebiasedEstimation,
+        unet_from = o.UNetFrom,
+        threads = Threads,
         ema_decay = o.EmaDecay,
         scaling_factor = r.ScalingFactor,
         vae_reconstruction = r.VaeReconstruction,

@@ -6,7 +6,12 @@ using static TorchSharp.torch;
 namespace SdLora.Training;
 
 /// <summary>What the UNet is taught to predict and how examples are weighted.</summary>
-public sealed record DiffusionLossOptions(bool VParameterization = false, double? MinSnrGamma = null);
+/// <param name="DebiasedEstimation">
+/// Weight each example by <c>1 / sqrt(snr)</c> (<c>1 / (snr + 1)</c> for v-prediction), snr capped at 1000, as kohya's
+/// --debiased_estimation_loss: the noisiest steps, where the picture's overall layout and colours are decided and an
+/// epsilon error hardly shows in the loss, count more.
+/// </param>
+public sealed record DiffusionLossOptions(bool VParameterization = false, double? MinSnrGamma = null, bool DebiasedEstimation = false);
 
 /// <summary>The loss of one batch: the scalar to back-propagate and each example's weighted MSE (detached).</summary>
 public sealed record DiffusionLossResult(Tensor Loss, Tensor PerExample) : IDisposable
@@ -42,6 +47,11 @@ public static class DiffusionLoss
             var snr = schedule.Snr(timesteps).to(ScalarType.Float32, x0.device);
             var clipped = snr.clamp_max(gamma);
             perExample = perExample * (options.VParameterization ? clipped / (snr + 1) : clipped / snr);
+        }
+        if (options.DebiasedEstimation)
+        {
+            var snr = schedule.Snr(timesteps).to(ScalarType.Float32, x0.device).clamp_max(1000);
+            perExample = perExample * (options.VParameterization ? 1 / (snr + 1) : snr.rsqrt());
         }
         if (exampleWeights is not null) perExample = perExample * exampleWeights.to(ScalarType.Float32, x0.device);
         var loss = perExample.mean();

@@ -88,18 +88,74 @@ public class ToyModelTests(ITestOutputHelper output)
             string.Join("\n", generated.Select(g => g.Score.ToString())));
     }
 
+    /// <summary>A build small enough for a unit test (seconds): every stage runs, nothing is learned.</summary>
+    private static ToyBuildOptions TinyBuild => new()
+    {
+        Seed = 3, VaeSteps = 2, UNetSteps = 3, VaeBatch = 2, UNetBatch = 4, LatentImages = 8, EvaluationSeeds = 1, WarmupSteps = 2,
+        EvaluationPrompts = ToyEvaluation.QuickPrompts().Take(2).ToList(),
+        Vae = new AutoencoderKLConfig(BlockOutChannels: [8, 8, 8, 8], LayersPerBlock: 1, NormNumGroups: 4, SampleSize: 64),
+        UNet = new UNetConfig(BlockOutChannels: [8, 16, 16, 16], LayersPerBlock: 1, NormNumGroups: 4, CrossAttentionDim: 8, AttentionHeadDim: [2, 2, 2, 2], SampleSize: 8),
+        TextEncoder = new ClipTextConfig(HiddenSize: 8, IntermediateSize: 16, NumHiddenLayers: 1, NumAttentionHeads: 2),
+    };
+
+    private static byte[] Part(string folder, string part) => File.ReadAllBytes(Path.Combine(folder, part));
+
+    /// <summary>Whether two weight files hold the same tensors by value (a zero's sign may differ: -0 == 0).</summary>
+    private static bool SameWeights(string a, string b)
+    {
+        using var x = Safetensors.Open(a);
+        using var y = Safetensors.Open(b);
+        if (!x.Keys.Order().SequenceEqual(y.Keys.Order())) return false;
+        foreach (var key in x.Keys)
+        {
+            using var s = x.Load(key);
+            using var t = y.Load(key);
+            if (!s.allclose(t, rtol: 0, atol: 0)) return false;
+        }
+        return true;
+    }
+
+    /// <summary>
+    /// --unet-from starts the UNet and text encoder from a built model: with learning rates too small to move a weight,
+    /// the result is that model's UNet and text encoder exactly (a fresh start would be the seed's random weights). The
+    /// offset noise is part of the objective: the same build without it trains other weights. Negative offsets are refused.
+    /// </summary>
+    [Fact]
+    public void A_toy_build_can_start_its_UNet_from_a_built_model_and_uses_the_offset_noise_it_is_given()
+    {
+        using var dir = Fixtures.TempDir();
+        var a = dir.File("a");
+        new ToyModelBuilder(TinyBuild).Build(a);
+        const string unet = "unet/diffusion_pytorch_model.safetensors", te = "text_encoder/model.safetensors";
+
+        var still = TinyBuild with { VaeFrom = a, UNetFrom = a, UNetLearningRate = 1e-30, TextEncoderLearningRate = 1e-30, Seed = 4 };
+        var progress = new List<ToyBuildProgress>();
+        new ToyModelBuilder(still).Build(dir.File("from-a"), new SyncProgress<ToyBuildProgress>(progress.Add));
+        // (Weight decay times a learning rate of 1e-30 moves nothing, but turns a -0 into +0: compared by value.)
+        Assert.True(SameWeights(Path.Combine(a, unet), Path.Combine(dir.File("from-a"), unet)));
+        Assert.True(SameWeights(Path.Combine(a, te), Path.Combine(dir.File("from-a"), te)));
+        Assert.Contains(progress, p => p.Stage == "UNet" && p.Message.Contains(a));
+        Assert.Contains($"--unet-from {a}", File.ReadAllText(Path.Combine(dir.File("from-a"), "README.md")));
+        new ToyModelBuilder(still with { UNetFrom = null }).Build(dir.File("fresh"));
+        Assert.False(SameWeights(Path.Combine(a, unet), Path.Combine(dir.File("fresh"), unet)));
+
+        Assert.True(TinyBuild.NoiseOffset > 0);
+        new ToyModelBuilder(TinyBuild with { VaeFrom = a }).Build(dir.File("offset"));
+        new ToyModelBuilder(TinyBuild with { VaeFrom = a, NoiseOffset = 0 }).Build(dir.File("no-offset"));
+        Assert.NotEqual(Part(dir.File("offset"), unet), Part(dir.File("no-offset"), unet));
+        using (var json = JsonDocument.Parse(File.ReadAllText(Path.Combine(dir.File("no-offset"), "toy_build.json"))))
+            Assert.Equal(0, json.RootElement.GetProperty("noise_offset").GetDouble());
+        Assert.Contains("--noise-offset 0", File.ReadAllText(Path.Combine(dir.File("no-offset"), "README.md")));
+
+        var e = Assert.Throws<SdLoraException>(() => (TinyBuild with { NoiseOffset = -0.1 }).Validate());
+        Assert.Contains("--noise-offset -0.1", e.Message);
+    }
+
     [Fact]
     public void A_toy_build_writes_a_diffusers_folder_with_its_card_and_repeats_exactly_with_the_same_seed()
     {
         using var dir = Fixtures.TempDir();
-        var options = new ToyBuildOptions
-        {
-            Seed = 3, VaeSteps = 2, UNetSteps = 3, VaeBatch = 2, UNetBatch = 4, LatentImages = 8, EvaluationSeeds = 1, WarmupSteps = 2,
-            EvaluationPrompts = ToyEvaluation.QuickPrompts().Take(2).ToList(),
-            Vae = new AutoencoderKLConfig(BlockOutChannels: [8, 8, 8, 8], LayersPerBlock: 1, NormNumGroups: 4, SampleSize: 64),
-            UNet = new UNetConfig(BlockOutChannels: [8, 16, 16, 16], LayersPerBlock: 1, NormNumGroups: 4, CrossAttentionDim: 8, AttentionHeadDim: [2, 2, 2, 2], SampleSize: 8),
-            TextEncoder = new ClipTextConfig(HiddenSize: 8, IntermediateSize: 16, NumHiddenLayers: 1, NumAttentionHeads: 2),
-        };
+        var options = TinyBuild;
         var progress = new List<ToyBuildProgress>();
         var first = new ToyModelBuilder(options).Build(dir.File("a"), new SyncProgress<ToyBuildProgress>(progress.Add));
         Assert.Equal((2, 3), (first.VaeSteps, first.UNetSteps));

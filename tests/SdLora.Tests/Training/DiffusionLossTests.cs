@@ -48,4 +48,38 @@ public class DiffusionLossTests
         for (int i = 0; i < 3; i++)
             Assert.InRange(per[i], w[i] * rows[i] - tol, w[i] * rows[i] + tol);
     }
+
+    /// <summary>
+    /// Debiased estimation weights each example's MSE by 1/sqrt(snr) (epsilon) or 1/(snr + 1) (v), snr = acp/(1-acp)
+    /// computed here in doubles from the schedule: the noisiest step weighs far more than the cleanest.
+    /// </summary>
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void Debiased_estimation_weights_each_example_by_its_signal_to_noise_ratio(bool vPrediction)
+    {
+        using var scope = torch.NewDisposeScope();
+        using var unet = Fixtures.LoadTinyPart(Fixtures.CopiedTinyModel, "unet", "diffusion_pytorch_model.safetensors", json => new UNet2DConditionModel(UNetConfig.FromDiffusersJson(json)));
+        var schedule = NoiseSchedule.StableDiffusion1;
+        using var g = new Generator(12, CPU);
+        var latents = torch.randn([3, 4, 8, 8], generator: g);
+        var noise = torch.randn([3, 4, 8, 8], generator: g);
+        var context = torch.randn([3, 77, unet.Config.CrossAttentionDim], generator: g);
+        var timesteps = torch.tensor(new long[] { 20, 500, 999 });
+
+        using var noGrad = torch.no_grad();
+        using var plain = DiffusionLoss.Compute(unet, schedule, latents, noise, timesteps, context, null, new(VParameterization: vPrediction));
+        using var debiased = DiffusionLoss.Compute(unet, schedule, latents, noise, timesteps, context, null, new(VParameterization: vPrediction, DebiasedEstimation: true));
+        var p = plain.PerExample.data<float>().ToArray();
+        var d = debiased.PerExample.data<float>().ToArray();
+        long[] steps = [20, 500, 999];
+        for (int i = 0; i < 3; i++)
+        {
+            double acp = schedule.AlphaCumprodAt((int)steps[i]);
+            double snr = Math.Min(acp / (1 - acp), 1000);
+            double weight = vPrediction ? 1 / (snr + 1) : 1 / Math.Sqrt(snr);
+            Assert.InRange(d[i] / p[i], weight * (1 - 1e-4), weight * (1 + 1e-4));
+        }
+        Assert.True(d[2] / p[2] > 10 * (d[0] / p[0]), "the noisiest example must weigh far more than the cleanest");
+    }
 }
