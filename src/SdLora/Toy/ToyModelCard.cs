@@ -43,7 +43,23 @@ public static class ToyModelCard
         s.AppendLine("## How it was made");
         s.AppendLine();
         s.AppendLine("```bash");
-        if (o.VaeFrom is not null && r.VaeSteps > 0)
+        var continued = o.UNetFrom is { } baseFolder && o.VaeFrom == baseFolder ? BaseBuild.Read(baseFolder) : null;
+        if (continued is { } b)
+        {
+            // Trained further from a whole built model: its own build first, then this one on top of it.
+            string baseName = name + "-base";
+            s.AppendLine($"sdlora toy build --out {baseName} --seed {b.Seed} --vae-steps {b.VaeSteps} --unet-steps {b.UNetSteps}" +
+                         (b.NoiseOffset > 0 ? FormattableString.Invariant($" --noise-offset {b.NoiseOffset:G}") : " --noise-offset 0") + $" --threads {b.Threads ?? Threads}");
+            s.AppendLine($"sdlora toy build --out {name} --seed {o.Seed} --vae-from {baseName} --unet-from {baseName} --unet-steps {r.UNetSteps}" +
+                         ExtraOptions(o with { UNetFrom = null }) +
+                         $" --threads {Threads}   # repeats this build");
+            s.AppendLine("```");
+            s.AppendLine();
+            s.AppendLine($"(Two builds: the first trains the VAE and the UNet from scratch, {b.UNetSteps} UNet steps{(b.NoiseOffset > 0 ? "" : " without offset noise")};");
+            s.AppendLine($"the second goes on from its UNet and text encoder for {r.UNetSteps} steps with offset noise {o.NoiseOffset:G3}, a fresh optimizer and");
+            s.AppendLine($"learning-rate schedule. The first took {TimeSpan.FromSeconds(b.TotalSeconds):hh\\:mm\\:ss}, the second {r.Elapsed - r.VaeTime:hh\\:mm\\:ss}.)");
+        }
+        else if (o.VaeFrom is not null && r.VaeSteps > 0)
         {
             // Built in two runs (the VAE first, then the UNet with --vae-from): one run with both step counts is the same.
             s.AppendLine($"sdlora toy build --out {name} --seed {o.Seed} --vae-steps {r.VaeSteps} --unet-steps {r.UNetSteps}{ExtraOptions(o)} --threads {Threads}   # repeats this build");
@@ -78,12 +94,14 @@ public static class ToyModelCard
         }
         s.AppendLine($"2. **UNet + text encoder** ({ModuleSize(o.UNet)}, {ModuleSize(o.TextEncoder)}): {r.UNetSteps} steps of batch {o.UNetBatch} on");
         s.AppendLine($"   the VAE latents of {o.LatentImages} base scenes, a caption drawn afresh for each use ({F(o.CaptionDropout * 100, "F0")}% empty for");
-        if (o.UNetFrom is { } unetFrom) s.AppendLine($"   Started from the UNet and text encoder of `{unetFrom}`.");
+        if (continued is { } cb)
+            s.AppendLine($"   Started from the UNet and text encoder of the first build ({cb.UNetSteps} steps{(cb.NoiseOffset > 0 ? FormattableString.Invariant($", offset noise {cb.NoiseOffset:G3}") : ", no offset noise")}).");
+        else if (o.UNetFrom is { } unetFrom) s.AppendLine($"   Started from the UNet and text encoder of `{unetFrom}`.");
         s.AppendLine($"   classifier-free guidance); epsilon prediction on SD1.x's noise schedule, offset noise {o.NoiseOffset:G3} (so the prompt, not");
         s.AppendLine($"   the starting noise, sets the background), min-SNR-{o.MinSnrGamma:G3}{(o.DebiasedEstimation ? " and debiased-estimation" : "")} weighting, AdamW");
         s.AppendLine($"   lr {o.UNetLearningRate:G3} (text encoder {(o.TrainTextEncoder ? o.TextEncoderLearningRate.ToString("G3", CultureInfo.InvariantCulture) : "frozen")}), " +
                      $"EMA {o.EmaDecay:G4} of the weights saved. Final loss {F(r.UNetLoss, "F4")}. Time {r.UNetTime:hh\\:mm\\:ss}{(r.StoppedEarly ? " (stopped early)" : "")}.");
-        s.AppendLine($"3. Saved as {(o.SaveDType == TorchSharp.torch.ScalarType.Float16 ? "fp16" : "fp32")} safetensors; whole build {r.Elapsed:hh\\:mm\\:ss} on {Environment.ProcessorCount} CPU core(s).");
+        s.AppendLine($"3. Saved as {(o.SaveDType == TorchSharp.torch.ScalarType.Float16 ? "fp16" : "fp32")} safetensors; whole build {(continued is { } tb ? TimeSpan.FromSeconds(tb.TotalSeconds) + r.Elapsed - r.VaeTime : r.Elapsed):hh\\:mm\\:ss} on {Environment.ProcessorCount} CPU core(s).");
         s.AppendLine();
         s.AppendLine($"Seed {o.Seed} drives everything: weight init, the pictures of each step, captions, noise and timesteps.");
         s.AppendLine();
@@ -126,6 +144,21 @@ public static class ToyModelCard
         s.AppendLine($"- It draws one shape per picture at 64x64 only; edges are soft (a {latent}x{latent}x4 latent). It knows nothing outside the world above:");
         s.AppendLine("  other words are noise to it, and the held-out shapes and colours do not come out until taught.");
         return s.ToString();
+    }
+
+    /// <summary>What a base model's build record (toy_build.json) says about how it was made.</summary>
+    private sealed record BaseBuild(long Seed, int VaeSteps, int UNetSteps, double NoiseOffset, int? Threads, double TotalSeconds)
+    {
+        public static BaseBuild? Read(string folder)
+        {
+            var path = Path.Combine(folder, "toy_build.json");
+            if (!File.Exists(path)) return null;
+            using var json = JsonDocument.Parse(File.ReadAllText(path));
+            var r = json.RootElement;
+            double Number(string key) => r.TryGetProperty(key, out var v) && v.ValueKind == JsonValueKind.Number ? v.GetDouble() : 0;
+            return new BaseBuild(r.GetProperty("seed").GetInt64(), (int)Number("vae_steps"), (int)Number("unet_steps"), Number("noise_offset"),
+                r.TryGetProperty("threads", out var t) && t.ValueKind == JsonValueKind.Number ? t.GetInt32() : null, Number("total_seconds"));
+        }
     }
 
     /// <summary>Torch threads of the build (the card's command repeats them: results differ in the last bits with the count).</summary>

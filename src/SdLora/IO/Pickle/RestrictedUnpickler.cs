@@ -239,7 +239,8 @@ public sealed class RestrictedUnpickler
     {
         var bytes = ReadBytes(n);
         var big = new BigInteger(bytes, isUnsigned: false, isBigEndian: false);
-        return big >= long.MinValue && big <= long.MaxValue ? (long)big : big;
+        // (object) on both arms: without it the conditional is a BigInteger, and a LONG1 size or offset is not read as a long.
+        return big >= long.MinValue && big <= long.MaxValue ? (object)(long)big : big;
     }
 
     private PickleGlobal Global(string module, string name)
