@@ -9,6 +9,15 @@ namespace SdLora.Tests.Training;
 
 public class DiffusionLossTests
 {
+    /// <summary>The tiny UNet and three random examples (latents, noise, text context) drawn from <paramref name="seed"/>.</summary>
+    private static (UNet2DConditionModel Unet, Tensor Latents, Tensor Noise, Tensor Context) ThreeExamples(ulong seed)
+    {
+        var unet = Fixtures.LoadTinyPart(Fixtures.CopiedTinyModel, "unet", "diffusion_pytorch_model.safetensors", json => new UNet2DConditionModel(UNetConfig.FromDiffusersJson(json)));
+        using var g = new Generator(seed, CPU);
+        return (unet, torch.randn([3, 4, 8, 8], generator: g), torch.randn([3, 4, 8, 8], generator: g),
+            torch.randn([3, 77, unet.Config.CrossAttentionDim], generator: g));
+    }
+
     /// <summary>
     /// The per-example weights (prior-loss weight for class images) scale each example's MSE before the batch mean.
     /// The reference is computed here from the definition (noising by hand with alphas_cumprod), not through the code
@@ -18,12 +27,9 @@ public class DiffusionLossTests
     public void Example_weights_scale_each_examples_mse_before_the_batch_mean()
     {
         using var scope = torch.NewDisposeScope();
-        using var unet = Fixtures.LoadTinyPart(Fixtures.CopiedTinyModel, "unet", "diffusion_pytorch_model.safetensors", json => new UNet2DConditionModel(UNetConfig.FromDiffusersJson(json)));
+        var (unet, latents, noise, context) = ThreeExamples(11);
+        using var unetHandle = unet;
         var schedule = NoiseSchedule.StableDiffusion1;
-        using var g = new Generator(11, CPU);
-        var latents = torch.randn([3, 4, 8, 8], generator: g);
-        var noise = torch.randn([3, 4, 8, 8], generator: g);
-        var context = torch.randn([3, 77, unet.Config.CrossAttentionDim], generator: g);
         long[] steps = [50, 400, 900];
         var timesteps = torch.tensor(steps);
         float[] w = [0.25f, 1f, 3f];
@@ -59,12 +65,9 @@ public class DiffusionLossTests
     public void Debiased_estimation_weights_each_example_by_its_signal_to_noise_ratio(bool vPrediction)
     {
         using var scope = torch.NewDisposeScope();
-        using var unet = Fixtures.LoadTinyPart(Fixtures.CopiedTinyModel, "unet", "diffusion_pytorch_model.safetensors", json => new UNet2DConditionModel(UNetConfig.FromDiffusersJson(json)));
+        var (unet, latents, noise, context) = ThreeExamples(12);
+        using var unetHandle = unet;
         var schedule = NoiseSchedule.StableDiffusion1;
-        using var g = new Generator(12, CPU);
-        var latents = torch.randn([3, 4, 8, 8], generator: g);
-        var noise = torch.randn([3, 4, 8, 8], generator: g);
-        var context = torch.randn([3, 77, unet.Config.CrossAttentionDim], generator: g);
         var timesteps = torch.tensor(new long[] { 20, 500, 999 });
 
         using var noGrad = torch.no_grad();
