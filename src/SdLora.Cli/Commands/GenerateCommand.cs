@@ -53,6 +53,8 @@ public static class GenerateCommand
                 BatchSize = r.GetValue(batchSize), BatchCount = r.GetValue(batchCount), ClipSkip = r.GetValue(clipSkip),
                 Loras = r.GetValue(lora)!.Select(LoraUse.Parse).ToList(), LoraDir = r.GetValue(loraDir)!, EmbeddingsDir = r.GetValue(embeddingsDir),
                 OutputDir = r.GetValue(outDir),
+                // One generation per process: the text encoder's weights are not needed once the prompts are encoded.
+                ReleaseTextEncoderAfterEncoding = true,
                 VaeTiling = r.GetValue(vaeTiling)!.Trim().ToLowerInvariant() switch
                 {
                     "auto" => VaeTilingMode.Auto, "on" => VaeTilingMode.On, "off" => VaeTilingMode.Off,

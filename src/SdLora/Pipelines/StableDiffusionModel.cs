@@ -27,6 +27,19 @@ public sealed class StableDiffusionModel : IDisposable
     /// <summary>Layout of the checkpoint it came from (for merge tools that write the same layout back).</summary>
     public CheckpointLayout? Layout { get; }
 
+    /// <summary>Whether <see cref="ReleaseTextEncoder"/> freed the text encoder's weights (prompts can no longer be encoded).</summary>
+    public bool TextEncoderReleased { get; private set; }
+
+    /// <summary>
+    /// Frees the text encoder's weights (moved to the shape-only "meta" device): a one-shot generation that has encoded its
+    /// prompts needs them no more, and in fp32 they are half a gigabyte of SD1.5's peak. Encoding afterwards is refused.
+    /// </summary>
+    public void ReleaseTextEncoder()
+    {
+        TextEncoder.to(new Device(DeviceType.META));
+        TextEncoderReleased = true;
+    }
+
     private readonly Lazy<string?> _shortHash;
     /// <summary>A1111's "Model hash": the first 10 hex digits of the SHA-256 of the checkpoint file (the UNet weights file for a diffusers folder).</summary>
     public string? ShortHash => _shortHash.Value;

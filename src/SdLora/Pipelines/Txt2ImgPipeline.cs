@@ -38,6 +38,12 @@ public sealed record Txt2ImgOptions
     public string? OutputDir { get; init; }
     /// <summary>VAE decode in tiles: auto (above 768x768 pixels, where untiled activations pass ~2 GiB), on or off.</summary>
     public VaeTilingMode VaeTiling { get; init; } = VaeTilingMode.Auto;
+    /// <summary>
+    /// Free the model's text encoder once the prompts are encoded (<see cref="StableDiffusionModel.ReleaseTextEncoder"/>):
+    /// for a one-shot generation (the CLI), whose peak memory then holds only the UNet and the VAE. The model cannot
+    /// encode prompts afterwards.
+    /// </summary>
+    public bool ReleaseTextEncoderAfterEncoding { get; init; }
 
     public void Validate()
     {
@@ -76,6 +82,8 @@ public sealed class Txt2ImgPipeline(StableDiffusionModel model)
     public GenerationResult Generate(Txt2ImgOptions o, IProgress<GenerationProgress>? progress = null, CancellationToken ct = default)
     {
         o.Validate();
+        if (model.TextEncoderReleased)
+            throw new SdLoraException($"model {model.Name}: its text encoder was released after an earlier generation (ReleaseTextEncoderAfterEncoding); load the model again to generate more");
         var sampler = SamplerCatalog.Get(o.Sampler);
         int total = o.BatchSize * o.BatchCount;
         int f = model.Vae.Config.DownsampleFactor, lh = o.Height / f, lw = o.Width / f;
@@ -102,6 +110,7 @@ public sealed class Txt2ImgPipeline(StableDiffusionModel model)
             using var u = encoder.Encode(o.NegativePrompt, o.ClipSkip);
             (cond, uncond) = encoder.PadToSameLength(c.Conditioning, u.Conditioning, o.ClipSkip);
         });
+        if (o.ReleaseTextEncoderAfterEncoding) model.ReleaseTextEncoder();
         var parametersBase = new GenerationParameters
         {
             Prompt = o.Prompt, NegativePrompt = o.NegativePrompt, Steps = o.Steps, Sampler = sampler.Name, CfgScale = o.CfgScale,
