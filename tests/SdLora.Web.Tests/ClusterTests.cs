@@ -242,6 +242,16 @@ public class ClusterTests(ITestOutputHelper output)
         Assert.Equal("cuda-tiny-sd15-bundled-test-model", JobEngine.ModelQueue("cuda", Model));
     }
 
+    private static FileStream LeaseLock(string dir)
+    {
+        var deadline = DateTime.UtcNow.AddSeconds(10);
+        while (true)
+        {
+            try { return new FileStream(Path.Combine(dir, FileLease.LockFileName), FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.None); }
+            catch (IOException) when (DateTime.UtcNow < deadline) { Thread.Sleep(10); }
+        }
+    }
+
     [Fact]
     public void A_lease_is_refused_while_its_holder_is_alive_and_taken_over_once_it_expires()
     {
@@ -255,7 +265,8 @@ public class ClusterTests(ITestOutputHelper output)
             Assert.Equal("w1", FileLease.Holder(dir));
             // Its holder dies (stops beating) and the lease runs out: what is on disk then.
             // (Written under the lease's lock, as any writer of the lease does, so a beat of the first holder cannot interleave.)
-            using (new FileStream(Path.Combine(dir, FileLease.LockFileName), FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.None))
+            // (The first holder's beat may hold that lock for a moment: wait for it, as the lease's own writers do.)
+            using (LeaseLock(dir))
                 File.WriteAllText(Path.Combine(dir, FileLease.FileName), $"{{\"owner\":\"dead\",\"job\":\"job\",\"expires\":\"{DateTimeOffset.UtcNow.AddSeconds(-1):O}\"}}");
             using var second = FileLease.TryAcquire(dir, "w2", "job", TimeSpan.FromSeconds(5));
             Assert.NotNull(second);
