@@ -242,16 +242,6 @@ public class ClusterTests(ITestOutputHelper output)
         Assert.Equal("cuda-tiny-sd15-bundled-test-model", JobEngine.ModelQueue("cuda", Model));
     }
 
-    private static FileStream LeaseLock(string dir)
-    {
-        var deadline = DateTime.UtcNow.AddSeconds(10);
-        while (true)
-        {
-            try { return new FileStream(Path.Combine(dir, FileLease.LockFileName), FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.None); }
-            catch (IOException) when (DateTime.UtcNow < deadline) { Thread.Sleep(10); }
-        }
-    }
-
     [Fact]
     public void A_lease_is_refused_while_its_holder_is_alive_and_taken_over_once_it_expires()
     {
@@ -264,9 +254,9 @@ public class ClusterTests(ITestOutputHelper output)
             Assert.Null(FileLease.TryAcquire(dir, "w2", "job", TimeSpan.FromSeconds(1)));
             Assert.Equal("w1", FileLease.Holder(dir));
             // Its holder dies (stops beating) and the lease runs out: what is on disk then.
-            // (Written under the lease's lock, as any writer of the lease does, so a beat of the first holder cannot interleave.)
-            // (The first holder's beat may hold that lock for a moment: wait for it, as the lease's own writers do.)
-            using (LeaseLock(dir))
+            // (Written under the lease's lock, as any writer of the lease does, so a beat of the first holder cannot interleave;
+            // that beat may hold the lock for a moment, so it is waited for.)
+            using (FileLease.Lock(dir, TimeSpan.FromSeconds(10)) ?? throw new IOException("the lease's lock stayed taken"))
                 File.WriteAllText(Path.Combine(dir, FileLease.FileName), $"{{\"owner\":\"dead\",\"job\":\"job\",\"expires\":\"{DateTimeOffset.UtcNow.AddSeconds(-1):O}\"}}");
             using var second = FileLease.TryAcquire(dir, "w2", "job", TimeSpan.FromSeconds(5));
             Assert.NotNull(second);

@@ -56,7 +56,12 @@ public sealed class FileLease : IDisposable
         return new FileLease(path, owner, job, length);
     }
 
-    /// <summary>The lease's lock, or null when another holder kept it for longer than <paramref name="wait"/>.</summary>
+    /// <summary>
+    /// The lock of the lease in <paramref name="folder"/>, which whoever writes its <see cref="FileName"/> holds meanwhile;
+    /// null when another holder kept it for longer than <paramref name="wait"/>.
+    /// </summary>
+    public static FileStream? Lock(string folder, TimeSpan wait) => LockFor(Path.Combine(folder, FileName), wait);
+
     private static FileStream? LockFor(string leasePath, TimeSpan wait)
     {
         var lockPath = Path.Combine(Path.GetDirectoryName(leasePath)!, LockFileName);

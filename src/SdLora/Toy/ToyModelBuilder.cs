@@ -171,7 +171,7 @@ public sealed class ToyModelBuilder(ToyBuildOptions options)
         // A build stopped after its VAE stage left it in the stage folder: run again with the same settings, it goes on from there.
         string? from = o.VaeFrom;
         if (from is null && File.Exists(Path.Combine(_stageFolder, "vae", "diffusion_pytorch_model.safetensors"))
-            && StageMatches(Path.Combine(_stageFolder, "toy_build.json")))
+            && ToyBuildRecord.Read(_stageFolder) is { } stage && StageMatches(stage))
         {
             from = _stageFolder;
             Report("VAE", 0, 0, message: $"reusing the VAE saved in {from} by a stopped build");
@@ -182,18 +182,8 @@ public sealed class ToyModelBuilder(ToyBuildOptions options)
             vaeScaled = LoadVae(from);
             (vaeSteps, vaeLoss, scaling) = (0, double.NaN, vaeScaled.ScalingFactor);
             // Its build record, when there is one, says how it was trained (the card repeats it).
-            var record = Path.Combine(from, "toy_build.json");
-            if (File.Exists(record))
-            {
-                using var json = System.Text.Json.JsonDocument.Parse(File.ReadAllText(record));
-                var r = json.RootElement;
-                if (r.TryGetProperty("vae_steps", out var steps) && steps.GetInt32() > 0 && r.GetProperty("seed").GetInt64() == o.Seed)
-                {
-                    vaeSteps = steps.GetInt32();
-                    vaeLoss = r.GetProperty("vae_loss").GetDouble();
-                    vaeTimeBefore = TimeSpan.FromSeconds(r.GetProperty("vae_seconds").GetDouble());
-                }
-            }
+            if (ToyBuildRecord.Read(from) is { VaeSteps: > 0 } record && record.Seed == o.Seed)
+                (vaeSteps, vaeLoss, vaeTimeBefore) = (record.VaeSteps, record.VaeLoss, TimeSpan.FromSeconds(record.VaeSeconds));
         }
         else
         {
@@ -252,7 +242,7 @@ public sealed class ToyModelBuilder(ToyBuildOptions options)
         var result = new ToyBuildResult(target, vaeSteps, unetSteps, vaeLoss, unetLoss, scaling, vaeClock.Elapsed + vaeTimeBefore, unetClock.Elapsed,
             _clock.Elapsed + vaeTimeBefore, stopped, summary, perShape, perColour) { VaeReconstruction = vaeReconstruction };
         PngFile.Write(Path.Combine(target, "samples.png"), samples);
-        AtomicFile.WriteAllText(Path.Combine(target, "toy_build.json"), ToyModelCard.BuildJson(o, result));
+        AtomicFile.WriteAllText(Path.Combine(target, ToyBuildRecord.FileName), ToyModelCard.BuildJson(o, result));
         AtomicFile.WriteAllText(Path.Combine(target, "README.md"), ToyModelCard.Write(o, result, Path.GetFileName(target)));
         // A stopped build keeps its stage folder: run again, it goes on from there.
         if (!stopped && Directory.Exists(_stageFolder)) Directory.Delete(_stageFolder, true);
@@ -274,7 +264,7 @@ public sealed class ToyModelBuilder(ToyBuildOptions options)
         using (var scope = torch.NewDisposeScope())
             IO.Safetensors.Save(Path.Combine(dir, "diffusion_pytorch_model.safetensors"),
                 vae.named_parameters().Select(p => new KeyValuePair<string, Tensor>(p.name, p.parameter.detach().to(Options.SaveDType).contiguous())).ToList());
-        AtomicFile.WriteAllText(Path.Combine(folder, "toy_build.json"), System.Text.Json.JsonSerializer.Serialize(new
+        AtomicFile.WriteAllText(Path.Combine(folder, ToyBuildRecord.FileName), System.Text.Json.JsonSerializer.Serialize(new
         {
             seed = Options.Seed, vae_steps = steps, vae_loss = loss, vae_seconds = time.TotalSeconds,
         }) + "\n");
@@ -282,13 +272,7 @@ public sealed class ToyModelBuilder(ToyBuildOptions options)
     }
 
     /// <summary>Whether a stage folder's VAE was trained with this build's seed (and VAE step count, when fixed).</summary>
-    private bool StageMatches(string record)
-    {
-        if (!File.Exists(record)) return false;
-        using var json = System.Text.Json.JsonDocument.Parse(File.ReadAllText(record));
-        var r = json.RootElement;
-        return r.GetProperty("seed").GetInt64() == Options.Seed && (Options.VaeSteps is not { } n || r.GetProperty("vae_steps").GetInt32() == n);
-    }
+    private bool StageMatches(ToyBuildRecord stage) => stage.Seed == Options.Seed && (Options.VaeSteps is not { } n || stage.VaeSteps == n);
 
     private static void LoadPart(string folder, nn.Module module, string part, string file)
     {
@@ -300,12 +284,10 @@ public sealed class ToyModelBuilder(ToyBuildOptions options)
 
     private static AutoencoderKL LoadVae(string folder)
     {
-        var dir = Path.Combine(folder, "vae");
-        var config = AutoencoderKLConfig.FromDiffusersJson(File.ReadAllText(Path.Combine(dir, "config.json")));
+        var config = AutoencoderKLConfig.FromDiffusersJson(File.ReadAllText(Path.Combine(folder, "vae", "config.json")));
         AutoencoderKL vae;
         using (torch.no_grad()) vae = new AutoencoderKL(config);
-        using var weights = IO.Safetensors.Open(Path.Combine(dir, "diffusion_pytorch_model.safetensors"));
-        ModuleWeights.Load(vae, weights);
+        LoadPart(folder, vae, "vae", "diffusion_pytorch_model.safetensors");
         vae.eval();
         return vae;
     }
@@ -630,15 +612,8 @@ public sealed class ToyModelBuilder(ToyBuildOptions options)
     /// <summary>[B, 3, H, W] in [-1, 1] from pictures of the same size.</summary>
     internal static Tensor Batch(IReadOnlyList<RgbImage> images)
     {
-        int w = images[0].Width, h = images[0].Height, n = w * h;
-        var data = new float[images.Count * 3 * n];
-        for (int b = 0; b < images.Count; b++)
-        {
-            var px = images[b].Pixels;
-            for (int i = 0; i < n; i++)
-                for (int c = 0; c < 3; c++) data[(b * 3 + c) * n + i] = px[i * 3 + c] / 127.5f - 1f;
-        }
-        return torch.tensor(data, [images.Count, 3, h, w]);
+        using var scope = torch.NewDisposeScope();
+        return torch.cat(images.Select(i => i.ToTensor()).ToList(), 0).MoveToOuterDisposeScope();
     }
 
     private static void CopyWeights(nn.Module from, nn.Module to)

@@ -43,7 +43,7 @@ public static class ToyModelCard
         s.AppendLine("## How it was made");
         s.AppendLine();
         s.AppendLine("```bash");
-        var continued = o.UNetFrom is { } baseFolder && o.VaeFrom == baseFolder ? BaseBuild.Read(baseFolder) : null;
+        var continued = o.UNetFrom is { } baseFolder && o.VaeFrom == baseFolder ? ToyBuildRecord.Read(baseFolder) : null;
         if (continued is { } b)
         {
             // Trained further from a whole built model: its own build first, then this one on top of it.
@@ -146,21 +146,6 @@ public static class ToyModelCard
         return s.ToString();
     }
 
-    /// <summary>What a base model's build record (toy_build.json) says about how it was made.</summary>
-    private sealed record BaseBuild(long Seed, int VaeSteps, int UNetSteps, double NoiseOffset, int? Threads, double TotalSeconds)
-    {
-        public static BaseBuild? Read(string folder)
-        {
-            var path = Path.Combine(folder, "toy_build.json");
-            if (!File.Exists(path)) return null;
-            using var json = JsonDocument.Parse(File.ReadAllText(path));
-            var r = json.RootElement;
-            double Number(string key) => r.TryGetProperty(key, out var v) && v.ValueKind == JsonValueKind.Number ? v.GetDouble() : 0;
-            return new BaseBuild(r.GetProperty("seed").GetInt64(), (int)Number("vae_steps"), (int)Number("unet_steps"), Number("noise_offset"),
-                r.TryGetProperty("threads", out var t) && t.ValueKind == JsonValueKind.Number ? t.GetInt32() : null, Number("total_seconds"));
-        }
-    }
-
     /// <summary>Torch threads of the build (the card's command repeats them: results differ in the last bits with the count).</summary>
     private static int Threads => TorchSharp.torch.get_num_threads();
 
@@ -211,4 +196,33 @@ public static class ToyModelCard
         per_shape = r.PerShape,
         per_colour = r.PerColour,
     }, new JsonSerializerOptions { WriteIndented = true, NumberHandling = JsonNumberHandling.AllowNamedFloatingPointLiterals }) + "\n";
+}
+
+/// <summary>
+/// What a toy model folder's build record (<see cref="FileName"/>, written by <see cref="ToyModelCard.BuildJson"/> or by a
+/// build's VAE stage) says about how it was made; a number it does not hold reads as 0.
+/// </summary>
+internal sealed record ToyBuildRecord(long Seed, int VaeSteps, double VaeLoss, double VaeSeconds, int UNetSteps, double NoiseOffset, int? Threads,
+    double TotalSeconds)
+{
+    public const string FileName = "toy_build.json";
+
+    /// <summary>The record in <paramref name="folder"/>, or null when it has none.</summary>
+    public static ToyBuildRecord? Read(string folder)
+    {
+        var path = Path.Combine(folder, FileName);
+        if (!File.Exists(path)) return null;
+        using var json = JsonDocument.Parse(File.ReadAllText(path));
+        var r = json.RootElement;
+        // BuildJson writes a NaN (a loss not measured) as the string "NaN".
+        double Number(string key) => !r.TryGetProperty(key, out var v) ? 0 : v.ValueKind switch
+        {
+            JsonValueKind.Number => v.GetDouble(),
+            JsonValueKind.String when double.TryParse(v.GetString(), NumberStyles.Float, CultureInfo.InvariantCulture, out var d) => d,
+            _ => 0,
+        };
+        return new ToyBuildRecord(r.GetProperty("seed").GetInt64(), (int)Number("vae_steps"), Number("vae_loss"), Number("vae_seconds"),
+            (int)Number("unet_steps"), Number("noise_offset"),
+            r.TryGetProperty("threads", out var t) && t.ValueKind == JsonValueKind.Number ? t.GetInt32() : null, Number("total_seconds"));
+    }
 }

@@ -42,16 +42,16 @@ public static class DiffusionLoss
         var pred = unet.forward(noisy.to(computeDType), timesteps, context.to(computeDType)).to(ScalarType.Float32);
         var target = options.VParameterization ? schedule.Velocity(x0, eps, timesteps) : eps;
         var perExample = (pred - target).pow(2).mean([1, 2, 3]);
+        var snr = options.MinSnrGamma is not null || options.DebiasedEstimation ? schedule.Snr(timesteps).to(ScalarType.Float32, x0.device) : null;
         if (options.MinSnrGamma is { } gamma)
         {
-            var snr = schedule.Snr(timesteps).to(ScalarType.Float32, x0.device);
-            var clipped = snr.clamp_max(gamma);
+            var clipped = snr!.clamp_max(gamma);
             perExample = perExample * (options.VParameterization ? clipped / (snr + 1) : clipped / snr);
         }
         if (options.DebiasedEstimation)
         {
-            var snr = schedule.Snr(timesteps).to(ScalarType.Float32, x0.device).clamp_max(1000);
-            perExample = perExample * (options.VParameterization ? 1 / (snr + 1) : snr.rsqrt());
+            var capped = snr!.clamp_max(1000);
+            perExample = perExample * (options.VParameterization ? 1 / (capped + 1) : capped.rsqrt());
         }
         if (exampleWeights is not null) perExample = perExample * exampleWeights.to(ScalarType.Float32, x0.device);
         var loss = perExample.mean();

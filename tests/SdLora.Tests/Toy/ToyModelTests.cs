@@ -96,8 +96,6 @@ public class ToyModelTests(ITestOutputHelper output)
         TextEncoder = new ClipTextConfig(HiddenSize: 8, IntermediateSize: 16, NumHiddenLayers: 1, NumAttentionHeads: 2),
     };
 
-    private static byte[] Part(string folder, string part) => File.ReadAllBytes(Path.Combine(folder, part));
-
     /// <summary>Whether two weight files hold the same tensors by value (a zero's sign may differ: -0 == 0).</summary>
     private static bool SameWeights(string a, string b)
     {
