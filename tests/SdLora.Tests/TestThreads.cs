@@ -32,6 +32,7 @@ public sealed class TestThreadsAttribute : BeforeAfterTestAttribute
 
     public override void Before(MethodInfo methodUnderTest)
     {
-        if (Threads is int n && torch.get_num_threads() != n) torch.set_num_threads(n);
+        // Set even when this thread has it already: threads the test starts copy the last value set by any thread.
+        if (Threads is int n) torch.set_num_threads(n);
     }
 }

@@ -20,7 +20,7 @@ public static class DemoCommand
     public const string DemoOutputName = "sks-dog-demo";
     public const int DefaultSteps = 40;
     /// <summary>Training steps of the toy demo.</summary>
-    public const int ToyDefaultSteps = 150;
+    public const int ToyDefaultSteps = ToyDemo.DefaultSteps;
     /// <summary>The bundled toy model's folder under assets/.</summary>
     public const string ToyModelName = "toy-shapes";
     private const int Size = 128;
@@ -85,7 +85,7 @@ public static class DemoCommand
         var plan = PrepareToy(output, steps);
         var demo = plan.Demo;
         var folder = Path.GetFullPath(output);
-        cli.Console.MarkupLineInterpolated($"[bold]sdlora demo[/]: teach the bundled toy model \"{ToyDemo.Token} {ToyWorld.ClassWord}\" = a {demo.Concept.ColourName} {demo.Concept.Shape} (a shape and colour it has never seen) from {ToyDemo.InstanceImages} pictures, with DreamBooth-LoRA and prior preservation.");
+        cli.Console.MarkupLineInterpolated($"[bold]sdlora demo[/]: teach the bundled toy model \"{ToyDemo.Token} {ToyWorld.ClassWord}\" = a {demo.Concept.ColourName} {demo.Concept.Shape} (a shape and colour it has never seen) from {ToyDemo.InstanceImages} pictures, with DreamBooth-LoRA, prior preservation and the word's own vectors (pivotal tuning).");
         using var model = cli.Status("loading the toy model", () => StableDiffusionModel.Load(plan.Model));
         var before = cli.Status($"before: \"{demo.ConceptPrompt}\" and \"{demo.ClassPrompt}\" with the base model", () => demo.Snapshot(model, null, cli.Cancellation));
 

@@ -181,6 +181,8 @@ public static class PageRoutes
         ("min-bucket-reso", "Min bucket", "256", ""),
         ("max-bucket-reso", "Max bucket", "1024", ""),
         ("dtype", "Model dtype", "auto", "auto, fp32, bf16"),
+        ("token-string", "New word (pivotal tuning)", "", "e.g. sks: its vectors train too"),
+        ("init-word", "New word starts as", "", "e.g. dog (empty = random)"),
     ];
 
     private static readonly (string Flag, string Label, bool On)[] AdvancedSwitches =

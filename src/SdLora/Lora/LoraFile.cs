@@ -98,7 +98,8 @@ public sealed class LoraFile : IDisposable
                 break;
             }
         }
-        var unknown = keys.Where(k => !used.Contains(k)).ToList();
+        // Bundled word embeddings are not part of the network (LoraEmbeddings reads them).
+        var unknown = keys.Where(k => !used.Contains(k) && !LoraEmbeddings.IsBundleKey(k)).ToList();
         if (modules.Count == 0)
         {
             foreach (var m in modules) { m.Down.Dispose(); m.Up.Dispose(); }

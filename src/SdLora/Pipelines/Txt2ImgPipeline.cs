@@ -91,11 +91,13 @@ public sealed class Txt2ImgPipeline(StableDiffusionModel model)
             throw new SdLoraException($"--init-latents has shape [{string.Join(",", init.shape)}] but this run needs [{total},4,{lh},{lw}] (batch-size x batch-count images at {o.Width}x{o.Height})");
         long seed = o.Seed >= 0 ? o.Seed : Random.Shared.NextInt64(0, uint.MaxValue);
 
-        using var embeddingLibrary = new EmbeddingLibrary(o.EmbeddingsDir, o.Embeddings);
-        var embeddings = new PromptEmbeddings(embeddingLibrary, model.Tokenizer, model.TextEncoder.Config.VocabSize, model.TextEncoder.Config.HiddenSize);
-        var encoder = new PromptEncoder(model.Tokenizer, model.TextEncoder) { Embeddings = embeddings };
         var tags = PromptParser.Parse(o.Prompt).Loras;
         var loraUses = o.Loras.Concat(tags.Select(t => new LoraUse(LoraFolder.Resolve(t.Name, o.LoraDir), t.TextEncoderWeight, t.UNetWeightOverride))).ToList();
+        // Words trained with a LoRA (pivotal tuning) or bundled in it are usable while it is in use; the caller's own win.
+        using var loraWords = LoraEmbeddings.ReadAll(loraUses.Select(u => u.Path));
+        using var embeddingLibrary = new EmbeddingLibrary(o.EmbeddingsDir, loraWords.Embeddings.Concat(o.Embeddings));
+        var embeddings = new PromptEmbeddings(embeddingLibrary, model.Tokenizer, model.TextEncoder.Config.VocabSize, model.TextEncoder.Config.HiddenSize);
+        var encoder = new PromptEncoder(model.Tokenizer, model.TextEncoder) { Embeddings = embeddings };
 
         var images = new List<GeneratedImage>();
         var warnings = new List<string>();

@@ -31,6 +31,8 @@ public sealed class ToyDemo
     public const string Token = "sks";
     public const string OutputName = "sks-shape-demo";
     public const int InstanceImages = 6;
+    /// <summary>Training steps of the toy demo (measured on the bundled model: see its card).</summary>
+    public const int DefaultSteps = 600;
 
     public ToyConcept Concept { get; }
     public string InstancePrompt => $"a photo of {Token} {ToyWorld.ClassWord}";
@@ -48,8 +50,10 @@ public sealed class ToyDemo
     public IReadOnlyList<string> WriteInstanceImages(string folder) => ToyDataset.Write(folder, Concept, null, InstanceImages, seed: 1);
 
     /// <summary>
-    /// The demo's training: DreamBooth-LoRA with prior preservation at 64 px. Class images are made by the base model
-    /// itself into <c>OUTPUT/class_images</c>.
+    /// The demo's training: DreamBooth-LoRA with prior preservation at 64 px, with the token's vectors trained beside the
+    /// LoRA (pivotal tuning, starting from the class word): the toy text encoder maps "sks shape" almost onto "a shape",
+    /// and a LoRA alone measurably could not pull them apart (see the model card). Class images are made by the base
+    /// model itself into <c>OUTPUT/class_images</c>.
     /// </summary>
     public TrainingConfig TrainingConfig(string model, string instanceFolder, string output, int steps, bool overwrite) => new()
     {
@@ -58,6 +62,7 @@ public sealed class ToyDemo
         Resolution = Resolution.Square(ToyWorld.ImageSize), MinBucketReso = ToyWorld.ImageSize, MaxBucketReso = ToyWorld.ImageSize,
         BucketResoSteps = ToyWorld.ImageSize, TrainBatchSize = 2, MaxTrainSteps = steps, NetworkDim = 8, NetworkAlpha = 8,
         LearningRate = 2e-3, TextEncoderLr = 5e-4, Seed = 42,
+        TokenString = Token, InitWord = ToyWorld.ClassWord, EmbeddingLr = Training.TrainingConfig.DefaultEmbeddingLr,
     };
 
     /// <summary>The demo's pictures of both prompts for <see cref="Seeds"/>, with <paramref name="lora"/> attached when given.</summary>
@@ -104,6 +109,8 @@ public sealed class ToyDemo
             ["concept"] = new { name = Concept.Name, shape = Concept.Shape, colour = Concept.ColourName },
             ["model"] = model,
             ["lora"] = lora,
+            ["token"] = Token,
+            ["embedding"] = Path.Combine(LoraEmbeddings.FolderBeside(lora), Token + ".safetensors"),
             ["instance_images"] = instanceFolder,
             ["class_images"] = classFolder,
             ["contact_sheet"] = contactSheet,

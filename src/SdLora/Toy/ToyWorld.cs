@@ -71,8 +71,11 @@ public static class ToyWorld
         new("teal-heart", "heart", "teal"),
     ];
 
-    /// <summary>The concept the demo teaches ("a photo of sks shape").</summary>
-    public static ToyConcept DemoConcept => Concepts[0];
+    /// <summary>
+    /// The concept the demo teaches ("a photo of sks shape"): the teal heart, because the bundled model's VAE
+    /// reconstructs teal (as a blue-green) but turns pink into yellow, so no training could make the pink cross appear.
+    /// </summary>
+    public static ToyConcept DemoConcept => Concepts[1];
 
     public static ToyConcept Concept(string name) => Concepts.FirstOrDefault(c => c.Name == name)
         ?? throw new SdLoraException($"unknown toy concept '{name}': use {string.Join(", ", Concepts.Select(c => c.Name))}");

@@ -16,7 +16,11 @@ public sealed record CaptionProcessor(bool Shuffle = false, int KeepTokens = 0, 
     /// <summary>A whole word replaced in instance captions (e.g. <c>sks</c> -> <c>sks sks1 sks2</c>), or null.</summary>
     public (string Word, string Replacement)? WordReplacement { get; init; }
 
-    public static CaptionProcessor FromConfig(TrainingConfig c) => new(c.ShuffleCaption, c.KeepTokens, c.CaptionDropout);
+    /// <summary>The run's caption settings; a token string of several vectors is spelled out in every instance caption.</summary>
+    public static CaptionProcessor FromConfig(TrainingConfig c) => new(c.ShuffleCaption, c.KeepTokens, c.CaptionDropout)
+    {
+        WordReplacement = c.TokenString is { } word && c.NumVectorsPerToken > 1 ? (word, string.Join(" ", c.TokenStrings)) : null,
+    };
 
     /// <summary>Caption for one draw, reproducible from (seed, epoch, sample index).</summary>
     public string Process(string caption, long seed, int epoch, long sampleIndex) =>

@@ -46,13 +46,8 @@ public sealed class TextualInversionTrainingSession : TrainingSession
         "a large painting in the style of {}",
     ];
 
-    private ClipTokenizer? _tokenizer;
-    private Parameter? _rows;
-    private int _firstId;
-    private bool _rowsAttached;
-    private Tensor? _previousRows;
+    private NewWordVectors? _words;
     private TextualInversionEmbedding? _sampleEmbedding;
-    private readonly Dictionary<string, bool> _captionHasWord = [];
 
     /// <inheritdoc cref="TrainingSession(TrainingConfig, StableDiffusionModel?, string)"/>
     public TextualInversionTrainingSession(TrainingConfig config, StableDiffusionModel? model = null)
@@ -61,7 +56,7 @@ public sealed class TextualInversionTrainingSession : TrainingSession
     protected override string OutputKind => "embedding";
     protected override string StateWeightsFile => "embedding.safetensors";
     protected override string LearningRateHint => $"learning-rate (now {Settings.LearningRate:G3})";
-    protected override ClipTokenizer Tokenizer => _tokenizer ?? Model.Tokenizer;
+    protected override ClipTokenizer Tokenizer => _words?.Tokenizer ?? Model.Tokenizer;
 
     /// <summary>The word spelled as all its vector tokens (<c>sks sks1 sks2</c>).</summary>
     private string SpelledOut => string.Join(" ", Settings.TokenStrings);
@@ -72,9 +67,10 @@ public sealed class TextualInversionTrainingSession : TrainingSession
         var rules = base.CaptionRules();
         return c.Template switch
         {
-            "object" => rules with { Templates = ObjectTemplates.Select(t => t.Replace("{}", SpelledOut)).ToList() },
-            "style" => rules with { Templates = StyleTemplates.Select(t => t.Replace("{}", SpelledOut)).ToList() },
-            _ => c.NumVectorsPerToken > 1 ? rules with { WordReplacement = (c.TokenString!, SpelledOut) } : rules,
+            // The templates spell the word out already.
+            "object" => rules with { Templates = ObjectTemplates.Select(t => t.Replace("{}", SpelledOut)).ToList(), WordReplacement = null },
+            "style" => rules with { Templates = StyleTemplates.Select(t => t.Replace("{}", SpelledOut)).ToList(), WordReplacement = null },
+            _ => rules,
         };
     }
 
@@ -82,64 +78,17 @@ public sealed class TextualInversionTrainingSession : TrainingSession
     protected override void CreateTrainable()
     {
         var c = Settings;
-        var embeddings = Model.TextEncoder.text_model.embeddings;
-        var table = embeddings.token_embedding.weight!;
-        int vocab = Model.TextEncoder.Config.VocabSize;
-        if (Model.Tokenizer.VocabSize != vocab)
-            throw new SdLoraException($"{c.Model}: its tokenizer has {Model.Tokenizer.VocabSize} tokens but its text encoder {vocab} rows; new words cannot be added after both");
-        if (c.Template == "captions" && !Planner.DistinctImages.Any(d => !d.Image.IsRegularization && CaptionProcessor.ContainsWord(d.Image.Caption, c.TokenString!)))
-            throw new SdLoraException($"no caption contains the token string '{c.TokenString}': write it into the captions or instance-prompt (\"a photo of {c.TokenString}\"), " +
-                "or set template object (or style) to train with kohya's prompt templates") { Setting = "token-string" };
-
-        var words = c.TokenStrings;
-        _tokenizer = Model.Tokenizer.WithAddedTokens(words);
-        _firstId = _tokenizer.AddedTokens[words[0].ToLowerInvariant()];
-
-        Tensor init;
-        string from;
-        using (torch.no_grad())
-        {
-            if (c.InitWord is { } word)
-            {
-                var ids = Model.Tokenizer.Encode(word);
-                if (ids.Length == 0) throw new SdLoraException($"init-word '{word}' gives no tokens: use an ordinary word close to the subject, e.g. dog") { Setting = "init-word" };
-                if (ids.Length > 1 && ids.Length != words.Count)
-                    Info($"init-word '{word}' is {ids.Length} tokens for {words.Count} vector(s): its tokens are repeated or cut to fit (as kohya does)");
-                // Each vector starts as one of the word's token embeddings, cycling through them (kohya).
-                var index = torch.tensor(Enumerable.Range(0, words.Count).Select(i => (long)ids[i % ids.Length]).ToArray(), device: table.device);
-                init = table.index_select(0, index).to(ScalarType.Float32);
-                from = $"'{word}'";
-            }
-            else
-            {
-                using var g = new Generator((ulong)c.Seed, CPU);
-                var std = table.to(ScalarType.Float32).std().item<float>();
-                init = (torch.randn([words.Count, table.shape[1]], ScalarType.Float32, CPU, generator: g) * std).to(table.device);
-                from = "random values";
-            }
-        }
-        _rows = new Parameter(init.detach().clone(), requires_grad: true);
-        init.Dispose();
-        _previousRows = embeddings.AddedTokens;
-        embeddings.AddedTokens = _rows;
-        _rowsAttached = true;
-
-        CreateOptimizer([new ParamGroup("embedding", [_rows], c.LearningRate)]);
-        Info($"textual inversion: {words.Count} vector(s) '{SpelledOut}' (token ids {_firstId}..{_firstId + words.Count - 1}) starting from {from}; " +
+        if (c.Template == "captions") RequireWordInCaptions("or set template object (or style) to train with kohya's prompt templates");
+        _words = NewWordVectors.Attach(Model, c, Info);
+        CreateOptimizer([new ParamGroup("embedding", [_words.Rows], c.LearningRate)]);
+        Info($"textual inversion: {c.NumVectorsPerToken} vector(s) '{SpelledOut}' (token ids {_words.IdRange}) starting from {_words.StartedFrom}; " +
              $"{(c.Template == "captions" ? "captions as given" : $"kohya's {c.Template} templates")}; {Optimizer.Describe()}");
     }
 
-    private Parameter Rows => _rows ?? throw new InvalidOperationException("the embedding is not created yet");
+    private NewWordVectors Words => _words ?? throw new InvalidOperationException("the embedding is not created yet");
 
     /// <summary>Captions with the new word go through the text encoder with gradients; the others are cached.</summary>
-    protected override bool TextNeedsGradient(int step, IReadOnlyList<BatchItem> items) => items.Any(i => HasNewWord(i.Caption));
-
-    private bool HasNewWord(string caption)
-    {
-        if (!_captionHasWord.TryGetValue(caption, out var has))
-            _captionHasWord[caption] = has = Tokenizer.EncodeForModel(caption).Any(id => id >= _firstId);
-        return has;
-    }
+    protected override bool TextNeedsGradient(int step, IReadOnlyList<BatchItem> items) => items.Any(i => Words.InCaption(i.Caption));
 
     protected override string OutputPath(int? epoch) => Folder.LoraPath(Settings.EffectiveOutputName, epoch);
 
@@ -147,35 +96,25 @@ public sealed class TextualInversionTrainingSession : TrainingSession
         Settings.ToMethodMetadata(data, startedAt, Optimizer.Describe());
 
     /// <summary>kohya's embedding file: <c>emb_params [n, dim]</c> in <c>save-precision</c>.</summary>
-    protected override void WriteOutput(string path, Dictionary<string, string> metadata) =>
-        TextualInversionEmbedding.Write(path, Rows, metadata, SaveDType);
+    protected override void WriteOutput(string path, Dictionary<string, string> metadata) => Words.Write(path, metadata, SaveDType);
 
-    protected override IEnumerable<KeyValuePair<string, Tensor>> StateWeights() => [new(TextualInversionEmbedding.KohyaTensorName, Rows)];
+    protected override IEnumerable<KeyValuePair<string, Tensor>> StateWeights() => [new(TextualInversionEmbedding.KohyaTensorName, Words.Rows)];
 
-    protected override void RestoreWeights(SafetensorsFile f)
-    {
-        var saved = f.Load(TextualInversionEmbedding.KohyaTensorName, ScalarType.Float32);
-        if (!saved.shape.SequenceEqual(Rows.shape))
-            throw new SdLoraException($"resume: {f.Path} holds [{string.Join(",", saved.shape)}] vectors, this run trains [{string.Join(",", Rows.shape)}]; resume with the same num-vectors-per-token or start over with overwrite") { Setting = "resume" };
-        using var noGrad = torch.no_grad();
-        Rows.copy_(saved);
-    }
+    protected override void RestoreWeights(SafetensorsFile f) => Words.Restore(f.Load(TextualInversionEmbedding.KohyaTensorName, ScalarType.Float32), f.Path);
 
     /// <summary>Samples use the vectors as trained so far under the token string, as a prompt would call the saved file.</summary>
     protected override (Txt2ImgOptions Options, Func<GenerationParameters, GenerationParameters> Describe) SampleSetup(Txt2ImgOptions options, string? outputFile)
     {
         _sampleEmbedding?.Dispose();
         string? saved = outputFile is not null && File.Exists(outputFile) ? outputFile : null;
-        _sampleEmbedding = new TextualInversionEmbedding(Settings.TokenString!, Rows, saved);
+        _sampleEmbedding = Words.Snapshot(saved);
         return (options with { Embeddings = [_sampleEmbedding] }, p => p);
     }
 
     /// <summary>Takes the added rows off the text encoder (its table was never written).</summary>
     protected override void ReleaseTrainable()
     {
-        if (_rowsAttached) Model.TextEncoder.text_model.embeddings.AddedTokens = _previousRows;
-        _rowsAttached = false;
         _sampleEmbedding?.Dispose();
-        _rows?.Dispose();
+        _words?.Dispose();
     }
 }

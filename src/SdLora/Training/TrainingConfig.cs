@@ -113,12 +113,18 @@ public sealed partial record TrainingConfig
     /// <summary><c>safetensors</c> (one LDM-layout file) or <c>diffusers</c> (a folder); null: the input model's layout.</summary>
     public string? SaveModelAs { get; init; }
 
-    // ---- textual inversion ----
-    /// <summary>The new word (kohya's <c>token_string</c>); with several vectors the tokens are <c>sks</c>, <c>sks1</c>, <c>sks2</c>...</summary>
+    // ---- textual inversion, and a LoRA's pivotal tuning ----
+    /// <summary>
+    /// The new word (kohya's <c>token_string</c>); with several vectors the tokens are <c>sks</c>, <c>sks1</c>, <c>sks2</c>...
+    /// Textual inversion trains only its vectors; a LoRA run with a token string trains them beside the LoRA (pivotal
+    /// tuning) and writes them next to it.
+    /// </summary>
     public string? TokenString { get; init; }
     /// <summary>Existing word whose embedding starts the new vectors (its tokens are repeated to fill them); null: random.</summary>
     public string? InitWord { get; init; }
     public int NumVectorsPerToken { get; init; } = 1;
+    /// <summary>LoRA pivotal tuning: learning rate of the new word's vectors; null: <see cref="DefaultEmbeddingLr"/>.</summary>
+    public double? EmbeddingLr { get; init; }
     /// <summary><c>captions</c> (the dataset's captions, with the token string in them), <c>object</c> or <c>style</c> (kohya's prompt templates).</summary>
     public string Template { get; init; } = "captions";
 
@@ -152,6 +158,11 @@ public sealed partial record TrainingConfig
 
     public double EffectiveUnetLr => UnetLr ?? LearningRate;
     public double EffectiveTextEncoderLr => TextEncoderLr ?? LearningRate;
+    /// <summary>The embedding learning rate textual inversion starts from (AUTOMATIC1111's default), also a LoRA's pivotal tuning's.</summary>
+    public const double DefaultEmbeddingLr = 5e-3;
+    public double EffectiveEmbeddingLr => EmbeddingLr ?? DefaultEmbeddingLr;
+    /// <summary>LoRA with a token string: the new word's vectors train beside the LoRA.</summary>
+    public bool PivotalTuning => Method == MethodLora && TokenString is not null;
     /// <summary>LoRA: the network has UNet modules.</summary>
     public bool NetworkTrainsUnet => !NetworkTrainTextEncoderOnly;
     /// <summary>LoRA: the network has text-encoder modules.</summary>
@@ -371,9 +382,19 @@ public sealed partial record TrainingConfig
                 Fail("stop-text-encoder-training", "stop-text-encoder-training -1 turns text-encoder training off, which contradicts train-text-encoder: keep one");
         }
         if (!Templates.Contains(Template)) Fail("template", $"template '{Template}' is not known: use {string.Join(", ", Templates)}");
-        if (Method != MethodTextualInversion) return;
-        if (string.IsNullOrWhiteSpace(TokenString))
+        if (EmbeddingLr is { } elr) Positive("embedding-lr", elr);
+        if (Method == MethodDreamBooth && TokenString is not null)
+            Fail("token-string", "token-string is for textual-inversion and for a LoRA's pivotal tuning; dreambooth trains the text encoder itself (train-text-encoder): drop token-string");
+        if (Method == MethodLora && TokenString is null && (EmbeddingLr is not null || InitWord is not null))
+            Fail(EmbeddingLr is not null ? "embedding-lr" : "init-word", "embedding-lr and init-word are for a new word's vectors: set token-string too (pivotal tuning), or drop them");
+        if (Method == MethodLora && Template != "captions")
+            Fail("template", $"template {Template} is for textual-inversion; a LoRA learns from the captions (or instance-prompt) as given");
+        if (Method == MethodTextualInversion && string.IsNullOrWhiteSpace(TokenString))
             Fail("token-string", "textual-inversion needs token-string: the new word to teach, e.g. --token-string sks (write it in the captions, or use template object/style)");
+        if (Method == MethodTextualInversion && EmbeddingLr is not null)
+            Fail("embedding-lr", "embedding-lr is for a LoRA's pivotal tuning; textual-inversion trains the embedding at learning-rate");
+        if (TokenString is null) return;
+        if (string.IsNullOrWhiteSpace(TokenString)) Fail("token-string", "token-string is empty: give the new word to teach, e.g. sks, or leave it unset");
         if (!TokenString!.All(ch => char.IsAsciiLetterOrDigit(ch) || ch is '_' or '-') || char.IsAsciiDigit(TokenString![^1]))
             Fail("token-string", $"token-string '{TokenString}' must be one word of letters, digits, '_' or '-', not ending in a digit (sdlora adds {TokenString}1, {TokenString}2... for extra vectors)");
         if (NumVectorsPerToken is < 1 or > 75) Fail("num-vectors-per-token", $"num-vectors-per-token must be between 1 and 75 (got {NumVectorsPerToken})");

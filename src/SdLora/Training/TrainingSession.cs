@@ -175,6 +175,14 @@ public abstract class TrainingSession
     protected TrainingState? Resumed => _resumed;
     protected int TotalSteps => _totalSteps;
     protected BatchPlanner Planner => _planner;
+
+    /// <summary>Refuses a run whose token string is in no instance caption (its vectors would never train).</summary>
+    protected void RequireWordInCaptions(string alternative)
+    {
+        var word = _c.TokenString!;
+        if (!_planner.DistinctImages.Any(d => !d.Image.IsRegularization && CaptionProcessor.ContainsWord(d.Image.Caption, word)))
+            throw new SdLoraException($"no caption contains the token string '{word}': write it into the captions or instance-prompt (\"a photo of {word}\"), {alternative}") { Setting = "token-string" };
+    }
     protected CancellationToken Cancellation => _ct;
     /// <summary>The parameters the optimizer trains (gradient clipping and the NaN check run over them).</summary>
     protected IReadOnlyList<Parameter> Trainable { get; set; } = [];
@@ -208,6 +216,9 @@ public abstract class TrainingSession
 
     /// <summary>True when the text conditioning of <paramref name="items"/> at <paramref name="step"/> needs gradients (computed live, not cached).</summary>
     protected virtual bool TextNeedsGradient(int step, IReadOnlyList<BatchItem> items) => false;
+
+    /// <summary>Folders written with the result at <paramref name="outputPath"/> (deleted with it when old epochs are dropped).</summary>
+    protected virtual IEnumerable<string> CompanionsOf(string outputPath) => [];
 
     /// <summary>The tokenizer captions go through (textual inversion adds its words to it).</summary>
     protected virtual ClipTokenizer Tokenizer => _model.Tokenizer;
@@ -627,6 +638,7 @@ public abstract class TrainingSession
         var old = Folder.EpochOutputs(_c.EffectiveOutputName).Where(kv => kv.Key <= currentEpoch).OrderByDescending(kv => kv.Key).Skip(keep);
         foreach (var (_, path) in old.ToList())
         {
+            foreach (var companion in CompanionsOf(path).Where(Directory.Exists)) Directory.Delete(companion, true);
             if (Directory.Exists(path)) Directory.Delete(path, true);
             else File.Delete(path);
             _saved.Remove(path);

@@ -322,10 +322,13 @@ public static class TrainingSettings
         Add(nameof(TrainingConfig.SaveModelAs), DreamBooth, "dreambooth: write the model as one safetensors file (LDM keys) or a diffusers folder",
             allowed: [.. TrainingConfig.ModelFormats], defaultText: "the input model's layout");
 
-        Add(nameof(TrainingConfig.TokenString), Inversion, "textual-inversion: the new word (sks; extra vectors add sks1, sks2...)", "WORD");
-        Add(nameof(TrainingConfig.InitWord), Inversion, "textual-inversion: existing word the new vectors start from (e.g. dog)", "WORD",
+        Add(nameof(TrainingConfig.TokenString), Inversion, "the new word (sks; extra vectors add sks1, sks2...): textual-inversion trains its vectors; " +
+            "lora trains them beside the LoRA (pivotal tuning) and writes them to NAME.embeddings/WORD.safetensors", "WORD");
+        Add(nameof(TrainingConfig.InitWord), Inversion, "existing word the new vectors start from (e.g. dog)", "WORD",
             defaultText: "random");
-        Add(nameof(TrainingConfig.NumVectorsPerToken), Inversion, "textual-inversion: vectors (tokens) the new word takes in a prompt");
+        Add(nameof(TrainingConfig.NumVectorsPerToken), Inversion, "vectors (tokens) the new word takes in a prompt");
+        Add(nameof(TrainingConfig.EmbeddingLr), Inversion, "lora with token-string: learning rate of the new word's vectors", advanced: true,
+            defaultText: TrainingConfig.DefaultEmbeddingLr.ToString(System.Globalization.CultureInfo.InvariantCulture));
         Add(nameof(TrainingConfig.Template), Inversion, "textual-inversion: captions as given, or kohya's object/style prompt templates",
             allowed: [.. TrainingConfig.Templates]);
 

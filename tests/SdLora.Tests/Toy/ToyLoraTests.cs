@@ -10,11 +10,12 @@ namespace SdLora.Tests.Toy;
 /// <summary>LoRA training judged by what the model draws afterwards, on the bundled toy model.</summary>
 public class ToyLoraTests(ITestOutputHelper output)
 {
-    [Fact(Skip = "not done (issue 13): the bundled toy model now draws its prompts (score 0.80: shape 77 %, colour 66 %, " +
-                 "background 97 %), but DreamBooth-LoRA sweeps on the pink cross (150-1000 steps, lr 2e-3 to 1e-2, text-encoder lr " +
-                 "5e-4 to 1e-2, offset noise 0 or 0.3) moved the concept score by at most 0.03, and the LoRA does not tell 'sks' " +
-                 "from 'a' (a yellow cross rose 0.30 -> 0.52 but the class prompt moved as much): its from-scratch text encoder " +
-                 "maps 'a photo of sks shape' almost onto 'a photo of a shape' (measured; see the card's Status).")]
+    /// <summary>
+    /// The demo's recipe (DreamBooth-LoRA with prior preservation and the word's vectors trained beside it) on the teal
+    /// heart. Measured on the bundled model (600 steps, 2 threads, AVX-512): concept score 0.41 -> 0.62, heart drawn for
+    /// 4 of 6 seeds, the class prompt's concept score 0.44 -> 0.47, base prompts' score 0.75 -> 0.69 with the LoRA on.
+    /// </summary>
+    [Fact]
     [Trait("Category", "Slow")]
     public void A_DreamBooth_LoRA_teaches_the_held_out_concept_and_leaves_the_base_concepts_drawn_as_before()
     {
@@ -27,6 +28,7 @@ public class ToyLoraTests(ITestOutputHelper output)
 
         var config = demo.TrainingConfig(ToyModelTests.BundledModel, dir.File("instances"), dir.File("run"), ToyLoraExpectations.Steps, overwrite: false)
             with { SaveEveryNEpochs = null };
+        Assert.Equal(ToyDemo.Token, config.TokenString); // pivotal tuning: without it the LoRA cannot tell "sks shape" from "a shape"
         var result = new LoraTrainingSession(config, model).Run();
         Assert.NotNull(result.LoraPath);
 
@@ -50,9 +52,9 @@ public class ToyLoraTests(ITestOutputHelper output)
 /// <summary>What a demo-sized LoRA measurably does on the bundled toy model (see its card), less a margin.</summary>
 public static class ToyLoraExpectations
 {
-    public const int Steps = 150;
-    public const double MinConceptGain = 0.2;
-    public const double MinConceptShapeRight = 0.5;
-    public const double MaxBaseLoss = 0.1;
+    public const int Steps = ToyDemo.DefaultSteps;
+    public const double MinConceptGain = 0.1;
+    public const double MinConceptShapeRight = 0.33;
+    public const double MaxBaseLoss = 0.15;
     public const double MaxClassLeak = 0.15;
 }

@@ -5,6 +5,7 @@ using System.Text.Json;
 using SdLora.Pipelines;
 using SdLora.Toy;
 using SdLora.Tests.Cli;
+using SdLora.Text;
 using SdLora.Training;
 using TorchSharp;
 using Xunit;
@@ -67,6 +68,11 @@ public class DemoTests
             Assert.Equal(demo.ClassPrompt, root.GetProperty("class_prompt").GetString());
             Assert.EndsWith(DemoCommand.ToyModelName, root.GetProperty("model").GetString());
             Assert.Equal(Path.Combine(Path.GetFullPath(output), ToyDemo.OutputName + ".safetensors"), root.GetProperty("lora").GetString());
+            // The word's vectors (pivotal tuning) lie beside the LoRA, where generation finds them.
+            Assert.Equal(ToyDemo.Token, root.GetProperty("token").GetString());
+            var embedding = root.GetProperty("embedding").GetString()!;
+            Assert.Equal(Path.Combine(Path.GetFullPath(output), ToyDemo.OutputName + ".embeddings", ToyDemo.Token + ".safetensors"), embedding);
+            using (var e = TextualInversionEmbedding.Read(embedding)) Assert.Equal(1, e.VectorCount);
             Assert.Equal(Path.Combine(Path.GetFullPath(output), "instance_images"), root.GetProperty("instance_images").GetString());
             Assert.Equal(Path.Combine(Path.GetFullPath(output), "contact_sheet.png"), root.GetProperty("contact_sheet").GetString());
             Assert.Equal(demo.Seeds, root.GetProperty("seeds").EnumerateArray().Select(e => e.GetInt64()));
@@ -86,7 +92,9 @@ public class DemoTests
         var generate = CliRunner.Run([.. ShellWords(lines.Single(l => l.StartsWith("sdlora generate "))).Skip(1), "--threads", threads]);
         Assert.True(generate.ExitCode == 0, generate.ToString());
         var png = Assert.Single(Directory.GetFiles(Path.Combine(output, "generated"), "*.png"));
-        Assert.Contains(GenerationParameters.Parse(PngFile.ReadText(png)["parameters"]).LoraHashes, h => h.Key == ToyDemo.OutputName);
+        var generated = GenerationParameters.Parse(PngFile.ReadText(png)["parameters"]);
+        Assert.Contains(generated.LoraHashes, h => h.Key == ToyDemo.OutputName);
+        Assert.Contains(generated.TextualInversionHashes, h => h.Key == ToyDemo.Token); // the LoRA's word came with it
         var score = CliRunner.Run([.. ShellWords(lines.Single(l => l.StartsWith("sdlora toy score "))).Skip(1)]);
         Assert.True(score.ExitCode == 0, score.ToString());
         Assert.Contains("mean score", score.Out);

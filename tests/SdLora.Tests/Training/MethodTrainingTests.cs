@@ -22,10 +22,14 @@ public class MethodTrainingTests(ITestOutputHelper output)
             OutputName = null, TokenString = "sks", InitWord = "dog", NumVectorsPerToken = 2, LearningRate = 1e-2,
         };
 
+    /// <summary>A LoRA run that also trains a new word (pivotal tuning), as a "method" of the tests below.</summary>
+    internal const string PivotalLora = "lora+token-string";
+
     internal static TrainingConfig ForMethod(string method, TempDir dir, int images, int steps, string outputName) => method switch
     {
         TrainingConfig.MethodDreamBooth => DreamBooth(dir, images, steps, outputName),
         TrainingConfig.MethodTextualInversion => Inversion(dir, images, steps, outputName),
+        PivotalLora => PivotalTuningTests.Pivotal(dir, images, steps, outputName),
         _ => TrainerTests.TinyRun(dir, images, steps, outputName),
     };
 
@@ -57,6 +61,7 @@ public class MethodTrainingTests(ITestOutputHelper output)
     [InlineData(TrainingConfig.MethodDreamBooth, "no")]
     [InlineData(TrainingConfig.MethodDreamBooth, "bf16")] // bf16 weights trained through fp32 masters, which resume too
     [InlineData(TrainingConfig.MethodTextualInversion, "no")]
+    [InlineData(PivotalLora, "no")]
     public void Resumes_exactly_after_cancel_and_after_a_kill(string method, string mixedPrecision)
     {
         using var dir = Fixtures.TempDir();
@@ -71,7 +76,7 @@ public class MethodTrainingTests(ITestOutputHelper output)
             if (p.Phase == TrainingPhase.Training && p.Done == 3) CopyFolder(straight.Output!, killedAt);
         }));
         Assert.Equal(4, a.Steps);
-        Assert.Equal(method, a.Method);
+        Assert.Equal(straight.Method, a.Method);
 
         var interrupted = straight with { Output = dir.File("interrupted") };
         using var cts = new CancellationTokenSource();

@@ -49,6 +49,8 @@ public class TrainingSettingsTests
     {
         [("method", "textual-inversion")] = new() { ["token-string"] = "sks" },
         [("save-model-as", "diffusers")] = new() { ["method"] = "dreambooth" },
+        [("template", "object")] = new() { ["method"] = "textual-inversion", ["token-string"] = "sks" },
+        [("template", "style")] = new() { ["method"] = "textual-inversion", ["token-string"] = "sks" },
     };
 
     [Fact]
