@@ -1,4 +1,5 @@
 using SdLora.IO;
+using SdLora.Lora;
 using SdLora.Pipelines;
 using SdLora.Training;
 
@@ -134,9 +135,24 @@ public sealed class TrainJob(DataFolders folders, Datasets datasets, ModelCatalo
             result.Cancelled, result.SmoothedLoss, result.Samples.Select(s => Path.GetRelativePath(dir, s)).ToList(), result.ClassImagesGenerated);
     }
 
+    /// <summary>
+    /// Copies the LoRA into the LoRA library under the run's name, with the words trained beside it (pivotal tuning,
+    /// <c>NAME.embeddings/</c>), which generation uses whenever the LoRA is in use; a library copy of an earlier run
+    /// loses its old words.
+    /// </summary>
     private string CopyToLibrary(string lora, string name)
     {
         var target = Path.Combine(folders.Loras, name + ".safetensors");
+        var words = LoraEmbeddings.FolderBeside(lora);
+        var targetWords = LoraEmbeddings.FolderBeside(target);
+        if (Directory.Exists(words))
+        {
+            var fresh = Path.Combine(folders.Loras, $".{name}.embeddings.{Guid.NewGuid():N}.tmp");
+            Directory.CreateDirectory(fresh);
+            foreach (var f in Directory.EnumerateFiles(words)) File.Copy(f, Path.Combine(fresh, Path.GetFileName(f)));
+            AtomicFile.ReplaceFolder(fresh, targetWords);
+        }
+        else if (Directory.Exists(targetWords)) Directory.Delete(targetWords, recursive: true);
         AtomicFile.Write(target, s => { using var src = File.OpenRead(lora); src.CopyTo(s); });
         return name;
     }

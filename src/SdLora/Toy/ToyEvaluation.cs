@@ -71,10 +71,12 @@ public static class ToyEvaluation
 
     /// <summary>
     /// Generates <paramref name="seedsPerPrompt"/> pictures of each prompt (seeds <paramref name="seed"/>, +1, ...) and
-    /// scores each against <paramref name="target"/>, or against what its own prompt names.
+    /// scores each against <paramref name="target"/>, or against what its own prompt names. Only the given
+    /// <paramref name="embeddings"/> (and a LoRA's own words) are used, never an embeddings folder.
     /// </summary>
     public static List<ToyGenerated> Generate(StableDiffusionModel model, IEnumerable<string> prompts, int seedsPerPrompt, long seed,
-        ToyPrompt? target = null, IReadOnlyList<Lora.LoraUse>? loras = null, CancellationToken ct = default)
+        ToyPrompt? target = null, IReadOnlyList<Lora.LoraUse>? loras = null, CancellationToken ct = default,
+        IReadOnlyList<Text.TextualInversionEmbedding>? embeddings = null)
     {
         var pipeline = new Txt2ImgPipeline(model);
         var results = new List<ToyGenerated>();
@@ -85,6 +87,7 @@ public static class ToyEvaluation
             {
                 Prompt = prompt, Width = ToyWorld.ImageSize, Height = ToyWorld.ImageSize, Steps = Steps, Sampler = Sampler,
                 CfgScale = CfgScale, Seed = seed, BatchSize = seedsPerPrompt, Loras = loras ?? [],
+                EmbeddingsDir = null, Embeddings = embeddings ?? [],
             }, null, ct);
             if (r.Cancelled) throw new OperationCanceledException(ct);
             var t = target ?? ToyPrompt.Parse(prompt);

@@ -12,8 +12,9 @@ public class ToyLoraTests(ITestOutputHelper output)
 {
     /// <summary>
     /// The demo's recipe (DreamBooth-LoRA with prior preservation and the word's vectors trained beside it) on the teal
-    /// heart. Measured on the bundled model (600 steps, 2 threads, AVX-512): concept score 0.41 -> 0.62, heart drawn for
-    /// 4 of 6 seeds, the class prompt's concept score 0.44 -> 0.47, base prompts' score 0.75 -> 0.69 with the LoRA on.
+    /// heart. Measured on the bundled model (600 steps, AVX-512): concept score 0.41 -> 0.62 (2 threads; 1 thread: 0.62),
+    /// heart drawn for 4 of 6 seeds (1 thread: 5), the class prompt's concept score 0.44 -> 0.47, base prompts' score
+    /// 0.75 -> 0.69 with the LoRA on. Other training seeds: 7 gave 0.60, 1234 gave 0.53, hence the bounds below.
     /// </summary>
     [Fact]
     [Trait("Category", "Slow")]
@@ -53,7 +54,7 @@ public class ToyLoraTests(ITestOutputHelper output)
 public static class ToyLoraExpectations
 {
     public const int Steps = ToyDemo.DefaultSteps;
-    public const double MinConceptGain = 0.1;
+    public const double MinConceptGain = 0.08;
     public const double MinConceptShapeRight = 0.33;
     public const double MaxBaseLoss = 0.15;
     public const double MaxClassLeak = 0.15;
