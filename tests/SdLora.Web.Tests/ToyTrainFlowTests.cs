@@ -40,7 +40,7 @@ public sealed class ToyTrainFlowTests(ITestOutputHelper output) : IAsyncLifetime
             ["bucket-reso-steps"] = F(c.BucketResoSteps), ["train-batch-size"] = F(c.TrainBatchSize), ["max-train-steps"] = F(c.MaxTrainSteps),
             ["network-dim"] = F(c.NetworkDim), ["network-alpha"] = F(c.NetworkAlpha), ["learning-rate"] = F(c.LearningRate),
             ["text-encoder-lr"] = F(c.TextEncoderLr), ["seed"] = F(c.Seed),
-            ["token-string"] = c.TokenString, ["init-word"] = c.InitWord, ["embedding-lr"] = F(c.EmbeddingLr), ["dtype"] = c.Dtype,
+            ["token-string"] = c.TokenString, ["init-word"] = c.InitWord, ["embedding-lr"] = F(c.EmbeddingLr),
         };
     }
 

@@ -63,9 +63,6 @@ public sealed class ToyDemo
         BucketResoSteps = ToyWorld.ImageSize, TrainBatchSize = 2, MaxTrainSteps = steps, NetworkDim = 8, NetworkAlpha = 8,
         LearningRate = 2e-3, TextEncoderLr = 5e-4, Seed = 42,
         TokenString = Token, InitWord = ToyWorld.ClassWord, EmbeddingLr = Training.TrainingConfig.DefaultEmbeddingLr,
-        // fp32 whatever the CPU: with bf16 (what auto picks on CPUs with AVX512-BF16) the toy model's small latents lose
-        // enough to the rounding that the same recipe measurably learns less (see the model card).
-        Dtype = "fp32",
     };
 
     /// <summary>The demo's pictures of both prompts for <see cref="Seeds"/>, with <paramref name="lora"/> attached when given.</summary>
