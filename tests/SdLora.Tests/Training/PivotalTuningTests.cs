@@ -86,6 +86,18 @@ public class PivotalTuningTests
     }
 
     [Fact]
+    public void Overwriting_a_pivotal_run_with_a_plain_lora_run_takes_the_old_words_away()
+    {
+        using var dir = Fixtures.TempDir();
+        var config = Pivotal(dir, 1, 1);
+        new LoraTrainingSession(config).Run();
+        Assert.True(Directory.Exists(Path.Combine(config.Output!, "sks.embeddings")));
+        new LoraTrainingSession(config with { TokenString = null, InitWord = null, EmbeddingLr = null, NumVectorsPerToken = 1, Overwrite = true }).Run();
+        Assert.True(File.Exists(Path.Combine(config.Output!, "sks.safetensors")));
+        Assert.False(Directory.Exists(Path.Combine(config.Output!, "sks.embeddings")), "the new LoRA would bring the old run's word");
+    }
+
+    [Fact]
     public void A_run_whose_captions_lack_the_word_is_refused_before_training()
     {
         using var dir = Fixtures.TempDir();
