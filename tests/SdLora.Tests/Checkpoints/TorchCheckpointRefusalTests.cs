@@ -139,4 +139,31 @@ public class TorchCheckpointRefusalTests
         Assert.Equal($"{path}: has no tensor 'b'", Assert.Throws<SdLoraException>(() => ckpt.Load("b")).Message);
         Assert.Equal($"/nowhere/x.ckpt: file not found; check the path", Assert.Throws<SdLoraException>(() => TorchCheckpoint.Open("/nowhere/x.ckpt")).Message);
     }
+
+    public static TheoryData<string, ScalarType, int> StorageTypes() => new()
+    {
+        { "FloatStorage", ScalarType.Float32, 4 }, { "HalfStorage", ScalarType.Float16, 2 }, { "BFloat16Storage", ScalarType.BFloat16, 2 },
+        { "DoubleStorage", ScalarType.Float64, 8 }, { "LongStorage", ScalarType.Int64, 8 }, { "IntStorage", ScalarType.Int32, 4 },
+        { "ShortStorage", ScalarType.Int16, 2 }, { "CharStorage", ScalarType.Int8, 1 }, { "ByteStorage", ScalarType.Byte, 1 },
+        { "BoolStorage", ScalarType.Bool, 1 }, { "UntypedStorage", ScalarType.Byte, 1 },
+    };
+
+    /// <summary>Each storage type torch.save writes is read as its own dtype, bytes as they are.</summary>
+    [Theory]
+    [MemberData(nameof(StorageTypes))]
+    public void Each_storage_type_is_read_as_its_dtype(string storageType, ScalarType dtype, int elementBytes)
+    {
+        using var dir = Fixtures.TempDir();
+        var path = dir.File("t.ckpt");
+        using var expected = torch.tensor(new byte[] { 1, 0, 1 }).to(dtype);
+        var pickle = new PickleWriter().EmptyDict().Put().Mark().Str("t").Tensor(storageType, "0", 3, 0, [3], [1]).SetItems().Stop().ToArray();
+        var bytes = expected.bytes.ToArray();
+        Assert.Equal(3 * elementBytes, bytes.Length);
+        TorchZipWriter.Write(path, pickle, new Dictionary<string, byte[]> { ["0"] = bytes });
+        using var ckpt = TorchCheckpoint.Open(path);
+        Assert.Equal(dtype, ckpt.DTypeOf("t"));
+        using var t = ckpt.Load("t");
+        Assert.Equal(dtype, t.dtype);
+        Assert.True(t.equal(expected).all().item<bool>());
+    }
 }

@@ -235,4 +235,51 @@ public class RestrictedUnpicklerTests
         Assert.Equal($"{File}: its pickle ends early at byte {truncated.Length} (truncated); the file is damaged or incompletely downloaded; re-download it",
             Assert.Throws<SdLoraException>(() => RestrictedUnpickler.Load(File, truncated)).Message);
     }
+
+    [Fact]
+    public void The_rarer_damage_is_named_too()
+    {
+        static string Problem(byte[] pickle) => Assert.Throws<SdLoraException>(() => RestrictedUnpickler.Load(File, pickle)).Message;
+        string Damaged(string problem) =>
+            $"{File}: cannot read its pickle ({problem}); the file is damaged or not a PyTorch checkpoint; re-download it or use a .safetensors version";
+        string Truncated(int at) =>
+            $"{File}: its pickle ends early at byte {at} (truncated); the file is damaged or incompletely downloaded; re-download it";
+
+        Assert.Equal(Damaged("stack underflow"), Problem(Pickle('(', 'u')));                 // SETITEMS with nothing under the mark
+        Assert.Equal(Damaged("STACK_GLOBAL without a name"), Problem(Pickle(0x8c, 5, "torch", 'K', 1, 0x93)));
+        Assert.Equal(Damaged("unknown storage type 'collections.OrderedDict'"),
+            Problem(Pickle('(', 0x8c, 7, "storage", 'c', "collections\nOrderedDict\n", 0x8c, 1, "0", 0x8c, 3, "cpu", 'K', 4, 't', 'Q')));
+        Assert.Equal(Damaged("malformed 'torch._utils._rebuild_tensor_v2' call"), Problem(Pickle('c', "torch._utils\n_rebuild_tensor_v2\n", ')', 'R')));
+        Assert.Equal(Damaged("malformed 'torch._utils._rebuild_parameter' call"), Problem(Pickle('c', "torch._utils\n_rebuild_parameter\n", ')', 'R')));
+        Assert.Equal(Damaged("malformed 'torch._tensor._rebuild_from_type_v2' call"),
+            Problem(Pickle('c', "torch._tensor\n_rebuild_from_type_v2\n", '(', 'K', 1, 'K', 2, 't', 'R')));
+        Assert.Equal(Damaged("malformed '_codecs.encode' call"), Problem(Pickle('c', "_codecs\nencode\n", '(', 'K', 1, 't', 'R')));
+
+        // Cut anywhere: in the opcode stream, inside an argument, inside a text line.
+        Assert.Equal(Truncated(4), Problem([0x80, 2, (byte)'K', 1]));
+        Assert.Equal(Truncated(3), Problem([0x80, 2, (byte)'K']));
+        Assert.Equal(Truncated(5), Problem([0x80, 2, (byte)'I', (byte)'4', (byte)'2']));
+    }
+
+    [Fact]
+    public void Items_set_on_an_object_become_its_state_and_a_none_key_stays_none()
+    {
+        var o = Assert.IsType<PickleObject>(Load('c', "argparse\nNamespace\n", ')', 'R', '(', 0x8c, 2, "lr", 'K', 3, 'u'));
+        var state = Assert.IsType<PickleDict>(o.State);
+        Assert.True(state.TryGet("lr", out var lr));
+        Assert.Equal(3L, lr);
+
+        var d = Assert.IsType<PickleDict>(Load('}', 'N', 'K', 1, 's', 0x8c, 1, "a", 'K', 2, 's'));
+        Assert.Equal([null, "a"], d.Items.Select(kv => kv.Key));
+        Assert.Equal([1L, 2L], d.Items.Select(kv => kv.Value));
+    }
+
+    [Fact]
+    public void The_64_bit_edges_of_LONG1_are_longs_and_beyond_them_big_integers()
+    {
+        Assert.Equal(long.MinValue, Load(0x8a, 8, 0, 0, 0, 0, 0, 0, 0, 0x80));
+        Assert.Equal(long.MaxValue, Load(0x8a, 8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f));
+        Assert.Equal(System.Numerics.BigInteger.Pow(2, 63), Load(0x8a, 9, 0, 0, 0, 0, 0, 0, 0, 0x80, 0));
+        Assert.Equal(-System.Numerics.BigInteger.Pow(2, 63) - 1, Load(0x8a, 9, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f, 0xff));
+    }
 }
