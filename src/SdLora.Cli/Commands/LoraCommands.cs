@@ -31,6 +31,8 @@ public static class LoraCommands
             cli.Console.MarkupLine($"modules: {info.Modules.Count} (UNet {info.UnetModules}, text encoder {info.TextEncoderModules}), parameters {info.ParameterCount:N0}");
             foreach (var g in info.Modules.GroupBy(m => (m.Kind, m.Rank, m.Alpha)).OrderBy(g => g.Key.Kind))
                 cli.Console.MarkupLine($"  {g.Count(),4} x {g.Key.Kind,-8} rank {g.Key.Rank}, alpha {g.Key.Alpha.ToString(CultureInfo.InvariantCulture)}");
+            foreach (var w in info.Words ?? [])
+                cli.Console.MarkupLine($"word: [bold]{Markup.Escape(w.Word)}[/] ({w.Vectors} vector(s), {Markup.Escape(w.Source)}): used in prompts while this LoRA is in use");
             if (info.UnknownKeys.Count > 0)
                 cli.Console.MarkupLine($"[yellow]{info.UnknownKeys.Count} keys not understood[/] (first: {Markup.Escape(string.Join(", ", info.UnknownKeys.Take(3)))})");
             if (info.Metadata.Count > 0)

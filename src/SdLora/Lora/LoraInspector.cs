@@ -6,9 +6,12 @@ namespace SdLora.Lora;
 
 public sealed record LoraModuleInfo(string Name, LoraPart? Part, string Kind, int Rank, double Alpha, long[] DownShape, long[] UpShape);
 
-/// <summary>What <c>sdlora lora inspect</c> shows: format, metadata, per-module rank/alpha, UNet/TE split, size.</summary>
+/// <summary>A word that comes with a LoRA (<see cref="LoraEmbeddings"/>): its name, its vectors and where it is stored.</summary>
+public sealed record LoraWordInfo(string Word, int Vectors, string Source);
+
+/// <summary>What <c>sdlora lora inspect</c> shows: format, metadata, per-module rank/alpha, UNet/TE split, size, the words that come with it.</summary>
 public sealed record LoraInspection(string Path, long FileSize, LoraDialect Dialect, string DType, IReadOnlyDictionary<string, string> Metadata,
-    IReadOnlyList<LoraModuleInfo> Modules, IReadOnlyList<string> UnknownKeys)
+    IReadOnlyList<LoraModuleInfo> Modules, IReadOnlyList<string> UnknownKeys, IReadOnlyList<LoraWordInfo>? Words = null)
 {
     public int UnetModules => Modules.Count(m => m.Part == LoraPart.Unet);
     public int TextEncoderModules => Modules.Count(m => m.Part == LoraPart.TextEncoder);
@@ -22,7 +25,10 @@ public static class LoraInspector
         using var lora = LoraFile.Read(path);
         var modules = lora.Modules.Select(m => new LoraModuleInfo(m.KohyaName, m.Part,
             !m.IsConv ? "linear" : $"conv{m.Down.shape[2]}x{m.Down.shape[3]}", m.Rank, m.Alpha is { } a && a != 0 ? a : m.Rank, m.Down.shape, m.Up.shape)).ToList();
-        return new LoraInspection(path, lora.FileSize, lora.Dialect, lora.StoredDType, lora.Metadata, modules, lora.UnknownKeys);
+        using var words = LoraEmbeddings.ReadAll([path]);
+        var wordInfo = words.Embeddings.Select(e => new LoraWordInfo(e.Name, e.VectorCount,
+            e.Path is { } p && File.Exists(p) ? System.IO.Path.GetRelativePath(System.IO.Path.GetDirectoryName(System.IO.Path.GetFullPath(path))!, p) : "bundled in the file")).ToList();
+        return new LoraInspection(path, lora.FileSize, lora.Dialect, lora.StoredDType, lora.Metadata, modules, lora.UnknownKeys, wordInfo);
     }
 }
 

@@ -36,6 +36,11 @@ public class PivotalTuningTests
         using (var f = SafetensorsFile.Open(result.OutputFile!))
             Assert.All(f.Keys, k => Assert.StartsWith("lora_", k));
 
+        var inspection = LoraInspector.Inspect(result.OutputFile!);
+        Assert.Equal([new LoraWordInfo("sks", 2, Path.Combine("sks.embeddings", "sks.safetensors"))], inspection.Words);
+        var shown = Cli.CliRunner.Run("lora", "inspect", result.OutputFile!);
+        Assert.Contains("word: sks (2 vector(s), sks.embeddings/sks.safetensors): used in prompts while this LoRA is in use", shown.Out);
+
         var embeddingFile = Path.Combine(result.OutputDir, "sks.embeddings", "sks.safetensors");
         using var embedding = TextualInversionEmbedding.Read(embeddingFile);
         Assert.Equal("sks", embedding.Name);
