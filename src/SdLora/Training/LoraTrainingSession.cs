@@ -99,13 +99,17 @@ public sealed class LoraTrainingSession : TrainingSession
     {
         if (_words is { } w)
         {
-            var folder = LoraEmbeddings.FolderBeside(path);
+            var file = WordsFile(w, path);
+            var folder = Path.GetDirectoryName(file)!;
             Directory.CreateDirectory(folder);
-            w.Write(Path.Combine(folder, w.Word + ".safetensors"), metadata, SaveDType);
-            metadata = new Dictionary<string, string>(metadata) { ["sdlora_embeddings"] = Path.GetFileName(folder) + "/" + w.Word + ".safetensors" };
+            w.Write(file, metadata, SaveDType);
+            metadata = new Dictionary<string, string>(metadata) { ["sdlora_embeddings"] = Path.GetFileName(folder) + "/" + Path.GetFileName(file) };
         }
         Network.Save(path, metadata, SaveDType);
     }
+
+    /// <summary>Where the new word's vectors of the LoRA at <paramref name="loraPath"/> are written: <c>NAME.embeddings/WORD.safetensors</c>.</summary>
+    private static string WordsFile(NewWordVectors w, string loraPath) => Path.Combine(LoraEmbeddings.FolderBeside(loraPath), w.Word + ".safetensors");
 
     protected override IEnumerable<string> CompanionsOf(string outputPath) => _words is null ? [] : [LoraEmbeddings.FolderBeside(outputPath)];
 
@@ -134,7 +138,7 @@ public sealed class LoraTrainingSession : TrainingSession
         if (_words is { } w)
         {
             _sampleWords?.Dispose();
-            var saved = outputFile is not null ? Path.Combine(LoraEmbeddings.FolderBeside(outputFile), w.Word + ".safetensors") : null;
+            var saved = outputFile is not null ? WordsFile(w, outputFile) : null;
             _sampleWords = w.Snapshot(saved is not null && File.Exists(saved) ? saved : null);
             options = options with { Embeddings = [_sampleWords] };
         }
