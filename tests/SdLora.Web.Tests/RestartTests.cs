@@ -56,7 +56,9 @@ public class RestartTests
         await using var web = await WebHarness.Start();
         await web.Post("/api/datasets", new { name = "dogs", instance_prompt = "a photo of sks dog", repeats = 1 }, 201);
         await web.Client.PostAsync("/api/datasets/dogs/images", ApiTests.Photos(Directory.GetFiles(WebHarness.DogPhotos, "*.jpg").Order().Take(2)));
-        const int steps = 10;
+        // Long enough that the cancel, sent once two steps are logged, always lands while the job runs (with 10 steps a
+        // tiny run could finish between the poll and the cancel); the resume then runs the rest.
+        const int steps = 60;
         var id = (await web.Post("/api/train", new { run = "stop-go", dataset = "dogs", model = "tiny-sd15", settings = TinyTraining.Settings(steps) }, 202)).GetProperty("id").GetString()!;
         await WebHarness.Until(async () => (await web.Get("/api/runs/stop-go/loss")).GetArrayLength() >= 2, TimeSpan.FromMinutes(2), "two training steps");
         await web.Post($"/api/jobs/{id}/cancel");
