@@ -131,9 +131,10 @@ public sealed class SafetensorsFile : ITensorSource, IDisposable
     }
 
     /// <summary>
-    /// Copies tensor <paramref name="name"/> into <paramref name="target"/>: a contiguous CPU target of the file's dtype
-    /// gets the bytes straight from the mapped file; any other goes through one staging tensor in the file's dtype and
-    /// one converting <c>copy_</c>. Thread-safe for different targets.
+    /// Copies tensor <paramref name="name"/> into <paramref name="target"/>: a contiguous CPU target of the file's dtype, or
+    /// of another float format (<see cref="FloatFormats"/>), gets the bytes straight from the mapped file, converted on
+    /// the way; any other goes through one staging tensor in the file's dtype and one converting <c>copy_</c>.
+    /// Thread-safe for different targets.
     /// </summary>
     public bool SupportsParallelReads => true;
 
@@ -143,7 +144,8 @@ public sealed class SafetensorsFile : ITensorSource, IDisposable
         if (e.ElementCount != target.NumberOfElements)
             throw new SdLoraException($"{Path}: tensor '{name}' has {e.ElementCount} elements, the target {target.NumberOfElements}");
         if (e.End == e.Begin) return;
-        if (e.ScalarType == target.dtype && target.device_type == DeviceType.CPU && target.is_contiguous())
+        if (target.device_type == DeviceType.CPU && target.is_contiguous() && target.NumberOfElements * target.ElementSize <= int.MaxValue
+            && (e.ScalarType == target.dtype || FloatFormats.CanConvert(e.ScalarType, target.dtype)))
         {
             CopyInto(e, target);
             return;
@@ -163,7 +165,9 @@ public sealed class SafetensorsFile : ITensorSource, IDisposable
         {
             ptr += view.PointerOffset;
             if (size > int.MaxValue) throw new SdLoraException($"{Path}: tensor '{e.Name}' is larger than 2 GiB, which sdlora cannot read");
-            new ReadOnlySpan<byte>(ptr, (int)size).CopyTo(t.bytes);
+            var bytes = new ReadOnlySpan<byte>(ptr, (int)size);
+            if (e.ScalarType == t.dtype) bytes.CopyTo(t.bytes);
+            else FloatFormats.Convert(bytes, e.ScalarType, t.bytes, t.dtype);
         }
         finally { view.SafeMemoryMappedViewHandle.ReleasePointer(); }
     }

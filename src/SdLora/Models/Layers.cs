@@ -34,13 +34,14 @@ public sealed class AdaptableLinear : nn.Module<Tensor, Tensor>, ICpuLowPrecisio
     {
         InFeatures = inFeatures;
         OutFeatures = outFeatures;
-        weight = new Parameter(torch.empty(outFeatures, inFeatures));
         bool initialize = !ModuleInitialization.IsSkipped;
+        var dtype = ModuleInitialization.WeightDType;
+        weight = new Parameter(torch.empty(outFeatures, inFeatures, dtype: dtype));
         if (initialize) nn.init.kaiming_uniform_(weight, Math.Sqrt(5));
         if (hasBias)
         {
             double bound = 1.0 / Math.Sqrt(inFeatures);
-            bias = new Parameter(initialize ? torch.empty(outFeatures).uniform_(-bound, bound) : torch.empty(outFeatures));
+            bias = new Parameter(initialize ? torch.empty(outFeatures).uniform_(-bound, bound) : torch.empty(outFeatures, dtype: dtype));
         }
         RegisterComponents();
     }
@@ -88,13 +89,14 @@ public sealed class AdaptableConv2d : nn.Module<Tensor, Tensor>, ICpuLowPrecisio
         KernelSize = kernelSize;
         Stride = stride;
         Padding = padding;
-        weight = new Parameter(torch.empty(outChannels, inChannels, kernelSize, kernelSize));
         bool initialize = !ModuleInitialization.IsSkipped;
+        var dtype = ModuleInitialization.WeightDType;
+        weight = new Parameter(torch.empty([outChannels, inChannels, kernelSize, kernelSize], dtype: dtype));
         if (initialize) nn.init.kaiming_uniform_(weight, Math.Sqrt(5));
         if (hasBias)
         {
             double bound = 1.0 / Math.Sqrt(inChannels * kernelSize * kernelSize);
-            bias = new Parameter(initialize ? torch.empty(outChannels).uniform_(-bound, bound) : torch.empty(outChannels));
+            bias = new Parameter(initialize ? torch.empty(outChannels).uniform_(-bound, bound) : torch.empty(outChannels, dtype: dtype));
         }
         RegisterComponents();
     }

@@ -99,7 +99,7 @@ public sealed class StableDiffusionModel : IDisposable
         T module = ModuleInitialization.WithoutRandomInit(() =>
         {
             using (torch.no_grad()) return create();
-        });
+        }, compute.DType);
         built.Add(module);
         if (compute.DType != ScalarType.Float32) module.to(compute.DType);
         ModuleWeights.Load(module, weights, ct: ct);
