@@ -67,13 +67,26 @@ public abstract class LoraModule : nn.Module, ILayerAdapter
     public Tensor Forward(Tensor input)
     {
         using var scope = torch.NewDisposeScope();
-        var loraType = DownWeight.dtype;
-        var x = input.dtype == loraType ? input : input.to(loraType);
+        var x = input.dtype == ComputeDType(input) ? input : input.to(ComputeDType(input));
         if (Dropout > 0 && training) x = ApplyDropout(x);
         var y = UpDown(x).mul(Multiplier * Scale);
         var layerType = BaseWeight.dtype;
         return (y.dtype == layerType ? y : y.to(layerType)).MoveToOuterDisposeScope();
     }
+
+    /// <summary>
+    /// The dtype the adapter computes in: a layer computing natively in bf16/fp16 gets its adapter in that dtype too, as
+    /// torch's autocast gives kohya's bf16 runs (the small factors are cast, not the activations; casting each layer's
+    /// input and output and their gradients cost a seventh of a LoRA training step). Elsewhere, the factors' dtype.
+    /// </summary>
+    private ScalarType ComputeDType(Tensor input) =>
+        input.dtype is ScalarType.BFloat16 or ScalarType.Float16 && !CpuPrecision.ShouldUpcast(input, LayerPrecision) ? input.dtype : DownWeight.dtype;
+
+    /// <summary>How the adapted layer computes in bf16/fp16 on the CPU.</summary>
+    protected abstract CpuLowPrecision LayerPrecision { get; }
+
+    /// <summary>A factor in <paramref name="dtype"/>; the cast is recorded by autograd, so the gradient reaches the factor in its own dtype.</summary>
+    protected static Tensor In(Tensor factor, ScalarType dtype) => factor.dtype == dtype ? factor : factor.to(dtype);
 
     // Inverted dropout, as torch's: keep each input with probability 1 - p and scale the kept ones by 1 / (1 - p).
     private Tensor ApplyDropout(Tensor x)
@@ -218,7 +231,8 @@ public sealed class LoraLinear : LoraModule
     public override Parameter BaseWeight => _target.weight;
     public override Tensor DownWeight => lora_down.weight!;
     public override Tensor UpWeight => lora_up.weight!;
-    protected override Tensor UpDown(Tensor x) => lora_up.forward(lora_down.forward(x));
+    protected override Tensor UpDown(Tensor x) => nn.functional.linear(nn.functional.linear(x, In(DownWeight, x.dtype)), In(UpWeight, x.dtype));
+    protected override CpuLowPrecision LayerPrecision => _target.CpuLowPrecision;
     protected override void AddToLayer() => _target.AddAdapter(this);
     protected override void RemoveFromLayer() => _target.RemoveAdapter(this);
 }
@@ -247,7 +261,9 @@ public sealed class LoraConv : LoraModule
     public override Parameter BaseWeight => _target.weight;
     public override Tensor DownWeight => lora_down.weight!;
     public override Tensor UpWeight => lora_up.weight!;
-    protected override Tensor UpDown(Tensor x) => lora_up.forward(lora_down.forward(x));
+    protected override Tensor UpDown(Tensor x) =>
+        nn.functional.conv2d(nn.functional.conv2d(x, In(DownWeight, x.dtype), strides: [_target.Stride, _target.Stride], padding: [_target.Padding, _target.Padding]), In(UpWeight, x.dtype));
+    protected override CpuLowPrecision LayerPrecision => _target.CpuLowPrecision;
     protected override void AddToLayer() => _target.AddAdapter(this);
     protected override void RemoveFromLayer() => _target.RemoveAdapter(this);
 }

@@ -42,6 +42,45 @@ public class LoraModuleTests
         Fixtures.AssertClose(expected - 0.35 * x.mm(lora.DownWeight.t()).mm(lora.UpWeight.t()), layer.forward(x), 1e-6, "detached");
     }
 
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void In_a_layer_computing_natively_in_bf16_the_adapter_computes_in_bf16_with_fp32_factors_trained(bool conv)
+    {
+        torch.manual_seed(3);
+        using var scope = torch.NewDisposeScope();
+        nn.Module<Tensor, Tensor> layer = conv ? new AdaptableConv2d(6, 7, 3, padding: 1) : new AdaptableLinear(24, 7);
+        layer.to(ScalarType.BFloat16);
+        LoraModule lora = conv ? new LoraConv("c", LoraPart.Unet, (AdaptableConv2d)layer, 4, alpha: 2) : new LoraLinear("l", LoraPart.Unet, (AdaptableLinear)layer, 4, alpha: 2);
+        RandomizeUp(lora);
+        Assert.Equal(ScalarType.Float32, lora.DownWeight.dtype);
+        var x = (conv ? torch.randn(2, 6, 5, 5) : torch.randn(3, 24)).to(ScalarType.BFloat16);
+        Tensor Delta(Tensor input, ScalarType dtype)
+        {
+            var down = lora.DownWeight.to(dtype);
+            var up = lora.UpWeight.to(dtype);
+            var h = conv ? nn.functional.conv2d(input.to(dtype), down, padding: [1, 1]) : nn.functional.linear(input.to(dtype), down);
+            return (conv ? nn.functional.conv2d(h, up) : nn.functional.linear(h, up)).mul(0.5).to(ScalarType.BFloat16);
+        }
+        var inBf16 = Delta(x, ScalarType.BFloat16);
+        var inFp32 = Delta(x, ScalarType.Float32);
+        Assert.False(torch.equal(inBf16, inFp32).all().item<bool>(), "the two precisions should round differently on this input");
+
+        CpuPrecision.Apply(layer, CpuLowPrecision.Native);
+        Assert.True(torch.equal(inBf16, lora.Forward(x)).all().item<bool>(), "native bf16 layer: adapter in bf16");
+        // A layer that upcasts bf16 to fp32 on the CPU (no bf16 hardware) keeps its adapter in the factors' fp32.
+        CpuPrecision.Apply(layer, CpuLowPrecision.Upcast);
+        Assert.True(torch.equal(inFp32, lora.Forward(x)).all().item<bool>(), "upcasting layer: adapter in fp32");
+
+        // Training through the bf16 adapter: the gradient reaches the fp32 factors, in fp32.
+        CpuPrecision.Apply(layer, CpuLowPrecision.Native);
+        lora.train();
+        lora.Forward(x).to(ScalarType.Float32).square().sum().backward();
+        Assert.Equal(ScalarType.Float32, lora.DownWeight.grad!.dtype);
+        Assert.True(lora.DownWeight.grad!.abs().sum().item<float>() > 0);
+        Assert.True(lora.UpWeight.grad!.abs().sum().item<float>() > 0);
+    }
+
     [Fact]
     public void Merge_matches_runtime_adapter_and_unmerge_restores_base_weight()
     {
