@@ -22,6 +22,17 @@ public static class LoraEmbeddings
     /// <summary>The folder of the embeddings trained with <paramref name="loraPath"/>: <c>NAME.embeddings</c> beside <c>NAME.safetensors</c>.</summary>
     public static string FolderBeside(string loraPath) => Path.ChangeExtension(loraPath, ".embeddings");
 
+    /// <summary>
+    /// Deletes a LoRA file and the words trained with it: left behind, the words would come with the next LoRA written
+    /// under that name. Missing parts are fine.
+    /// </summary>
+    public static void DeleteWithWords(string loraPath)
+    {
+        var words = FolderBeside(loraPath);
+        if (Directory.Exists(words)) Directory.Delete(words, recursive: true);
+        File.Delete(loraPath);
+    }
+
     /// <summary>True for a key that holds a bundled embedding, not a LoRA factor.</summary>
     public static bool IsBundleKey(string key) => key.StartsWith(BundlePrefix, StringComparison.Ordinal);
 

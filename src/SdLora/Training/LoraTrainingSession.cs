@@ -111,7 +111,7 @@ public sealed class LoraTrainingSession : TrainingSession
     /// <summary>Where the new word's vectors of the LoRA at <paramref name="loraPath"/> are written: <c>NAME.embeddings/WORD.safetensors</c>.</summary>
     private static string WordsFile(NewWordVectors w, string loraPath) => Path.Combine(LoraEmbeddings.FolderBeside(loraPath), w.Word + ".safetensors");
 
-    protected override IEnumerable<string> CompanionsOf(string outputPath) => _words is null ? [] : [LoraEmbeddings.FolderBeside(outputPath)];
+    protected override void DeleteOutput(string outputPath) => LoraEmbeddings.DeleteWithWords(outputPath);
 
     protected override IEnumerable<KeyValuePair<string, Tensor>> StateWeights() =>
         _words is { } w ? Network.StateDict().Append(new(WordVectorsStateKey, w.Rows)) : Network.StateDict();

@@ -121,12 +121,7 @@ public sealed class RunFolder
         foreach (var f in new[] { "loss.csv", "loss.png", "run.json" })
             File.Delete(System.IO.Path.Combine(path, f));
         foreach (var f in Directory.EnumerateFiles(path, "*.safetensors").ToList())
-        {
-            // A LoRA's words (pivotal tuning) go with it: left behind, they would come with the next run's LoRA of that name.
-            var words = Lora.LoraEmbeddings.FolderBeside(f);
-            if (Directory.Exists(words)) Directory.Delete(words, true);
-            File.Delete(f);
-        }
+            Lora.LoraEmbeddings.DeleteWithWords(f);
         // Fine-tuned models saved as diffusers folders.
         foreach (var d in Directory.EnumerateDirectories(path).Where(d => File.Exists(System.IO.Path.Combine(d, "model_index.json"))))
             Directory.Delete(d, true);

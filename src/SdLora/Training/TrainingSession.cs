@@ -217,8 +217,12 @@ public abstract class TrainingSession
     /// <summary>True when the text conditioning of <paramref name="items"/> at <paramref name="step"/> needs gradients (computed live, not cached).</summary>
     protected virtual bool TextNeedsGradient(int step, IReadOnlyList<BatchItem> items) => false;
 
-    /// <summary>Folders written with the result at <paramref name="outputPath"/> (deleted with it when old epochs are dropped).</summary>
-    protected virtual IEnumerable<string> CompanionsOf(string outputPath) => [];
+    /// <summary>Deletes an old epoch's result (a file or a diffusers folder) with whatever was written beside it.</summary>
+    protected virtual void DeleteOutput(string outputPath)
+    {
+        if (Directory.Exists(outputPath)) Directory.Delete(outputPath, true);
+        else File.Delete(outputPath);
+    }
 
     /// <summary>The tokenizer captions go through (textual inversion adds its words to it).</summary>
     protected virtual ClipTokenizer Tokenizer => _model.Tokenizer;
@@ -638,9 +642,7 @@ public abstract class TrainingSession
         var old = Folder.EpochOutputs(_c.EffectiveOutputName).Where(kv => kv.Key <= currentEpoch).OrderByDescending(kv => kv.Key).Skip(keep);
         foreach (var (_, path) in old.ToList())
         {
-            foreach (var companion in CompanionsOf(path).Where(Directory.Exists)) Directory.Delete(companion, true);
-            if (Directory.Exists(path)) Directory.Delete(path, true);
-            else File.Delete(path);
+            DeleteOutput(path);
             _saved.Remove(path);
         }
     }
