@@ -225,10 +225,6 @@ public class PromptEncoderChunkTests(TinyClipText tiny) : IClassFixture<TinyClip
     }
 
     [Fact]
-    public void The_empty_prompt_encodes_as_one_plain_chunk() =>
-        Assert.True(Plain("").equal(Encoder.EncodeEmpty()).all().item<bool>());
-
-    [Fact]
     public void A_shorter_prompt_is_padded_when_the_negative_is_longer()
     {
         using var scope = NewDisposeScope();
