@@ -42,6 +42,17 @@ public class ClipTokenizerFolderTests
     }
 
     [Fact]
+    public void Model_input_keeps_the_first_max_length_minus_two_ids_between_bos_and_eos()
+    {
+        using var dir = Fixtures.TempDir();
+        var t = Folder(dir);
+        Assert.Equal([9L, 6, 8, 10], t.EncodeForModel("ab abc ba", maxLength: 4)); // "ba" (1, 3) is cut off
+        Assert.Equal([9L, 10], t.EncodeForModel("ab", maxLength: 2));
+        var e = Assert.Throws<ArgumentOutOfRangeException>(() => t.EncodeForModel("ab", maxLength: 1));
+        Assert.Equal("needs room for BOS and EOS (Parameter 'maxLength')", e.Message);
+    }
+
+    [Fact]
     public void The_first_line_of_merges_is_a_header_and_blank_lines_are_skipped()
     {
         using var dir = Fixtures.TempDir();

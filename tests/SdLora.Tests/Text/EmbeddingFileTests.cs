@@ -387,6 +387,21 @@ public class EmbeddingFileTests
     }
 
     [Fact]
+    public void Rows_stack_the_used_embeddings_in_order_of_first_use()
+    {
+        using var a = new TextualInversionEmbedding("alpha", Values([1, 1], 1, 2));
+        using var b = new TextualInversionEmbedding("beta", Values([2, 2, 3, 3], 2, 2));
+        using var library = new EmbeddingLibrary(null, [a, b]);
+        var embeddings = new PromptEmbeddings(library, Clip, 500, null);
+        var t = PromptChunks.Tokenize(Clip, "beta alpha", embeddings: embeddings);
+        Assert.Equal([500, 501, 502], t.Chunks[0].PromptIds);
+        using var rows = embeddings.Rows()!;
+        Assert.Equal([3L, 2], rows.shape);
+        Assert.Equal([2f, 2, 3, 3, 1, 1], rows.data<float>().ToArray());
+        Assert.Equal(["beta[0]", "beta[1]", "alpha"], new[] { 500, 501, 502 }.Select(embeddings.TokenOf));
+    }
+
+    [Fact]
     public void Hashes_list_the_used_embeddings_that_have_one_in_order_of_use()
     {
         using var a = new TextualInversionEmbedding("alpha", torch.zeros(1, 2), shortHash: "aaaaaaaaaaaa");
