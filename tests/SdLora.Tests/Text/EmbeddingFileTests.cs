@@ -364,6 +364,17 @@ public class EmbeddingFileTests
     }
 
     [Fact]
+    public void An_embedding_whose_name_has_no_tokens_is_never_matched()
+    {
+        using var blank = new TextualInversionEmbedding(" ", torch.ones(1, 4));
+        using var sks = new TextualInversionEmbedding("sks", torch.ones(1, 4));
+        using var library = new EmbeddingLibrary(null, [blank, sks]);
+        var embeddings = new PromptEmbeddings(library, Clip, Clip.VocabSize, null);
+        Assert.Equal([.. Clip.Encode("a"), Clip.VocabSize], PromptChunks.Tokenize(Clip, "a  sks", embeddings: embeddings).Chunks[0].PromptIds);
+        Assert.Equal(["sks"], embeddings.Used.Select(e => e.Name));
+    }
+
+    [Fact]
     public void A_name_cut_off_by_the_end_of_the_prompt_is_ordinary_text()
     {
         using var sksDog = new TextualInversionEmbedding("sks dog", torch.ones(2, 4));

@@ -150,6 +150,15 @@ public class PromptChunkEdgeTests
     }
 
     [Fact]
+    public void A_comma_in_a_closed_chunk_does_not_move_words_of_the_next_one()
+    {
+        // A1111 forgets the last comma when a chunk closes: the 76th cat just starts chunk three.
+        var t = PromptChunks.Tokenize(Tok, Words("dog", 70) + ", dog BREAK " + Words("cat", 80));
+        Assert.Equal([72, 75, 5], t.Chunks.Select(c => c.Length));
+        Assert.Equal(75 + 75 + 5, t.TokenCount);
+    }
+
+    [Fact]
     public void Exactly_75_tokens_fill_one_chunk()
     {
         var t = PromptChunks.Tokenize(Tok, Words("dog", 75));
