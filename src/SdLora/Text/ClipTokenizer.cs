@@ -105,8 +105,9 @@ public sealed class ClipTokenizer
 
     /// <summary>
     /// Writes this tokenizer as transformers' <c>CLIPTokenizer</c> folder (<c>vocab.json</c>, <c>merges.txt</c>,
-    /// <c>tokenizer_config.json</c>, <c>special_tokens_map.json</c>), as a diffusers model's <c>tokenizer/</c> holds it.
-    /// Words added with <see cref="WithAddedTokens"/> are not written (they belong to an embedding, not to the model).
+    /// <c>tokenizer_config.json</c>, <c>special_tokens_map.json</c>), as a diffusers model's <c>tokenizer/</c> holds it
+    /// and <see cref="FromDiffusersFolder"/> reads it back. Words added with <see cref="WithAddedTokens"/> are not written
+    /// (they belong to an embedding, not to the model).
     /// </summary>
     public void WriteDiffusersFolder(string dir, int maxLength = 77)
     {
@@ -205,28 +206,6 @@ public sealed class ClipTokenizer
         return merges;
     }
 
-    /// <summary>
-    /// Writes this vocabulary as a transformers <c>CLIPTokenizer</c> folder (<c>vocab.json</c>, <c>merges.txt</c>,
-    /// <c>tokenizer_config.json</c>, <c>special_tokens_map.json</c>), which <see cref="FromDiffusersFolder"/> reads back.
-    /// </summary>
-    public void WriteDiffusersFolder(string tokenizerDir)
-    {
-        Directory.CreateDirectory(tokenizerDir);
-        var vocab = new Dictionary<string, int>(_tokens.Length);
-        for (int id = 0; id < _tokens.Length; id++) if (_tokens[id] is { } t) vocab[t] = id;
-        var json = new JsonSerializerOptions { Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
-        File.WriteAllText(Path.Combine(tokenizerDir, "vocab.json"), JsonSerializer.Serialize(vocab, json), new UTF8Encoding(false));
-        var merges = new StringBuilder("#version: 0.2\n");
-        foreach (var ((a, b), _) in _mergeRanks.OrderBy(kv => kv.Value)) merges.Append(a).Append(' ').Append(b).Append('\n');
-        File.WriteAllText(Path.Combine(tokenizerDir, "merges.txt"), merges.ToString(), new UTF8Encoding(false));
-        static string Special(string content) =>
-            $$"""{"content": "{{content}}", "lstrip": false, "normalized": true, "rstrip": false, "single_word": false}""";
-        File.WriteAllText(Path.Combine(tokenizerDir, "special_tokens_map.json"),
-            $$"""{"bos_token": {{Special(StartOfText)}}, "eos_token": {{Special(EndOfText)}}, "pad_token": "{{EndOfText}}", "unk_token": {{Special(EndOfText)}}}""" + "\n");
-        File.WriteAllText(Path.Combine(tokenizerDir, "tokenizer_config.json"),
-            $$"""{"bos_token": {{Special(StartOfText)}}, "clean_up_tokenization_spaces": true, "eos_token": {{Special(EndOfText)}}, "errors": "replace", "model_max_length": 77, "pad_token": "{{EndOfText}}", "tokenizer_class": "CLIPTokenizer", "unk_token": {{Special(EndOfText)}}}""" + "\n");
-    }
-
     /// <summary>BPE ids of <paramref name="text"/>, without BOS/EOS and without truncation.</summary>
     public int[] Encode(string text) => Pieces(text).SelectMany(p => p.AddedId is { } id ? [id] : p.Tokens.Select(IdOf)).ToArray();
 
@@ -299,7 +278,9 @@ public sealed class ClipTokenizer
     public string Decode(IEnumerable<int> ids)
     {
         var bytes = new List<byte>();
-        foreach (var ch in string.Concat(ids.Select(TokenOf)).Replace(EndOfWord, " "))
+        // An added word is a whole word: it ends like a vocabulary word that carries </w>.
+        string Text(int id) => _added.Count > 0 && _added.ContainsValue(id) ? TokenOf(id) + EndOfWord : TokenOf(id);
+        foreach (var ch in string.Concat(ids.Select(Text)).Replace(EndOfWord, " "))
         {
             if (CharToByte.TryGetValue(ch, out var b)) bytes.Add(b);
             else bytes.AddRange(Encoding.UTF8.GetBytes(ch.ToString()));

@@ -63,7 +63,7 @@ public sealed class TextualInversionEmbedding : IDisposable
     {
         SafetensorsFile f;
         try { f = SafetensorsFile.Open(path); }
-        catch (SdLoraException e) { throw new SdLoraException($"embedding {path}: {e.Message}"); }
+        catch (SdLoraException e) { throw AsEmbeddingError(e); }
         using (f)
         {
             var names = f.Keys.ToList();
@@ -77,7 +77,10 @@ public sealed class TextualInversionEmbedding : IDisposable
 
     private static Tensor FromPickle(string path)
     {
-        using var ckpt = TorchCheckpoint.Open(path);
+        TorchCheckpoint opened;
+        try { opened = TorchCheckpoint.Open(path); }
+        catch (SdLoraException e) { throw AsEmbeddingError(e); }
+        using var ckpt = opened;
         if (ckpt.Root is not PickleDict root) throw Unknown(path, "its pickle is not a dict");
         if (root.TryGet("string_to_param", out var param))
         {
@@ -98,6 +101,9 @@ public sealed class TextualInversionEmbedding : IDisposable
         if (keys.Count == 1) return ckpt.Load(keys[0], ScalarType.Float32); // diffusers' learned_embeds.bin: {token: tensor}
         throw Unknown(path, keys.Count == 0 ? "it holds no tensor" : $"it holds {keys.Count} tensors ({string.Join(", ", keys.Take(4))})");
     }
+
+    // The file readers' messages start with the path already ("PATH: what is wrong; the fix"): say it is an embedding.
+    private static SdLoraException AsEmbeddingError(SdLoraException e) => new($"embedding {e.Message}", e);
 
     private static SdLoraException Unknown(string path, string why) =>
         new($"embedding {path}: not a textual-inversion embedding sdlora can read ({why}); use an A1111 .pt or a safetensors file with emb_params");
