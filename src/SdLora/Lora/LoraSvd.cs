@@ -44,6 +44,15 @@ public sealed record LoraResizeOptions
         "sv_cumulative" => LoraResizeMethod.SvCumulative,
         _ => throw new SdLoraException($"unknown dynamic resize method '{name}': use sv_ratio, sv_fro or sv_cumulative"),
     };
+
+    /// <summary>kohya's name of a dynamic method (what <see cref="ParseMethod"/> reads); "fixed" for none.</summary>
+    public static string MethodName(LoraResizeMethod method) => method switch
+    {
+        LoraResizeMethod.SvRatio => "sv_ratio",
+        LoraResizeMethod.SvFro => "sv_fro",
+        LoraResizeMethod.SvCumulative => "sv_cumulative",
+        _ => "fixed",
+    };
 }
 
 /// <summary>
@@ -173,9 +182,13 @@ public static class LoraSvd
     public static (List<KeyValuePair<string, Tensor>> Tensors, List<LoraSvdModuleReport> Modules, Dictionary<string, string> Metadata) Resize(
         LoraFile lora, LoraResizeOptions options, CancellationToken cancellation = default)
     {
-        if (options.Rank <= 0 || options.ConvRank is <= 0) throw new SdLoraException($"rank must be a positive number (got {options.Rank})");
+        if (options.Rank <= 0) throw new SdLoraException($"--rank must be a positive number (got {options.Rank})");
+        if (options.ConvRank is <= 0) throw new SdLoraException($"--conv-rank must be a positive number (got {options.ConvRank})");
         if (options.Method != LoraResizeMethod.Fixed && !(options.Parameter > 0))
-            throw new SdLoraException($"--dynamic {options.Method} needs a positive parameter (e.g. sv_fro:0.9)");
+        {
+            var name = LoraResizeOptions.MethodName(options.Method);
+            throw new SdLoraException($"--dynamic {name} needs a positive parameter (e.g. {name}:{(options.Method == LoraResizeMethod.SvRatio ? "2" : "0.9")})");
+        }
         var tensors = new List<KeyValuePair<string, Tensor>>();
         var reports = new List<LoraSvdModuleReport>();
         int oldMax = 0;
@@ -216,8 +229,7 @@ public static class LoraSvd
         }
         else
         {
-            var method = options.Method switch { LoraResizeMethod.SvRatio => "sv_ratio", LoraResizeMethod.SvFro => "sv_fro", _ => "sv_cumulative" };
-            metadata["ss_training_comment"] = $"Dynamic resize with {method}: {options.Parameter.ToString(CultureInfo.InvariantCulture)} from {oldMax}; {comment}";
+            metadata["ss_training_comment"] = $"Dynamic resize with {LoraResizeOptions.MethodName(options.Method)}: {options.Parameter.ToString(CultureInfo.InvariantCulture)} from {oldMax}; {comment}";
             metadata["ss_network_dim"] = "Dynamic";
             metadata["ss_network_alpha"] = "Dynamic";
         }
