@@ -22,6 +22,9 @@ public static class LoraEmbeddings
     /// <summary>The folder of the embeddings trained with <paramref name="loraPath"/>: <c>NAME.embeddings</c> beside <c>NAME.safetensors</c>.</summary>
     public static string FolderBeside(string loraPath) => Path.ChangeExtension(loraPath, ".embeddings");
 
+    /// <summary>Where the vectors of <paramref name="word"/> trained with <paramref name="loraPath"/> are written: <c>NAME.embeddings/WORD.safetensors</c>.</summary>
+    public static string FileBeside(string loraPath, string word) => Path.Combine(FolderBeside(loraPath), word + ".safetensors");
+
     /// <summary>
     /// Deletes a LoRA file and the words trained with it: left behind, the words would come with the next LoRA written
     /// under that name. Missing parts are fine.

@@ -67,7 +67,8 @@ public abstract class LoraModule : nn.Module, ILayerAdapter
     public Tensor Forward(Tensor input)
     {
         using var scope = torch.NewDisposeScope();
-        var x = input.dtype == ComputeDType(input) ? input : input.to(ComputeDType(input));
+        var dtype = ComputeDType(input);
+        var x = input.dtype == dtype ? input : input.to(dtype);
         if (Dropout > 0 && training) x = ApplyDropout(x);
         var y = UpDown(x).mul(Multiplier * Scale);
         var layerType = BaseWeight.dtype;

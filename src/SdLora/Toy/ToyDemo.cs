@@ -110,7 +110,7 @@ public sealed class ToyDemo
             ["model"] = model,
             ["lora"] = lora,
             ["token"] = Token,
-            ["embedding"] = Path.Combine(LoraEmbeddings.FolderBeside(lora), Token + ".safetensors"),
+            ["embedding"] = LoraEmbeddings.FileBeside(lora, Token),
             ["instance_images"] = instanceFolder,
             ["class_images"] = classFolder,
             ["contact_sheet"] = contactSheet,

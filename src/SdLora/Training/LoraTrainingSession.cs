@@ -99,7 +99,7 @@ public sealed class LoraTrainingSession : TrainingSession
     {
         if (_words is { } w)
         {
-            var file = WordsFile(w, path);
+            var file = LoraEmbeddings.FileBeside(path, w.Word);
             var folder = Path.GetDirectoryName(file)!;
             Directory.CreateDirectory(folder);
             w.Write(file, metadata, SaveDType);
@@ -107,9 +107,6 @@ public sealed class LoraTrainingSession : TrainingSession
         }
         Network.Save(path, metadata, SaveDType);
     }
-
-    /// <summary>Where the new word's vectors of the LoRA at <paramref name="loraPath"/> are written: <c>NAME.embeddings/WORD.safetensors</c>.</summary>
-    private static string WordsFile(NewWordVectors w, string loraPath) => Path.Combine(LoraEmbeddings.FolderBeside(loraPath), w.Word + ".safetensors");
 
     protected override void DeleteOutput(string outputPath) => LoraEmbeddings.DeleteWithWords(outputPath);
 
@@ -138,7 +135,7 @@ public sealed class LoraTrainingSession : TrainingSession
         if (_words is { } w)
         {
             _sampleWords?.Dispose();
-            var saved = outputFile is not null ? WordsFile(w, outputFile) : null;
+            var saved = outputFile is not null ? LoraEmbeddings.FileBeside(outputFile, w.Word) : null;
             _sampleWords = w.Snapshot(saved is not null && File.Exists(saved) ? saved : null);
             options = options with { Embeddings = [_sampleWords] };
         }
