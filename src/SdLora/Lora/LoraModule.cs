@@ -263,7 +263,7 @@ public sealed class LoraConv : LoraModule
     public override Tensor DownWeight => lora_down.weight!;
     public override Tensor UpWeight => lora_up.weight!;
     protected override Tensor UpDown(Tensor x) =>
-        nn.functional.conv2d(nn.functional.conv2d(x, In(DownWeight, x.dtype), strides: [_target.Stride, _target.Stride], padding: [_target.Padding, _target.Padding]), In(UpWeight, x.dtype));
+        Convolutions.Conv2d(Convolutions.Conv2d(x, In(DownWeight, x.dtype), null, _target.Stride, _target.Padding), In(UpWeight, x.dtype), null, 1, 0);
     protected override CpuLowPrecision LayerPrecision => _target.CpuLowPrecision;
     protected override void AddToLayer() => _target.AddAdapter(this);
     protected override void RemoveFromLayer() => _target.RemoveAdapter(this);
