@@ -59,6 +59,8 @@ public static class SdLoraCli
             {
                 cli.Debug |= parse.GetValue<bool>(DebugOption);
                 cli.ApplyThreads(parse.GetValue<int?>(ThreadsOption));
+                // Loading libtorch costs half a second: not for --help.
+                if (parse.Action is not System.CommandLine.Help.HelpAction) LibTorchLog.QuietWarnings();
             }
             else if (parse.CommandResult.Command != root)
             {
