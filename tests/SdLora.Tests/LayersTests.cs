@@ -36,14 +36,18 @@ public class LayersTests
         Assert.Contains("bad.safetensors", ex.Message);
         Assert.Contains("'weight'", ex.Message);
     }
-    // oneDNN's CPU convolution, backward to the input, with fewer than 16 output channels: intermittently NaN
-    // unless the weight is padded (see Convolutions). The heap is filled with NaN between passes so that the
+    // oneDNN's CPU convolution with channel counts off its block of 16: wrong or NaN input gradients (output
+    // channels; stride 2 with an odd number of input blocks), wrong or NaN outputs (more than 16 input channels),
+    // unless padded (see Convolutions). The heap is filled with NaN between passes so that the
     // uncleared padding, if any, holds NaN; checked against a float64 computation, which does not use oneDNN.
     [Theory]
     [InlineData(32, 8, 3, 1)]
     [InlineData(32, 4, 3, 2)]
     [InlineData(24, 3, 1, 1)]
-    public void Convolution_input_gradient_is_finite_and_exact_for_output_channels_off_the_block(int inChannels, int outChannels, int kernel, int stride)
+    [InlineData(24, 8, 3, 1)]
+    [InlineData(40, 32, 3, 2)]
+    [InlineData(48, 32, 3, 2)]
+    public void Convolution_output_and_input_gradient_are_exact_for_channel_counts_off_the_block(int inChannels, int outChannels, int kernel, int stride)
     {
         var generator = new Generator(7);
         var weight = torch.randn([outChannels, inChannels, kernel, kernel], generator: generator).mul(0.05);
@@ -63,6 +67,8 @@ public class LayersTests
             Assert.True(torch.allclose(output.detach().to(ScalarType.Float64), exact.detach(), rtol: 1e-4, atol: 1e-4), $"pass {pass}: output");
             Assert.True(torch.isfinite(input.grad!).all().item<bool>(), $"pass {pass}: non-finite input gradient");
             Assert.True(torch.allclose(input.grad!.to(ScalarType.Float64), exactInput.grad!, rtol: 1e-4, atol: 1e-4), $"pass {pass}: input gradient");
+            using (torch.no_grad())
+                Assert.True(torch.allclose(Convolutions.Conv2d(input.detach(), weight, bias, stride, kernel / 2).to(ScalarType.Float64), exact.detach(), rtol: 1e-4, atol: 1e-4), $"pass {pass}: inference");
         }
     }
 
@@ -85,5 +91,32 @@ public class LayersTests
         Assert.Equal(ScalarType.BFloat16, bf16.dtype);
         Fixtures.AssertClose(exact, bf16.to(ScalarType.Float32), Tolerance.Golden(0.02), "bf16 convolution");
         Assert.True(torch.allclose(exact, nn.functional.conv2d(input, weight, bias, strides: [stride, stride], padding: [1, 1]), rtol: 1e-5, atol: 1e-5));
+    }
+
+    // TorchSharp's nn.GroupNorm leaves its weight and bias unset: a model built from scratch on a heap that held large
+    // numbers started with group norms of 1e30 and trained into NaN (see Normalization).
+    [Fact]
+    public void Models_built_from_scratch_start_their_group_norms_at_one_and_zero()
+    {
+        for (int i = 0; i < 32; i++) torch.full([1 << 16], 1e30f).Dispose();
+        for (int i = 0; i < 256; i++) torch.full([64], 1e30f).Dispose();
+        using var unet = new UNet2DConditionModel(new UNetConfig(BlockOutChannels: [8, 16, 16, 16], LayersPerBlock: 1, NormNumGroups: 4,
+            CrossAttentionDim: 8, AttentionHeadDim: [2, 2, 2, 2], SampleSize: 8));
+        using var vae = new AutoencoderKL(new AutoencoderKLConfig(BlockOutChannels: [8, 8, 8, 8], LayersPerBlock: 1, NormNumGroups: 4, SampleSize: 64));
+        foreach (var model in new nn.Module[] { unet, vae })
+        {
+            var norms = model.named_modules().Where(m => m.module is TorchSharp.Modules.GroupNorm).ToList();
+            Assert.NotEmpty(norms);
+            foreach (var (name, module) in norms)
+            {
+                var norm = (TorchSharp.Modules.GroupNorm)module;
+                Assert.True(torch.all(norm.weight! == 1).item<bool>(), $"{name}.weight");
+                Assert.True(torch.all(norm.bias! == 0).item<bool>(), $"{name}.bias");
+            }
+            Assert.All(model.named_parameters(), p => Assert.True(torch.isfinite(p.parameter).all().item<bool>() && p.parameter.abs().max().item<float>() < 100, p.name));
+        }
+        // Built to be loaded, it leaves them unset like every other layer.
+        var skipped = ModuleInitialization.WithoutRandomInit(() => Normalization.GroupNorm(2, 4, 1e-5));
+        Assert.Equal([4L], skipped.weight!.shape);
     }
 }

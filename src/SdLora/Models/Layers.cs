@@ -125,18 +125,21 @@ public sealed class AdaptableConv2d : nn.Module<Tensor, Tensor>, ICpuLowPrecisio
 /// 2-D convolution as the models and adapters compute it: <c>torch.nn.functional.conv2d</c>, except where libtorch's
 /// CPU kernel gets it wrong.
 /// <para>
-/// libtorch's oneDNN convolution on the CPU (libtorch 2.10) lays output channels out in blocks of 16, and when their
-/// count is not a multiple of 16 the padding of the last block leaks into the results:
+/// libtorch's oneDNN convolution on the CPU (libtorch 2.10) lays channels out in blocks of 16, and when a count is not
+/// a multiple of 16 the padding of the last block can leak into the results. Measured on an AMD EPYC (AVX-512,
+/// AVX512-BF16, no AMX):
 /// <list type="bullet">
-/// <item>bf16, AVX512-BF16 without AMX (AMD Zen 4): a 3x3 convolution's output is wrong by a quarter of its size
-/// (measured 320→4, SD's <c>conv_out</c>: max error 23 % of max |output| against fp32, where bf16 rounding gives
-/// 0.3 %), so native bf16 images come out wrong;</item>
-/// <item>fp32 and bf16, AVX-512 and AVX2: now and then the gradient for the input is NaN or infinite (320→4 at 64²:
-/// 20 of 200 backward passes; 32→8, like a rank-8 LoCon's down layer: 76 of 200), which ruins a training step.</item>
+/// <item>output channels off the block, bf16: a 3x3 convolution's output was wrong by a quarter of its size (320→4,
+/// SD's <c>conv_out</c>: max error 23 % of max |output| against fp32, where bf16 rounding gives 0.3 %), so native
+/// bf16 images came out wrong; fp32 and bf16: now and then the gradient for the input was NaN (320→4 at 64²: 20 of
+/// 200 backward passes; 32→8, like a rank-8 LoCon's down layer: 76 of 200), which ruins a training step;</item>
+/// <item>more than 16 input channels off the block (17, 24, 40), fp32: every 3x3 output was wrong, and in a third
+/// to two thirds of the passes NaN (the toy tests' small UNet concatenates 8 and 16 channels);</item>
+/// <item>stride 2 with an odd number of blocks of input channels (48, 80, 112), fp32: the input gradient was wrong.</item>
 /// </list>
-/// So on the CPU such a weight is padded with zero filters to a multiple of 16 and the extra output channels are
-/// dropped again: the same numbers (the extra filters only ever see zeros), at the cost of a few more filters in
-/// the model's smallest layers. Multiples of 16 and other devices take the plain call.
+/// So on the CPU such a weight (and input) is padded with zero channels to a multiple of 16 and the extra output
+/// channels are dropped again: the same numbers, at the cost of a few more channels in the layers concerned (in
+/// SD1.x only <c>conv_out</c>, 4 channels, and LoCon down layers). Other devices take the plain call.
 /// </para>
 /// </summary>
 public static class Convolutions
@@ -145,14 +148,52 @@ public static class Convolutions
 
     public static Tensor Conv2d(Tensor input, Tensor weight, Tensor? bias, long stride, long padding)
     {
-        long outChannels = weight.shape[0];
-        if (outChannels % ChannelBlock == 0 || input.device_type != DeviceType.CPU)
+        long outChannels = weight.shape[0], inChannels = weight.shape[1];
+        long extraOut = PaddingTo(outChannels, ChannelBlock);
+        // Fewer than 16 input channels (an image's 3, a latent's 4) take another kernel, which is right; a strided
+        // convolution's input gradient needs pairs of blocks.
+        long extraIn = inChannels <= ChannelBlock ? 0 : PaddingTo(inChannels, stride > 1 ? 2 * ChannelBlock : ChannelBlock);
+        if ((extraOut == 0 && extraIn == 0) || input.device_type != DeviceType.CPU)
             return nn.functional.conv2d(input, weight, bias, strides: [stride, stride], padding: [padding, padding]);
 
-        long extra = (outChannels + ChannelBlock - 1) / ChannelBlock * ChannelBlock - outChannels;
-        var paddedWeight = nn.functional.pad(weight, [0, 0, 0, 0, 0, 0, 0, extra]);
-        var paddedBias = bias is null ? null : nn.functional.pad(bias, [0, extra]);
-        return nn.functional.conv2d(input, paddedWeight, paddedBias, strides: [stride, stride], padding: [padding, padding])
-            .narrow(1, 0, outChannels);
+        if (extraIn > 0)
+        {
+            input = nn.functional.pad(input, [0, 0, 0, 0, 0, extraIn]);
+            weight = nn.functional.pad(weight, [0, 0, 0, 0, 0, extraIn]);
+        }
+        if (extraOut > 0)
+        {
+            weight = nn.functional.pad(weight, [0, 0, 0, 0, 0, 0, 0, extraOut]);
+            if (bias is not null) bias = nn.functional.pad(bias, [0, extraOut]);
+        }
+        var output = nn.functional.conv2d(input, weight, bias, strides: [stride, stride], padding: [padding, padding]);
+        return extraOut > 0 ? output.narrow(1, 0, outChannels) : output;
+    }
+
+    private static long PaddingTo(long channels, long block) => (channels + block - 1) / block * block - channels;
+}
+
+/// <summary>
+/// Group normalisation layers as the models build them: <c>torch.nn.GroupNorm</c> with its affine weight 1 and bias 0.
+/// <para>
+/// TorchSharp 0.107's <c>nn.GroupNorm</c> allocates its weight and bias without setting them (LayerNorm and BatchNorm
+/// do set theirs): a model built from scratch started with whatever the allocator held, zeros on a fresh heap
+/// (every group norm then outputs 0) and 1e36 or NaN on a reused one, so the toy build failed now and then with "the
+/// UNet loss became NaN" in its first steps. Loaded models are unaffected (their norms are read from the file), and
+/// inside <see cref="ModuleInitialization.WithoutRandomInit{T}"/> nothing is set, as for every other layer.
+/// </para>
+/// </summary>
+public static class Normalization
+{
+    public static GroupNorm GroupNorm(int groups, long channels, double eps)
+    {
+        var norm = nn.GroupNorm(groups, channels, eps);
+        if (!ModuleInitialization.IsSkipped)
+        {
+            using var noGrad = torch.no_grad();
+            norm.weight?.fill_(1.0);
+            norm.bias?.zero_();
+        }
+        return norm;
     }
 }

@@ -20,10 +20,10 @@ public sealed class ResnetBlock2D : nn.Module<Tensor, Tensor?, Tensor>
 
     public ResnetBlock2D(int inChannels, int outChannels, int timeEmbedChannels, int groups, double eps) : base(nameof(ResnetBlock2D))
     {
-        norm1 = nn.GroupNorm(groups, inChannels, eps);
+        norm1 = Normalization.GroupNorm(groups, inChannels, eps);
         conv1 = new AdaptableConv2d(inChannels, outChannels, 3, padding: 1);
         if (timeEmbedChannels > 0) time_emb_proj = new AdaptableLinear(timeEmbedChannels, outChannels);
-        norm2 = nn.GroupNorm(groups, outChannels, eps);
+        norm2 = Normalization.GroupNorm(groups, outChannels, eps);
         conv2 = new AdaptableConv2d(outChannels, outChannels, 3, padding: 1);
         if (inChannels != outChannels) conv_shortcut = new AdaptableConv2d(inChannels, outChannels, 1);
         RegisterComponents();

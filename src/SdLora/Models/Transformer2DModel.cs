@@ -19,7 +19,7 @@ public sealed class Transformer2DModel : nn.Module<Tensor, Tensor, Tensor>
     public Transformer2DModel(int channels, int heads, int contextDim, int groups, bool useLinearProjection) : base(nameof(Transformer2DModel))
     {
         _linearProjection = useLinearProjection;
-        norm = nn.GroupNorm(groups, channels, 1e-6);
+        norm = Normalization.GroupNorm(groups, channels, 1e-6);
         proj_in = useLinearProjection ? new AdaptableLinear(channels, channels) : new AdaptableConv2d(channels, channels, 1);
         transformer_blocks = new ModuleList<BasicTransformerBlock>(new BasicTransformerBlock(channels, heads, channels / heads, contextDim));
         proj_out = useLinearProjection ? new AdaptableLinear(channels, channels) : new AdaptableConv2d(channels, channels, 1);

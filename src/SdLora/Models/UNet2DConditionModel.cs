@@ -77,7 +77,7 @@ public sealed class UNet2DConditionModel : nn.Module<Tensor, Tensor, Tensor, Ten
         }
         up_blocks = new ModuleList<UNetUpBlock>(ups.ToArray());
 
-        conv_norm_out = nn.GroupNorm(groups, ch[0], eps);
+        conv_norm_out = Normalization.GroupNorm(groups, ch[0], eps);
         conv_out = new AdaptableConv2d(ch[0], config.OutChannels, 3, padding: 1);
         RegisterComponents();
     }

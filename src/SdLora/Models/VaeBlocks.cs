@@ -81,7 +81,7 @@ public sealed class VaeAttention : nn.Module<Tensor, Tensor>
 
     public VaeAttention(int channels, int groups) : base(nameof(VaeAttention))
     {
-        group_norm = nn.GroupNorm(groups, channels, AutoencoderKL.NormEps);
+        group_norm = Normalization.GroupNorm(groups, channels, AutoencoderKL.NormEps);
         to_q = new AdaptableLinear(channels, channels);
         to_k = new AdaptableLinear(channels, channels);
         to_v = new AdaptableLinear(channels, channels);
@@ -123,7 +123,7 @@ public sealed class VaeEncoder : nn.Module<Tensor, Tensor>
         }
         down_blocks = new ModuleList<DownEncoderBlock2D>(blocks.ToArray());
         mid_block = new UNetMidBlock2D(ch[^1], config.NormNumGroups);
-        conv_norm_out = nn.GroupNorm(config.NormNumGroups, ch[^1], AutoencoderKL.NormEps);
+        conv_norm_out = Normalization.GroupNorm(config.NormNumGroups, ch[^1], AutoencoderKL.NormEps);
         conv_out = new AdaptableConv2d(ch[^1], 2 * config.LatentChannels, 3, padding: 1);
         RegisterComponents();
     }
@@ -161,7 +161,7 @@ public sealed class VaeDecoder : nn.Module<Tensor, Tensor>
             blocks.Add(new UpDecoderBlock2D(prev, output, config.LayersPerBlock + 1, config.NormNumGroups, i < reversed.Length - 1));
         }
         up_blocks = new ModuleList<UpDecoderBlock2D>(blocks.ToArray());
-        conv_norm_out = nn.GroupNorm(config.NormNumGroups, reversed[^1], AutoencoderKL.NormEps);
+        conv_norm_out = Normalization.GroupNorm(config.NormNumGroups, reversed[^1], AutoencoderKL.NormEps);
         conv_out = new AdaptableConv2d(reversed[^1], config.OutChannels, 3, padding: 1);
         RegisterComponents();
     }
