@@ -29,6 +29,8 @@ public static class SdLoraServer
     {
         options.Validate();
         JobStorageFactory.CheckReachable(options);
+        // The server hosts the library: libtorch's C++ warnings (NNPACK on CPUs it does not support) are not for its users.
+        LibTorchLog.QuietWarnings();
         var folders = new DataFolders(options);
         var builder = WebApplication.CreateBuilder(new WebApplicationOptions { ContentRootPath = AppContext.BaseDirectory, Args = [] });
         builder.Logging.ClearProviders();

@@ -30,8 +30,12 @@ public sealed class TestThreadsAttribute : BeforeAfterTestAttribute
     /// <summary>The thread count asked for, or null when <c>SDLORA_TEST_THREADS</c> is unset.</summary>
     public static int? Threads => Requested.Value;
 
+    // The test run is a host like the CLI: libtorch's C++ warnings would fill the log (NNPACK, on CPUs it does not support).
+    private static readonly Lazy<bool> QuietLibTorchLog = new(LibTorchLog.QuietWarnings);
+
     public override void Before(MethodInfo methodUnderTest)
     {
+        _ = QuietLibTorchLog.Value;
         // Set even when this thread has it already: threads the test starts copy the last value set by any thread.
         if (Threads is int n) torch.set_num_threads(n);
     }

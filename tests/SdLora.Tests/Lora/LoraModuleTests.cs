@@ -59,8 +59,8 @@ public class LoraModuleTests
         {
             var down = lora.DownWeight.to(dtype);
             var up = lora.UpWeight.to(dtype);
-            var h = conv ? nn.functional.conv2d(input.to(dtype), down, padding: [1, 1]) : nn.functional.linear(input.to(dtype), down);
-            return (conv ? nn.functional.conv2d(h, up) : nn.functional.linear(h, up)).mul(0.5).to(ScalarType.BFloat16);
+            var h = conv ? Convolutions.Conv2d(input.to(dtype), down, null, 1, 1) : nn.functional.linear(input.to(dtype), down);
+            return (conv ? Convolutions.Conv2d(h, up, null, 1, 0) : nn.functional.linear(h, up)).mul(0.5).to(ScalarType.BFloat16);
         }
         var inBf16 = Delta(x, ScalarType.BFloat16);
         var inFp32 = Delta(x, ScalarType.Float32);
