@@ -58,6 +58,8 @@ public sealed class CliContext : IDisposable
         var console = terminal ? AnsiConsole.Console : PlainConsole(System.Console.Out);
         var context = new CliContext(console, System.Console.Error, terminal);
         context.InstallSignalHandlers();
+        // The process is ours: malloc kept warm for tensors (see MallocTuning for the measurements).
+        MallocTuning.ApplyForTensorWork();
         return context;
     }
 
