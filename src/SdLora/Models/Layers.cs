@@ -131,8 +131,8 @@ public sealed class AdaptableConv2d : nn.Module<Tensor, Tensor>, ICpuLowPrecisio
 /// <list type="bullet">
 /// <item>output channels off the block, bf16: a 3x3 convolution's output was wrong by a quarter of its size (320→4,
 /// SD's <c>conv_out</c>: max error 23 % of max |output| against fp32, where bf16 rounding gives 0.3 %), so native
-/// bf16 images came out wrong; fp32 and bf16: now and then the gradient for the input was NaN (320→4 at 64²: 20 of
-/// 200 backward passes; 32→8, like a rank-8 LoCon's down layer: 76 of 200), which ruins a training step;</item>
+/// bf16 images came out wrong; fp32 and bf16: the gradient for the input was wrong by 35-61 % of its max, or NaN
+/// (SD's <c>conv_out</c>; 32→8, like a rank-8 LoCon's down layer), which ruins every training step;</item>
 /// <item>more than 16 input channels off the block (17, 24, 40), fp32: every 3x3 output was wrong, and in a third
 /// to two thirds of the passes NaN (the toy tests' small UNet concatenates 8 and 16 channels);</item>
 /// <item>stride 2 with an odd number of blocks of input channels (48, 80, 112), fp32: the input gradient was wrong.</item>
