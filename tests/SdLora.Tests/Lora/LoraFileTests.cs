@@ -73,6 +73,39 @@ public class LoraFileTests
         Assert.Equal("e3b0c442", smallLegacy); // file shorter than 1 MiB: sha256 of nothing
     }
 
+    [Theory]
+    [InlineData("plainx", "45465b3c")] // header 881 bytes, padded to 888: one escape fewer would pad to 880
+    [InlineData("plain", "a7a96e42")]  // header exactly 880 bytes: no padding
+    public void Kohya_hashes_order_every_dtype_as_the_Rust_writer_and_escape_metadata_as_serde_json(string filler, string legacy)
+    {
+        // Expected values: Python (struct, json.dumps(ensure_ascii=False, compact), hashlib) over the file the Rust
+        // safetensors writer would produce: tensors by dtype (I64, F64, F32, I32, BF16, F16, I16, I8, U8, BOOL), then name;
+        // only ss_* metadata. The 1.2 MB ramp puts the legacy window (1 MiB + 64 KiB) in data that the header's length shifts.
+        var tensors = new Dictionary<string, Tensor>
+        {
+            ["s.bool"] = torch.tensor(new[] { true }),
+            ["v.u8"] = torch.tensor(new byte[] { 1, 2, 3 }),
+            ["q.i8"] = torch.tensor(new[] { -3 }).to(ScalarType.Int8),
+            ["r.i16"] = torch.tensor(new short[] { 5 }),
+            ["z.f16"] = torch.tensor(new[] { 1.0f, -2.0f }).to(ScalarType.Float16),
+            ["y.bf16"] = torch.tensor(new[] { 1.0f, 0.5f }).to(ScalarType.BFloat16),
+            ["t.i32"] = torch.tensor(new[] { -1 }),
+            ["big"] = torch.arange(300000, dtype: ScalarType.Float32) * 0.5f,
+            ["x.f32"] = torch.tensor(new[] { 3.0f }),
+            ["a.f32"] = torch.tensor(new[] { 1.5f, -1.0f }),
+            ["u.f64"] = torch.tensor(new[] { 0.25 }),
+            ["w.i64"] = torch.tensor(new[] { 7L }),
+        };
+        var md = new Dictionary<string, string> { ["ss_zzz"] = filler, ["ss_output_name"] = "a\"b\\c\nd\re\tf\bg\fh\u0001i é", ["not_ss"] = "ignored" };
+
+        var (model, legacyHash) = KohyaHashes.Compute(tensors, md);
+
+        Assert.Equal("c4d0863e852e77c4adbd500756da08e4f1fe9c109d0c2ef18ad2879700390cbd", model);
+        Assert.Equal(legacy, legacyHash);
+        Assert.Equal(["w.i64", "u.f64", "a.f32", "big", "x.f32", "t.i32", "y.bf16", "z.f16", "r.i16", "q.i8", "v.u8", "s.bool"],
+            KohyaHashes.WriterOrder(tensors).Select(kv => kv.Key));
+    }
+
     [Fact]
     public void Golden_kohya_lora_matches_every_module_of_the_tiny_model()
     {
