@@ -101,4 +101,95 @@ public class LoraEmbeddingsTests
         Assert.Empty(Generate(plain).Parameters.TextualInversionHashes);
         Assert.NotEqual(Generate(plain).Image.Pixels, withWord.Image.Pixels);
     }
+    [Fact]
+    public void Each_bundled_group_takes_string_to_param_then_emb_params_then_clip_l()
+    {
+        using var dir = Fixtures.TempDir();
+        using var one = torch.full([1, 32], 1f);
+        using var two = torch.full([1, 32], 2f);
+        using var three = torch.full([1, 32], 3f);
+        var path = LoraWith(dir,
+            ("bundle_emb.all.clip_l", three), ("bundle_emb.all.emb_params", two), ("bundle_emb.all.string_to_param.*", one),
+            ("bundle_emb.kohya.clip_g", three), ("bundle_emb.kohya.emb_params", two),
+            ("bundle_emb.onetrainer.clip_g", one), ("bundle_emb.onetrainer.clip_l", three),
+            ("bundle_emb.nodot", one)); // not a group: no part name after the word
+
+        var words = LoraEmbeddings.ReadBundled(path);
+        try
+        {
+            Assert.Equal(["all", "kohya", "onetrainer"], words.Select(w => w.Name).Order(StringComparer.Ordinal));
+            Assert.Equal(1f, words.Single(w => w.Name == "all").Vectors[0, 0].item<float>());
+            Assert.Equal(2f, words.Single(w => w.Name == "kohya").Vectors[0, 0].item<float>());
+            Assert.Equal(3f, words.Single(w => w.Name == "onetrainer").Vectors[0, 0].item<float>());
+        }
+        finally
+        {
+            foreach (var w in words) w.Dispose();
+        }
+    }
+
+    [Fact]
+    public void A_bundled_embedding_that_is_not_a_matrix_is_refused_naming_its_key()
+    {
+        using var dir = Fixtures.TempDir();
+        using var cube = torch.zeros(1, 2, 32);
+        var path = LoraWith(dir, ("bundle_emb.ok.string_to_param.*", torch.zeros(1, 32)), ("bundle_emb.cube.string_to_param.*", cube));
+        var e = Assert.Throws<SdLoraException>(() => LoraEmbeddings.Read(path));
+        Assert.Equal($"{path}: its bundled embedding 'bundle_emb.cube.string_to_param.*' has shape [1,2,32], not [vectors, dim]", e.Message);
+    }
+
+    [Fact]
+    public void Only_a_safetensors_LoRA_is_searched_for_bundled_words_and_names_clash_ignoring_case()
+    {
+        using var dir = Fixtures.TempDir();
+        var path = LoraWith(dir, ("bundle_emb.Word.string_to_param.*", torch.zeros(1, 32)));
+        var folder = LoraEmbeddings.FolderBeside(path);
+        Directory.CreateDirectory(folder);
+        TextualInversionEmbedding.Write(Path.Combine(folder, "word.safetensors"), torch.ones(3, 32), new Dictionary<string, string>());
+        TextualInversionEmbedding.Write(Path.Combine(folder, "other.safetensors"), torch.ones(1, 32), new Dictionary<string, string>());
+
+        var words = LoraEmbeddings.Read(path);
+        try
+        {
+            Assert.Equal(["other", "word"], words.Select(w => w.Name).Order(StringComparer.Ordinal)); // "Word" bundled, replaced by the folder's "word"
+            Assert.Equal(3, words.Single(w => w.Name == "word").VectorCount);
+        }
+        finally
+        {
+            foreach (var w in words) w.Dispose();
+        }
+
+        // The same file under another extension is not opened as safetensors; the folder beside it still counts.
+        Directory.CreateDirectory(dir.File("bin"));
+        var renamed = Path.Combine(dir.File("bin"), "bundled.bin");
+        File.Copy(path, renamed);
+        Assert.Empty(LoraEmbeddings.Read(renamed));
+        Directory.CreateDirectory(LoraEmbeddings.FolderBeside(renamed));
+        TextualInversionEmbedding.Write(Path.Combine(LoraEmbeddings.FolderBeside(renamed), "beside.safetensors"), torch.ones(1, 32), new Dictionary<string, string>());
+        var beside = LoraEmbeddings.Read(renamed);
+        Assert.Equal("beside", Assert.Single(beside).Name);
+        beside[0].Dispose();
+    }
+
+    [Fact]
+    public void Deleting_a_LoRA_deletes_the_words_trained_with_it_and_missing_parts_are_fine()
+    {
+        using var dir = Fixtures.TempDir();
+        var path = LoraWith(dir);
+        var word = LoraEmbeddings.FileBeside(path, "sks");
+        Assert.Equal(Path.Combine(dir.File("bundled.embeddings"), "sks.safetensors"), word);
+        Directory.CreateDirectory(Path.GetDirectoryName(word)!);
+        TextualInversionEmbedding.Write(word, torch.ones(1, 32), new Dictionary<string, string>());
+        var neighbour = dir.File("bundled-2.safetensors");
+        File.Copy(path, neighbour);
+
+        LoraEmbeddings.DeleteWithWords(path);
+
+        Assert.False(File.Exists(path));
+        Assert.False(Directory.Exists(LoraEmbeddings.FolderBeside(path)));
+        Assert.True(File.Exists(neighbour));
+        LoraEmbeddings.DeleteWithWords(path); // again: nothing left, no error
+        LoraEmbeddings.DeleteWithWords(neighbour); // a LoRA without words
+        Assert.False(File.Exists(neighbour));
+    }
 }
