@@ -16,23 +16,23 @@ public sealed record LoraMatchResult(
 public static class LoraMatcher
 {
     /// <summary>
-    /// Hook for kohya files written with LDM module paths (<c>lora_unet_input_blocks_1_1_proj_in</c>): maps an LDM UNet
-    /// module path (<c>input_blocks.1.1.proj_in</c>, without <c>model.diffusion_model.</c>) to the diffusers module path
-    /// (<c>down_blocks.0.attentions.0.proj_in</c>), or null. Wired to the checkpoint key map by the application.
+    /// For kohya files written with LDM module paths (<c>lora_unet_input_blocks_1_1_proj_in</c>): maps an LDM UNet module
+    /// path (<c>input_blocks.1.1.proj_in</c>, without <c>model.diffusion_model.</c>) to the diffusers module path
+    /// (<c>down_blocks.0.attentions.0.proj_in</c>) of SD1.x, or null. A caller matching another UNet layout passes its own.
     /// </summary>
-    public static Func<string, string?>? DefaultLdmUnetModulePath { get; set; } = p => SdLora.Checkpoints.LdmKeyMap.UnetModulePathLdmToDiffusers(p);
+    private static readonly Func<string, string?> Sd1LdmUnetModulePath = p => SdLora.Checkpoints.LdmKeyMap.UnetModulePathLdmToDiffusers(p);
 
     /// <exception cref="SdLoraException">nothing matches, or a matched module's shapes do not fit its layer.</exception>
     public static LoraMatchResult Match(LoraFile lora, LoraTargetIndex index, Func<string, string?>? ldmUnetModulePath = null)
     {
-        ldmUnetModulePath ??= DefaultLdmUnetModulePath;
+        ldmUnetModulePath ??= Sd1LdmUnetModulePath;
         var matched = new List<(LoraModuleWeights, LoraTarget)>();
         var unmatched = new List<string>();
         bool usedLdm = false;
         foreach (var m in lora.Modules)
         {
             var target = Resolve(m.Stem, index);
-            if (target is null && ldmUnetModulePath is not null)
+            if (target is null)
             {
                 target = index.ByLdmKohyaName(m.Stem, ldmUnetModulePath);
                 usedLdm |= target is not null;
@@ -43,12 +43,7 @@ public static class LoraMatcher
         }
         unmatched.AddRange(lora.UnknownKeys);
         if (matched.Count == 0)
-        {
-            var ldmHint = lora.Modules.Any(m => m.Stem.StartsWith("lora_unet_input_blocks", StringComparison.Ordinal) || m.Stem.StartsWith("lora_unet_output_blocks", StringComparison.Ordinal)) && ldmUnetModulePath is null
-                ? " It uses LDM module names, and no LDM key map is wired in."
-                : " Is it a LoRA for another model family?";
-            throw new SdLoraException($"{lora.Path}: none of its {lora.Modules.Count} LoRA modules matches a layer of the model (first key: '{lora.Modules[0].DownKey}').{ldmHint}");
-        }
+            throw new SdLoraException($"{lora.Path}: none of its {lora.Modules.Count} LoRA modules matches a layer of the model (first key: '{lora.Modules[0].DownKey}'). Is it a LoRA for another model family?");
         return new LoraMatchResult(lora.Path, matched, unmatched, usedLdm);
     }
 
