@@ -18,15 +18,14 @@ public static class LoraCheckpointMerge
 
     /// <summary>
     /// Folder -> <see cref="MergeDiffusersFolder"/>; file (.safetensors or .ckpt) -> <see cref="MergeSingleFile"/> with
-    /// <see cref="LoraModelSource.SingleFileKeyMap"/> (the LDM key-map hook). The output is checked first (<see cref="OutputPath"/>):
+    /// <see cref="LoraModelSource.LdmFileKeyToPrefixed"/> (SD1.x's LDM key map). The output is checked first (<see cref="OutputPath"/>):
     /// never one of the inputs, never an existing output unless <paramref name="overwrite"/>.
     /// </summary>
     public static LoraMergeReport Merge(string model, IReadOnlyList<LoraUse> loras, string output, bool fp16 = false, bool overwrite = false, IProgress<string>? progress = null, CancellationToken cancellation = default)
     {
         if (Directory.Exists(model)) return MergeDiffusersFolder(model, loras, output, fp16, overwrite, progress, cancellation);
         if (!File.Exists(model)) throw new SdLoraException($"{model}: not found; pass a diffusers folder or a .safetensors/.ckpt checkpoint");
-        var map = LoraModelSource.SingleFileKeyMap ?? throw new SdLoraException($"{model}: merging into single-file (LDM) checkpoints needs the LDM key map, which this build does not have; convert the model to a diffusers folder first");
-        return MergeSingleFile(model, map, loras, output, fp16, overwrite, progress, cancellation);
+        return MergeSingleFile(model, LoraModelSource.LdmFileKeyToPrefixed, loras, output, fp16, overwrite, progress, cancellation);
     }
 
     private static List<string> Inputs(string model, IReadOnlyList<LoraUse> loras) => [model, .. loras.Select(l => l.Path)];

@@ -34,7 +34,7 @@ public static class LoraInspector
 
 /// <summary>
 /// A diffusers model folder seen as one tensor source with <c>unet.</c> / <c>text_encoder.</c> prefixes (the names the
-/// merge/extract cores use). Single-file checkpoints go through <see cref="SingleFileKeyMap"/>, wired by the application.
+/// merge/extract cores use). Single-file checkpoints go through <see cref="LdmFileKeyToPrefixed"/> unless the caller passes its own map.
 /// </summary>
 public sealed class LoraModelSource : ITensorSource, IDisposable
 {
@@ -46,9 +46,6 @@ public sealed class LoraModelSource : ITensorSource, IDisposable
     public bool Contains(string name) => _keys.ContainsKey(name);
     public long[] ShapeOf(string name) => _keys[name].File.ShapeOf(_keys[name].Key);
     public Tensor Load(string name, ScalarType? dtype = null) => _keys[name].File.Load(_keys[name].Key, dtype);
-
-    /// <summary>Single-file key -> <c>unet.X</c> / <c>text_encoder.X</c> or null; the application sets it from the LDM key map.</summary>
-    public static Func<string, string?>? SingleFileKeyMap { get; set; } = LdmFileKeyToPrefixed;
 
     /// <summary>An LDM single-file key -> <c>unet.X</c> / <c>text_encoder.X</c> (SD1.x block layout), or null for the VAE and extras.</summary>
     public static string? LdmFileKeyToPrefixed(string fileKey) =>
@@ -63,7 +60,7 @@ public sealed class LoraModelSource : ITensorSource, IDisposable
 
     private LoraModelSource(string description) => Description = description;
 
-    /// <summary>Opens a diffusers folder, or a single file through <see cref="SingleFileKeyMap"/> (or <paramref name="keyMap"/>).</summary>
+    /// <summary>Opens a diffusers folder, or a single file through <paramref name="keyMap"/> (default <see cref="LdmFileKeyToPrefixed"/>).</summary>
     public static LoraModelSource Open(string path, Func<string, string?>? keyMap = null)
     {
         var src = new LoraModelSource(path);
@@ -86,7 +83,7 @@ public sealed class LoraModelSource : ITensorSource, IDisposable
             }
             else if (File.Exists(path))
             {
-                var map = keyMap ?? SingleFileKeyMap ?? throw new SdLoraException($"{path}: single-file (LDM) checkpoints need the LDM key map, which this build does not have; convert the model to a diffusers folder first");
+                var map = keyMap ?? LdmFileKeyToPrefixed;
                 var file = TensorFiles.Open(path); // .safetensors or .ckpt, by content
                 src._files.Add(file);
                 foreach (var k in file.Keys) if (map(k) is { } name) src._keys[name] = (file, k);
