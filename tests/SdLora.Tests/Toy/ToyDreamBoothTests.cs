@@ -20,33 +20,25 @@ public class ToyDreamBoothTests(ITestOutputHelper output)
     [Trait("Category", "Slow")]
     public void Full_DreamBooth_teaches_the_held_out_concept_and_keeps_the_base_concepts()
     {
-        using var dir = Fixtures.TempDir();
-        var demo = new ToyDemo();
-        demo.WriteInstanceImages(dir.File("instances"));
-        using var model = StableDiffusionModel.Load(ToyModelTests.BundledModel);
-        var before = demo.Snapshot(model, null);
-        var baseBefore = ToySummary.Of(ToyEvaluation.Generate(model, ToyEvaluation.QuickPrompts(), 1, 1000));
-
-        var config = demo.TrainingConfig(ToyModelTests.BundledModel, dir.File("instances"), dir.File("run"), 400, overwrite: false) with
+        using var setup = new ToyConceptSetup();
+        var config = setup.DemoConfig(400) with
         {
             Method = TrainingConfig.MethodDreamBooth, LearningRate = 3e-4, TrainTextEncoder = true, TextEncoderLr = 3e-4,
             TokenString = null, InitWord = null, EmbeddingLr = null, SaveEveryNEpochs = null,
         };
-        var result = new DreamBoothTrainingSession(config, model).Run();
+        var result = new DreamBoothTrainingSession(config, setup.Model).Run();
         Assert.True(Directory.Exists(result.OutputFile), result.OutputFile); // a diffusers folder in, a diffusers folder out
 
         using var tuned = StableDiffusionModel.Load(result.OutputFile!);
-        var after = demo.Snapshot(tuned, null);
+        var after = setup.Demo.Snapshot(tuned, null);
         var baseAfter = ToySummary.Of(ToyEvaluation.Generate(tuned, ToyEvaluation.QuickPrompts(), 1, 1000));
-        var scores = ToyDemo.Measure(before, after, demo.Concept);
-        output.WriteLine($"{scores}\nbase before {baseBefore}\nbase after  {baseAfter}");
+        var scores = ToyDemo.Measure(setup.Before, after, setup.Demo.Concept);
+        output.WriteLine($"{scores}\nbase before {setup.BaseBefore}\nbase after  {baseAfter}");
 
         Assert.True(scores.ConceptAfter >= scores.ConceptBefore + 0.07, scores.ToString());
         Assert.True(scores.ConceptShapeRightAfter >= 1 / 6.0, scores.ToString()); // at least one heart where there were none
-        Assert.True(baseAfter.Overall >= baseBefore.Overall - 0.10, $"{baseBefore}\n{baseAfter}");
+        Assert.True(baseAfter.Overall >= setup.BaseBefore.Overall - 0.10, $"{setup.BaseBefore}\n{baseAfter}");
         Assert.True(scores.ClassConceptAfter <= scores.ClassConceptBefore + 0.10, scores.ToString());
-        // The lent model is given back with its own weights.
-        var again = demo.Snapshot(model, null);
-        Assert.Equal(before.Concept[0].Image.Pixels, again.Concept[0].Image.Pixels);
+        setup.AssertModelUntouched(); // the lent model is given back with its own weights
     }
 }

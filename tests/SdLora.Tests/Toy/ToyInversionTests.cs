@@ -19,13 +19,9 @@ public class ToyInversionTests(ITestOutputHelper output)
     [Trait("Category", "Slow")]
     public void Textual_inversion_finds_a_word_that_draws_the_held_out_colour_and_leaves_the_model_alone()
     {
-        using var dir = Fixtures.TempDir();
-        var demo = new ToyDemo();
-        demo.WriteInstanceImages(dir.File("instances"));
-        using var model = StableDiffusionModel.Load(ToyModelTests.BundledModel);
-        var before = demo.Snapshot(model, null);
-
-        var config = demo.TrainingConfig(ToyModelTests.BundledModel, dir.File("instances"), dir.File("run"), 300, overwrite: false) with
+        using var setup = new ToyConceptSetup();
+        var (demo, model, before) = (setup.Demo, setup.Model, setup.Before);
+        var config = setup.DemoConfig(300) with
         {
             Method = TrainingConfig.MethodTextualInversion, LearningRate = TrainingConfig.DefaultEmbeddingLr, TextEncoderLr = null,
             EmbeddingLr = null, ClassPrompt = null, NumClassImages = null, OutputName = null, SaveEveryNEpochs = null,

@@ -20,33 +20,24 @@ public class ToyLoraTests(ITestOutputHelper output)
     [Trait("Category", "Slow")]
     public void A_DreamBooth_LoRA_teaches_the_held_out_concept_and_leaves_the_base_concepts_drawn_as_before()
     {
-        using var dir = Fixtures.TempDir();
-        var demo = new ToyDemo();
-        demo.WriteInstanceImages(dir.File("instances"));
-        using var model = StableDiffusionModel.Load(ToyModelTests.BundledModel);
-        var before = demo.Snapshot(model, null);
-        var baseBefore = ToySummary.Of(ToyEvaluation.Generate(model, ToyEvaluation.QuickPrompts(), 1, 1000));
-
-        var config = demo.TrainingConfig(ToyModelTests.BundledModel, dir.File("instances"), dir.File("run"), ToyLoraExpectations.Steps, overwrite: false)
-            with { SaveEveryNEpochs = null };
+        using var setup = new ToyConceptSetup();
+        var config = setup.DemoConfig(ToyLoraExpectations.Steps) with { SaveEveryNEpochs = null };
         Assert.Equal(ToyDemo.Token, config.TokenString); // pivotal tuning: without it the LoRA cannot tell "sks shape" from "a shape"
-        var result = new LoraTrainingSession(config, model).Run();
+        var result = new LoraTrainingSession(config, setup.Model).Run();
         Assert.NotNull(result.LoraPath);
 
-        var after = demo.Snapshot(model, result.LoraPath);
-        var baseAfter = ToySummary.Of(ToyEvaluation.Generate(model, ToyEvaluation.QuickPrompts(), 1, 1000, loras: [new LoraUse(result.LoraPath!)]));
-        var scores = ToyDemo.Measure(before, after, demo.Concept);
-        output.WriteLine($"{scores}\nbase before {baseBefore}\nbase after  {baseAfter}");
+        var after = setup.Demo.Snapshot(setup.Model, result.LoraPath);
+        var baseAfter = ToySummary.Of(ToyEvaluation.Generate(setup.Model, ToyEvaluation.QuickPrompts(), 1, 1000, loras: [new LoraUse(result.LoraPath!)]));
+        var scores = ToyDemo.Measure(setup.Before, after, setup.Demo.Concept);
+        output.WriteLine($"{scores}\nbase before {setup.BaseBefore}\nbase after  {baseAfter}");
 
         Assert.True(scores.ConceptAfter >= scores.ConceptBefore + ToyLoraExpectations.MinConceptGain, scores.ToString());
         Assert.True(scores.ConceptShapeRightAfter >= ToyLoraExpectations.MinConceptShapeRight, scores.ToString());
         // The base concepts stay (mostly): the LoRA is attached, yet "a red circle" is still a red circle.
-        Assert.True(baseAfter.Overall >= baseBefore.Overall - ToyLoraExpectations.MaxBaseLoss, $"{baseBefore}\n{baseAfter}");
+        Assert.True(baseAfter.Overall >= setup.BaseBefore.Overall - ToyLoraExpectations.MaxBaseLoss, $"{setup.BaseBefore}\n{baseAfter}");
         // Prior preservation: the class prompt does not turn into the concept.
         Assert.True(scores.ClassConceptAfter <= scores.ClassConceptBefore + ToyLoraExpectations.MaxClassLeak, scores.ToString());
-        // And the model is lent back untouched.
-        var again = demo.Snapshot(model, null);
-        Assert.Equal(before.Concept[0].Image.Pixels, again.Concept[0].Image.Pixels);
+        setup.AssertModelUntouched();
     }
 }
 
