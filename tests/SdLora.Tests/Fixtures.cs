@@ -248,5 +248,14 @@ public sealed class TempDir : IDisposable
     public string Path { get; } = System.IO.Path.Combine(System.IO.Path.GetTempPath(), "sdlora-test-" + Guid.NewGuid().ToString("N")[..10]);
     public TempDir() => Directory.CreateDirectory(Path);
     public string File(string name) => System.IO.Path.Combine(Path, name);
+
+    /// <summary>Writes <paramref name="tensors"/> as the safetensors file <paramref name="name"/> here; returns its path.</summary>
+    public string SaveSafetensors(string name, Dictionary<string, TorchSharp.torch.Tensor> tensors, Dictionary<string, string>? metadata = null)
+    {
+        var path = File(name);
+        SdLora.IO.Safetensors.Save(path, tensors, metadata);
+        return path;
+    }
+
     public void Dispose() { try { Directory.Delete(Path, true); } catch (IOException) { } }
 }

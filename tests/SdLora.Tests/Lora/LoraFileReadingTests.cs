@@ -13,18 +13,11 @@ public class LoraFileReadingTests
 {
     private const string Q = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q";
 
-    private static string Write(TempDir dir, string name, Dictionary<string, Tensor> tensors, Dictionary<string, string>? metadata = null)
-    {
-        var path = dir.File(name);
-        Safetensors.Save(path, tensors, metadata);
-        return path;
-    }
-
     [Fact]
     public void PEFT_prefixes_and_attention_processor_names_become_module_paths()
     {
         using var dir = Fixtures.TempDir();
-        var path = Write(dir, "peft.safetensors", new()
+        var path = dir.SaveSafetensors("peft.safetensors", new()
         {
             ["base_model.model.down_blocks.0.attentions.0.proj_in.lora_A.weight"] = torch.randn(2, 8),
             ["base_model.model.down_blocks.0.attentions.0.proj_in.lora_B.weight"] = torch.randn(8, 2),
@@ -49,7 +42,7 @@ public class LoraFileReadingTests
     public void Kohya_alpha_is_read_per_module_and_fp16_factors_come_back_in_fp32()
     {
         using var dir = Fixtures.TempDir();
-        var path = Write(dir, "alpha.safetensors", new()
+        var path = dir.SaveSafetensors("alpha.safetensors", new()
         {
             [Q + ".lora_down.weight"] = torch.randn(4, 6).to(ScalarType.Float16),
             [Q + ".lora_up.weight"] = torch.randn(8, 4).to(ScalarType.Float16),
@@ -72,29 +65,29 @@ public class LoraFileReadingTests
     {
         using var dir = Fixtures.TempDir();
 
-        var noUp = Write(dir, "noup.safetensors", new() { [Q + ".lora_down.weight"] = torch.randn(2, 6) });
+        var noUp = dir.SaveSafetensors("noup.safetensors", new() { [Q + ".lora_down.weight"] = torch.randn(2, 6) });
         Assert.Equal($"{noUp}: '{Q}.lora_down.weight' has no matching '{Q}.lora_up.weight'; the file is incomplete — re-export it",
             Assert.Throws<SdLoraException>(() => LoraFile.Read(noUp)).Message);
 
-        var rank = Write(dir, "rank.safetensors", new() { [Q + ".lora_down.weight"] = torch.randn(2, 6), [Q + ".lora_up.weight"] = torch.randn(8, 3) });
+        var rank = dir.SaveSafetensors("rank.safetensors", new() { [Q + ".lora_down.weight"] = torch.randn(2, 6), [Q + ".lora_up.weight"] = torch.randn(8, 3) });
         Assert.Equal($"{rank}: '{Q}.lora_down.weight' [2,6] and '{Q}.lora_up.weight' [8,3] do not form a LoRA pair (expected down [r,in(,k,k)], up [out,r(,1,1)]); the file is damaged",
             Assert.Throws<SdLoraException>(() => LoraFile.Read(rank)).Message);
 
-        var mixed = Write(dir, "mixed.safetensors", new() { [Q + ".lora_down.weight"] = torch.randn(2, 6, 1, 1), [Q + ".lora_up.weight"] = torch.randn(8, 2) });
+        var mixed = dir.SaveSafetensors("mixed.safetensors", new() { [Q + ".lora_down.weight"] = torch.randn(2, 6, 1, 1), [Q + ".lora_up.weight"] = torch.randn(8, 2) });
         Assert.Contains("do not form a LoRA pair", Assert.Throws<SdLoraException>(() => LoraFile.Read(mixed)).Message);
 
-        var bigUp = Write(dir, "bigup.safetensors", new() { [Q + ".lora_down.weight"] = torch.randn(2, 6, 3, 3), [Q + ".lora_up.weight"] = torch.randn(8, 2, 3, 3) });
+        var bigUp = dir.SaveSafetensors("bigup.safetensors", new() { [Q + ".lora_down.weight"] = torch.randn(2, 6, 3, 3), [Q + ".lora_up.weight"] = torch.randn(8, 2, 3, 3) });
         Assert.Contains("do not form a LoRA pair", Assert.Throws<SdLoraException>(() => LoraFile.Read(bigUp)).Message);
 
-        var alpha = Write(dir, "alpha.safetensors", new() { [Q + ".lora_down.weight"] = torch.randn(2, 6), [Q + ".lora_up.weight"] = torch.randn(8, 2), [Q + ".alpha"] = torch.ones(2) });
+        var alpha = dir.SaveSafetensors("alpha.safetensors", new() { [Q + ".lora_down.weight"] = torch.randn(2, 6), [Q + ".lora_up.weight"] = torch.randn(8, 2), [Q + ".alpha"] = torch.ones(2) });
         Assert.Equal($"{alpha}: '{Q}.alpha' should be a single number but has shape [2]; the file is not a valid LoRA",
             Assert.Throws<SdLoraException>(() => LoraFile.Read(alpha)).Message);
 
-        var empty = Write(dir, "empty.safetensors", new() { ["something.weight"] = torch.randn(2, 2) });
+        var empty = dir.SaveSafetensors("empty.safetensors", new() { ["something.weight"] = torch.randn(2, 2) });
         Assert.Equal($"{empty}: contains no LoRA tensors (no '*.lora_down.weight' / '*.lora_A.weight' keys); is it a LoRA file?",
             Assert.Throws<SdLoraException>(() => LoraFile.Read(empty)).Message);
 
-        var loha = Write(dir, "loha.safetensors", new() { [Q + ".hada_w1_a"] = torch.randn(2, 2) });
+        var loha = dir.SaveSafetensors("loha.safetensors", new() { [Q + ".hada_w1_a"] = torch.randn(2, 2) });
         Assert.Equal($"{loha}: contains no LoRA tensors (no '*.lora_down.weight' / '*.lora_A.weight' keys) (it looks like a LyCORIS LoHa/LoKr file, which sdlora does not read); is it a LoRA file?",
             Assert.Throws<SdLoraException>(() => LoraFile.Read(loha)).Message);
     }
@@ -110,7 +103,7 @@ public class LoraFileReadingTests
     public void A_model_checkpoint_given_as_a_LoRA_is_named_as_such(string key)
     {
         using var dir = Fixtures.TempDir();
-        var path = Write(dir, "model.safetensors", new() { [key] = torch.randn(2, 2) });
+        var path = dir.SaveSafetensors("model.safetensors", new() { [key] = torch.randn(2, 2) });
         Assert.Equal($"{path}: is a full model checkpoint (1 tensors, e.g. '{key}'), not a LoRA; pass it as the model (--model), not as a LoRA",
             Assert.Throws<SdLoraException>(() => LoraFile.Read(path)).Message);
     }
@@ -125,7 +118,7 @@ public class LoraFileReadingTests
     public void The_base_model_version_in_the_metadata_decides_the_family(string version, string? refusal)
     {
         using var dir = Fixtures.TempDir();
-        var path = Write(dir, "v.safetensors", new() { [Q + ".lora_down.weight"] = torch.randn(2, 6), [Q + ".lora_up.weight"] = torch.randn(8, 2) },
+        var path = dir.SaveSafetensors("v.safetensors", new() { [Q + ".lora_down.weight"] = torch.randn(2, 6), [Q + ".lora_up.weight"] = torch.randn(8, 2) },
             new() { ["ss_base_model_version"] = version, ["ss_v2"] = "False" });
         if (refusal is null)
         {
@@ -139,7 +132,7 @@ public class LoraFileReadingTests
     public void An_SD2_flag_alone_is_refused_in_any_case()
     {
         using var dir = Fixtures.TempDir();
-        var path = Write(dir, "v2.safetensors", new() { [Q + ".lora_down.weight"] = torch.randn(2, 6), [Q + ".lora_up.weight"] = torch.randn(8, 2) }, new() { ["ss_v2"] = "true" });
+        var path = dir.SaveSafetensors("v2.safetensors", new() { [Q + ".lora_down.weight"] = torch.randn(2, 6), [Q + ".lora_up.weight"] = torch.randn(8, 2) }, new() { ["ss_v2"] = "true" });
         Assert.Contains("is a LoRA for Stable Diffusion 2.x (metadata ss_v2 / ss_base_model_version '')", Assert.Throws<SdLoraException>(() => LoraFile.Read(path)).Message);
     }
 }

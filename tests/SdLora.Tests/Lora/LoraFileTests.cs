@@ -209,30 +209,29 @@ public class LoraFileTests
     {
         var (unet, te) = FakeModels.Small();
         using var dir = Fixtures.TempDir();
-        string Write(string name, Dictionary<string, Tensor> t, Dictionary<string, string>? md = null) { var p = dir.File(name); Safetensors.Save(p, t, md); return p; }
         const string q = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q";
 
         var full = Fixtures.CopiedSet("tiny-sd15-ldm.safetensors");
         var e = Assert.Throws<SdLoraException>(() => LoraFile.Read(full));
         Assert.Contains("tiny-sd15-ldm.safetensors: is a full model checkpoint", e.Message);
 
-        var sdxl = Write("xl.safetensors", new() { ["lora_te1_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight"] = torch.randn(2, 6), ["lora_te1_text_model_encoder_layers_0_self_attn_q_proj.lora_up.weight"] = torch.randn(6, 2) });
+        var sdxl = dir.SaveSafetensors("xl.safetensors", new() { ["lora_te1_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight"] = torch.randn(2, 6), ["lora_te1_text_model_encoder_layers_0_self_attn_q_proj.lora_up.weight"] = torch.randn(6, 2) });
         e = Assert.Throws<SdLoraException>(() => LoraFile.Read(sdxl));
         Assert.Contains("xl.safetensors: is a LoRA for SDXL", e.Message);
 
-        var v2 = Write("v2.safetensors", new() { [q + ".lora_down.weight"] = torch.randn(2, 8), [q + ".lora_up.weight"] = torch.randn(8, 2) }, new() { ["ss_v2"] = "True", ["ss_base_model_version"] = "sd_v2" });
+        var v2 = dir.SaveSafetensors("v2.safetensors", new() { [q + ".lora_down.weight"] = torch.randn(2, 8), [q + ".lora_up.weight"] = torch.randn(8, 2) }, new() { ["ss_v2"] = "True", ["ss_base_model_version"] = "sd_v2" });
         e = Assert.Throws<SdLoraException>(() => LoraFile.Read(v2));
         Assert.Contains("v2.safetensors: is a LoRA for Stable Diffusion 2.x", e.Message);
 
-        var nan = Write("nan.safetensors", new() { [q + ".lora_down.weight"] = torch.tensor(new float[] { 1, float.NaN }).reshape(1, 2).expand(2, 2).mul(1).reshape(2, 2).repeat(1, 4), [q + ".lora_up.weight"] = torch.randn(8, 2) });
+        var nan = dir.SaveSafetensors("nan.safetensors", new() { [q + ".lora_down.weight"] = torch.tensor(new float[] { 1, float.NaN }).reshape(1, 2).expand(2, 2).mul(1).reshape(2, 2).repeat(1, 4), [q + ".lora_up.weight"] = torch.randn(8, 2) });
         e = Assert.Throws<SdLoraException>(() => LoraFile.Read(nan));
         Assert.Contains($"nan.safetensors: tensor '{q}.lora_down.weight' contains NaN or Inf", e.Message);
 
-        var shape = Write("shape.safetensors", new() { [q + ".lora_down.weight"] = torch.randn(2, 768), [q + ".lora_up.weight"] = torch.randn(8, 2) });
+        var shape = dir.SaveSafetensors("shape.safetensors", new() { [q + ".lora_down.weight"] = torch.randn(2, 768), [q + ".lora_up.weight"] = torch.randn(8, 2) });
         e = Assert.Throws<SdLoraException>(() => LoraNetwork.FromFile(shape, unet, te));
         Assert.Contains($"shape.safetensors: '{q}.lora_down.weight' does not fit layer 'unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q'", e.Message);
 
-        var other = Write("other.safetensors", new() { ["lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight"] = torch.randn(2, 8), ["lora_unet_double_blocks_0_img_attn_qkv.lora_up.weight"] = torch.randn(8, 2) });
+        var other = dir.SaveSafetensors("other.safetensors", new() { ["lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight"] = torch.randn(2, 8), ["lora_unet_double_blocks_0_img_attn_qkv.lora_up.weight"] = torch.randn(8, 2) });
         e = Assert.Throws<SdLoraException>(() => LoraNetwork.FromFile(other, unet, te));
         Assert.Contains("other.safetensors: none of its 1 LoRA modules matches a layer of the model", e.Message);
     }

@@ -32,9 +32,7 @@ public class LoraMatcherTests
     private static LoraFile Write(TempDir dir, string name, params Dictionary<string, Tensor>[] parts)
     {
         var all = parts.SelectMany(p => p).ToDictionary(kv => kv.Key, kv => kv.Value);
-        var path = dir.File(name);
-        Safetensors.Save(path, all);
-        return LoraFile.Read(path);
+        return LoraFile.Read(dir.SaveSafetensors(name, all));
     }
 
     [Fact]
