@@ -60,7 +60,7 @@ public static class SdLoraCli
                 cli.Debug |= parse.GetValue<bool>(DebugOption);
                 // The web UI runs jobs side by side (a training job and a generation): OpenMP threads that spin while they
                 // wait would take the cores the other job needs. Set before libtorch loads (see OpenMpWaitPolicy).
-                if (parse.CommandResult.Command.Name == "serve") OpenMpWaitPolicy.PreferPassive();
+                if (parse.CommandResult.Command.Name == ServeCommand.Name) OpenMpWaitPolicy.PreferPassive();
                 cli.ApplyThreads(parse.GetValue<int?>(ThreadsOption));
                 // Loading libtorch costs half a second: not for --help.
                 if (parse.Action is not System.CommandLine.Help.HelpAction) LibTorchLog.QuietWarnings();

@@ -8,6 +8,8 @@ namespace SdLora.Cli.Commands;
 /// <summary><c>sdlora serve</c>: the local web UI and API (datasets, captions, training with a live loss chart, generation, jobs).</summary>
 public static class ServeCommand
 {
+    public const string Name = "serve";
+
     public static Command Create(CliContext cli)
     {
         var data = new Option<string>("--data") { Description = "folder for datasets, runs, outputs and the job database", DefaultValueFactory = _ => "sdlora-data" };
@@ -19,7 +21,7 @@ public static class ServeCommand
         var noWorker = new Option<bool>("--no-worker") { Description = "with --jobs: serve the UI and API only; workers (sdlora worker) run the jobs" };
         var compute = new ComputeArguments();
         var cluster = new ClusterArguments();
-        var cmd = new Command("serve", "start the local web UI: datasets, captions, training with a live loss chart, generation, jobs (and an AUTOMATIC1111-compatible API)")
+        var cmd = new Command(Name, "start the local web UI: datasets, captions, training with a live loss chart, generation, jobs (and an AUTOMATIC1111-compatible API)")
         {
             data, models, port, listen, auth, token, noWorker,
         };

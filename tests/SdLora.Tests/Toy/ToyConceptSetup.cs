@@ -1,3 +1,4 @@
+using SdLora.Lora;
 using SdLora.Pipelines;
 using SdLora.Toy;
 using SdLora.Training;
@@ -26,6 +27,18 @@ internal sealed class ToyConceptSetup : IDisposable
 
     /// <summary>The demo's training settings (DreamBooth-LoRA with pivotal tuning) for <paramref name="steps"/> steps, into the temp folder.</summary>
     public TrainingConfig DemoConfig(int steps) => Demo.TrainingConfig(ToyModelTests.BundledModel, Dir.File("instances"), Dir.File("run"), steps, overwrite: false);
+
+    /// <summary>
+    /// What <paramref name="model"/> draws after training (with <paramref name="lora"/> attached when given), measured
+    /// against <see cref="Before"/>: the demo's scores, and the quick base prompts' summary.
+    /// </summary>
+    public (ToyDemoScores Scores, ToySummary BaseAfter) MeasureAfter(StableDiffusionModel model, string? lora = null)
+    {
+        var after = Demo.Snapshot(model, lora);
+        IReadOnlyList<LoraUse> loras = lora is null ? [] : [new LoraUse(lora)];
+        var baseAfter = ToySummary.Of(ToyEvaluation.Generate(model, ToyEvaluation.QuickPrompts(), 1, 1000, loras: loras));
+        return (ToyDemo.Measure(Before, after, Demo.Concept), baseAfter);
+    }
 
     /// <summary>What the bundled model draws now for the demo's prompts: the lent model must come back untouched.</summary>
     public void AssertModelUntouched() =>

@@ -30,9 +30,7 @@ public class ToyDreamBoothTests(ITestOutputHelper output)
         Assert.True(Directory.Exists(result.OutputFile), result.OutputFile); // a diffusers folder in, a diffusers folder out
 
         using var tuned = StableDiffusionModel.Load(result.OutputFile!);
-        var after = setup.Demo.Snapshot(tuned, null);
-        var baseAfter = ToySummary.Of(ToyEvaluation.Generate(tuned, ToyEvaluation.QuickPrompts(), 1, 1000));
-        var scores = ToyDemo.Measure(setup.Before, after, setup.Demo.Concept);
+        var (scores, baseAfter) = setup.MeasureAfter(tuned);
         output.WriteLine($"{scores}\nbase before {setup.BaseBefore}\nbase after  {baseAfter}");
 
         Assert.True(scores.ConceptAfter >= scores.ConceptBefore + 0.07, scores.ToString());

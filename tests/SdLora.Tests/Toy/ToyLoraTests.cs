@@ -26,9 +26,7 @@ public class ToyLoraTests(ITestOutputHelper output)
         var result = new LoraTrainingSession(config, setup.Model).Run();
         Assert.NotNull(result.LoraPath);
 
-        var after = setup.Demo.Snapshot(setup.Model, result.LoraPath);
-        var baseAfter = ToySummary.Of(ToyEvaluation.Generate(setup.Model, ToyEvaluation.QuickPrompts(), 1, 1000, loras: [new LoraUse(result.LoraPath!)]));
-        var scores = ToyDemo.Measure(setup.Before, after, setup.Demo.Concept);
+        var (scores, baseAfter) = setup.MeasureAfter(setup.Model, result.LoraPath);
         output.WriteLine($"{scores}\nbase before {setup.BaseBefore}\nbase after  {baseAfter}");
 
         Assert.True(scores.ConceptAfter >= scores.ConceptBefore + ToyLoraExpectations.MinConceptGain, scores.ToString());
