@@ -53,7 +53,10 @@ public static class ToyCommand
                 throw new SdLoraException($"--vae-from {from}: not a model folder with a vae/ inside; give a folder `sdlora toy build` wrote");
             if (options.UNetFrom is { } uFrom && !Directory.Exists(Path.Combine(uFrom, "unet")))
                 throw new SdLoraException($"--unet-from {uFrom}: not a model folder with a unet/ inside; give a folder `sdlora toy build` wrote");
-            var folder = OutputPath.CheckReplacedFolder(r.GetValue(output)!, r.GetValue(overwrite), [options.VaeFrom, options.UNetFrom], what: "model folder");
+            // A stopped build said "run the same command again": its own partly trained output is replaced without --overwrite.
+            var outputPath = r.GetValue(output)!;
+            bool goesOn = ToyModelBuilder.HasStoppedBuild(outputPath);
+            var folder = OutputPath.CheckReplacedFolder(outputPath, r.GetValue(overwrite) || goesOn, [options.VaeFrom, options.UNetFrom], what: "model folder");
             if (cli.Threads is null)
             {
                 cli.ApplyThreads(1);

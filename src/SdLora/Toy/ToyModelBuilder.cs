@@ -256,6 +256,12 @@ public sealed class ToyModelBuilder(ToyBuildOptions options)
     /// </summary>
     public static string StageFolder(string outputDir) => Path.TrimEndingDirectorySeparator(Path.GetFullPath(outputDir)) + ".vae";
 
+    /// <summary>
+    /// True when a build into <paramref name="outputDir"/> was stopped and left its stage folder: running it again goes on
+    /// from there and replaces the partly trained model it wrote, so that folder is not the user's to protect.
+    /// </summary>
+    public static bool HasStoppedBuild(string outputDir) => ToyBuildRecord.Read(StageFolder(outputDir)) is not null;
+
     private void SaveVaeStage(string folder, AutoencoderKL vae, int steps, double loss, TimeSpan time)
     {
         var dir = Path.Combine(folder, "vae");

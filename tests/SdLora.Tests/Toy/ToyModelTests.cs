@@ -192,6 +192,11 @@ public class ToyModelTests(ITestOutputHelper output)
         }), stop.Token);
         Assert.True(stopped.StoppedEarly);
         Assert.True(File.Exists(Path.Combine(ToyModelBuilder.StageFolder(dir.File("c")), "unet_state.safetensors")));
+        // The CLI lets "the same command again" replace this partly trained model without --overwrite; a finished build's folder
+        // (a) or an unrelated one is still protected.
+        Assert.True(ToyModelBuilder.HasStoppedBuild(dir.File("c")));
+        Assert.False(ToyModelBuilder.HasStoppedBuild(dir.File("a")));
+        Assert.False(ToyModelBuilder.HasStoppedBuild(dir.File("never-built")));
         var resumedProgress = new List<ToyBuildProgress>();
         var resumed = new ToyModelBuilder(options).Build(dir.File("c"), new SyncProgress<ToyBuildProgress>(resumedProgress.Add));
         Assert.False(resumed.StoppedEarly);
@@ -200,6 +205,7 @@ public class ToyModelTests(ITestOutputHelper output)
         foreach (var part in new[] { "unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors" })
             Assert.Equal(File.ReadAllBytes(Path.Combine(dir.File("a"), part)), File.ReadAllBytes(Path.Combine(dir.File("c"), part)));
         Assert.False(Directory.Exists(ToyModelBuilder.StageFolder(dir.File("c"))));
+        Assert.False(ToyModelBuilder.HasStoppedBuild(dir.File("c")));
     }
 }
 
