@@ -98,6 +98,35 @@ public class TrainingConfigTests
         Assert.StartsWith($"{toml}: not valid TOML", ex.Message);
     }
 
+    [Fact]
+    public void A_key_set_in_two_sections_or_a_missing_file_is_refused_by_name()
+    {
+        using var tmp = Fixtures.TempDir();
+        var toml = tmp.File("twice.toml");
+        File.WriteAllText(toml, "[model_arguments]\nlearning_rate = 1e-4\n[training_arguments]\nlearning_rate = 2e-4\n");
+        var ex = Assert.Throws<SdLoraException>(() => TrainingConfigLoader.Load(toml, Paths()));
+        Assert.Equal($"{toml}: key 'learning_rate' is set twice (in two sections); keep one", ex.Message);
+
+        var missing = tmp.File("none.toml");
+        ex = Assert.Throws<SdLoraException>(() => TrainingConfigLoader.Load(missing, Paths()));
+        Assert.Equal($"{missing}: settings file not found", ex.Message);
+
+        // The parser's own words, with the line and column of the first error.
+        var broken = tmp.File("broken.toml");
+        File.WriteAllText(broken, "a = = 1\nb = = 2\n");
+        ex = Assert.Throws<SdLoraException>(() => TrainingConfigLoader.Load(broken, Paths()));
+        Assert.Equal($"{broken}: not valid TOML: (1,5) : error : Unexpected token `=` while parsing a value.", ex.Message);
+    }
+
+    [Fact]
+    public void An_unknown_setting_given_directly_names_no_file_and_the_nearest_name()
+    {
+        var o = Paths();
+        o["netwrk-dim"] = "8";
+        var ex = Assert.Throws<SdLoraException>(() => TrainingConfigLoader.Load(null, o));
+        Assert.Equal("unknown setting 'netwrk-dim' (did you mean 'network-dim'?)", ex.Message);
+    }
+
     [Theory]
     [InlineData("learning-rate", "-1", "learning-rate must be > 0 (got -1)")]
     [InlineData("learning_rate", "-1", "learning-rate must be > 0 (got -1)")]
