@@ -39,4 +39,30 @@ public class SamplePromptsTests
         var missing = Assert.Throws<SdLoraException>(() => SamplePrompts.Read(dir.File("none.txt"), 512, 512, 1));
         Assert.Contains("file not found", missing.Message);
     }
+    [Theory]
+    [InlineData("a dog --w 56", "sample prompt: size 56x512 must be multiples of 8 and at least 64")]
+    [InlineData("a dog --h 56", "sample prompt: size 512x56 must be multiples of 8 and at least 64")]
+    [InlineData("a dog --h 516", "sample prompt: size 512x516 must be multiples of 8 and at least 64")]
+    [InlineData("a dog --w 64 --h 64", null)]
+    [InlineData("a dog --s 0", "sample prompt: --s 0 must be between 1 and 1000")]
+    [InlineData("a dog --s 1001", "sample prompt: --s 1001 must be between 1 and 1000")]
+    [InlineData("a dog --s 1", null)]
+    [InlineData("a dog --s 1000", null)]
+    [InlineData("a dog --d 99999999999999999999", "sample prompt: --d 99999999999999999999 is out of range")]
+    [InlineData("a dog --l", "sample prompt: --l needs a number (got '')")]
+    [InlineData("a dog --q 1", "sample prompt: unknown option --q: use --n (negative), --w, --h, --d (seed), --l (cfg), --s (steps)")]
+    public void Each_bad_value_is_refused_with_its_bound(string line, string? message)
+    {
+        if (message is null) { SamplePrompts.Parse(line, 512, 512, 1); return; }
+        Assert.Equal(message, Assert.Throws<SdLoraException>(() => SamplePrompts.Parse(line, 512, 512, 1)).Message);
+    }
+
+    [Fact]
+    public void A_file_of_only_comments_and_blank_lines_is_refused()
+    {
+        using var dir = Fixtures.TempDir();
+        File.WriteAllText(dir.File("p.txt"), "# just a note\n\n   \n");
+        var e = Assert.Throws<SdLoraException>(() => SamplePrompts.Read(dir.File("p.txt"), 512, 512, 1));
+        Assert.Equal($"sample-prompts {dir.File("p.txt")}: no prompts (every line is empty or a # comment)", e.Message);
+    }
 }
