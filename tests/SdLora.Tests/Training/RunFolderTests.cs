@@ -136,4 +136,85 @@ public class RunFolderTests
         Assert.Equal(1, tags.GetProperty("grass").GetInt32());
         Assert.Equal(30, JsonDocument.Parse(md["ss_bucket_info"]).RootElement.GetProperty("buckets").GetProperty("0").GetProperty("count").GetInt32());
     }
+    [Fact]
+    public void Epoch_results_are_found_by_kohyas_six_digit_names_only()
+    {
+        using var tmp = Fixtures.TempDir();
+        var run = RunFolder.Prepare(tmp.Path, false, false);
+        foreach (var f in new[] { "dog-000003.safetensors", "dog-000010.safetensors", "dog-3.safetensors", "dog-00000a.safetensors",
+                     "dog-0000001.safetensors", "dog.safetensors", "cat-000001.safetensors", "dog-000004.txt" })
+            File.WriteAllText(tmp.File(f), "x");
+        Directory.CreateDirectory(tmp.File("dog-000005"));
+        Directory.CreateDirectory(tmp.File("dog-final"));
+        Assert.Equal([(3, tmp.File("dog-000003.safetensors")), (10, tmp.File("dog-000010.safetensors"))],
+            run.EpochLoras("dog").Select(kv => (kv.Key, kv.Value)));
+        Assert.Equal([3, 5, 10], run.EpochOutputs("dog").Keys);
+        Assert.Equal(tmp.File("dog-000005"), run.EpochOutputs("dog")[5]);
+        Assert.Equal(tmp.File("dog.safetensors"), run.LoraPath("dog"));
+        Assert.Equal(tmp.File("dog-000012"), run.ModelFolderPath("dog", 12));
+        Assert.Equal(tmp.File("dog"), run.ModelFolderPath("dog"));
+    }
+
+    [Fact]
+    public void Resume_and_overwrite_together_are_refused_as_one_setting()
+    {
+        using var tmp = Fixtures.TempDir();
+        var ex = Assert.Throws<SdLoraException>(() => RunFolder.Prepare(tmp.Path, resume: true, overwrite: true));
+        Assert.Equal("resume and overwrite exclude each other: resume continues the run in the output folder, overwrite discards it", ex.Message);
+        Assert.Equal("overwrite", ex.Setting);
+    }
+
+    [Fact]
+    public void State_left_as_state_old_by_a_cut_off_save_still_counts_as_saved()
+    {
+        using var tmp = Fixtures.TempDir();
+        Directory.CreateDirectory(tmp.File("state.old"));
+        File.WriteAllText(Path.Combine(tmp.File("state.old"), "state.json"), "{}");
+        Assert.True(RunFolder.HasSavedState(tmp.Path));
+        Assert.True(RunFolder.Prepare(tmp.Path, resume: true, overwrite: false).IsResume);
+        var ex = Assert.Throws<SdLoraException>(() => RunFolder.Prepare(tmp.Path, false, false));
+        Assert.Contains("already holds a training run with saved state", ex.Message);
+        // An empty state/ is not saved state.
+        using var empty = Fixtures.TempDir();
+        Directory.CreateDirectory(empty.File("state"));
+        Assert.False(RunFolder.HasSavedState(empty.Path));
+    }
+
+    [Fact]
+    public void A_fine_tuned_model_folder_beside_loss_csv_is_a_run_and_overwrite_removes_it_but_not_the_caches()
+    {
+        using var tmp = Fixtures.TempDir();
+        File.WriteAllText(tmp.File("loss.csv"), "step\n");
+        Directory.CreateDirectory(tmp.File("dog"));
+        File.WriteAllText(Path.Combine(tmp.File("dog"), "model_index.json"), "{}");
+        Directory.CreateDirectory(tmp.File("notes"));
+        Directory.CreateDirectory(tmp.File("latent_cache"));
+        File.WriteAllText(Path.Combine(tmp.File("latent_cache"), "a.safetensors"), "x");
+        Assert.True(RunFolder.HoldsRun(tmp.Path));
+        var ex = Assert.Throws<SdLoraException>(() => RunFolder.Prepare(tmp.Path, false, false));
+        Assert.Equal($"output {tmp.Path} already holds a trained LoRA with its loss.csv: set overwrite to replace it, or choose another output folder", ex.Message);
+        RunFolder.Prepare(tmp.Path, false, overwrite: true);
+        Assert.False(Directory.Exists(tmp.File("dog")));
+        Assert.True(Directory.Exists(tmp.File("notes")));
+        Assert.True(File.Exists(Path.Combine(tmp.File("latent_cache"), "a.safetensors")));
+        // loss.csv alone (a run stopped before its first save) or a model folder alone is not a run.
+        using var lossOnly = Fixtures.TempDir();
+        File.WriteAllText(lossOnly.File("loss.csv"), "step\n");
+        Directory.CreateDirectory(lossOnly.File("dog"));
+        Assert.False(RunFolder.HoldsRun(lossOnly.Path));
+        Assert.False(RunFolder.HoldsRun(lossOnly.File("missing")));
+    }
+
+    [Fact]
+    public void A_damaged_run_json_is_named_with_the_fix()
+    {
+        using var tmp = Fixtures.TempDir();
+        File.WriteAllText(tmp.File("run.json"), "{ not json");
+        var ex = Assert.Throws<SdLoraException>(() => RunFolder.ReadRunJson(tmp.File("run.json")));
+        Assert.StartsWith($"{tmp.File("run.json")}: not a readable run.json (", ex.Message);
+        Assert.EndsWith("); delete it, or set overwrite", ex.Message);
+        File.WriteAllText(tmp.File("run.json"), "null");
+        ex = Assert.Throws<SdLoraException>(() => RunFolder.ReadRunJson(tmp.File("run.json")));
+        Assert.Equal($"{tmp.File("run.json")}: not a readable run.json (empty); delete it, or set overwrite", ex.Message);
+    }
 }
