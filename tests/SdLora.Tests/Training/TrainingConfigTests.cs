@@ -78,44 +78,29 @@ public class TrainingConfigTests
         Assert.Equal([$"{toml}: xformers: not needed (sdlora uses torch's scaled-dot-product attention); ignored"], notes);
     }
 
-    [Fact]
-    public void Unknown_toml_key_is_named_with_the_file()
+    /// <summary>A settings file that cannot be used is named, with what is wrong in it (the TOML parser's own words, line and column).</summary>
+    [Theory]
+    [InlineData("learning-rat = 1e-4\n", "unknown setting 'learning-rat' (did you mean 'learning-rate'?)")]
+    [InlineData("learning-rate = = 3\n", "not valid TOML: (1,17) : error : Unexpected token `=` while parsing a value.")]
+    [InlineData("a = = 1\nb = = 2\n", "not valid TOML: (1,5) : error : Unexpected token `=` while parsing a value.")]
+    [InlineData("[model_arguments]\nlearning_rate = 1e-4\n[training_arguments]\nlearning_rate = 2e-4\n",
+        "key 'learning_rate' is set twice (in two sections); keep one")]
+    public void A_settings_file_that_cannot_be_used_is_refused_with_its_name(string contents, string message)
     {
         using var tmp = Fixtures.TempDir();
-        var toml = tmp.File("bad.toml");
-        File.WriteAllText(toml, "learning-rat = 1e-4\n");
+        var toml = tmp.File("settings.toml");
+        File.WriteAllText(toml, contents);
         var ex = Assert.Throws<SdLoraException>(() => TrainingConfigLoader.Load(toml, Paths()));
-        Assert.Equal($"{toml}: unknown setting 'learning-rat' (did you mean 'learning-rate'?)", ex.Message);
+        Assert.Equal($"{toml}: {message}", ex.Message);
     }
 
     [Fact]
-    public void Malformed_toml_is_a_clear_error()
+    public void A_missing_settings_file_is_refused_by_name()
     {
         using var tmp = Fixtures.TempDir();
-        var toml = tmp.File("broken.toml");
-        File.WriteAllText(toml, "learning-rate = = 3\n");
-        var ex = Assert.Throws<SdLoraException>(() => TrainingConfigLoader.Load(toml, Paths()));
-        Assert.StartsWith($"{toml}: not valid TOML", ex.Message);
-    }
-
-    [Fact]
-    public void A_key_set_in_two_sections_or_a_missing_file_is_refused_by_name()
-    {
-        using var tmp = Fixtures.TempDir();
-        var toml = tmp.File("twice.toml");
-        File.WriteAllText(toml, "[model_arguments]\nlearning_rate = 1e-4\n[training_arguments]\nlearning_rate = 2e-4\n");
-        var ex = Assert.Throws<SdLoraException>(() => TrainingConfigLoader.Load(toml, Paths()));
-        Assert.Equal($"{toml}: key 'learning_rate' is set twice (in two sections); keep one", ex.Message);
-
         var missing = tmp.File("none.toml");
-        ex = Assert.Throws<SdLoraException>(() => TrainingConfigLoader.Load(missing, Paths()));
+        var ex = Assert.Throws<SdLoraException>(() => TrainingConfigLoader.Load(missing, Paths()));
         Assert.Equal($"{missing}: settings file not found", ex.Message);
-
-        // The parser's own words, with the line and column of the first error.
-        var broken = tmp.File("broken.toml");
-        File.WriteAllText(broken, "a = = 1\nb = = 2\n");
-        ex = Assert.Throws<SdLoraException>(() => TrainingConfigLoader.Load(broken, Paths()));
-        Assert.Equal($"{broken}: not valid TOML: (1,5) : error : Unexpected token `=` while parsing a value.", ex.Message);
     }
 
     [Fact]
