@@ -41,6 +41,20 @@ public class LoraToolsTests
     {
         Assert.Equal(new LoraUse("a.safetensors", 0.7), LoraUse.Parse("a.safetensors:0.7"));
         Assert.Equal(new LoraUse(@"C:\x\a.safetensors", 1.0), LoraUse.Parse(@"C:\x\a.safetensors"));
+        Assert.Equal(new LoraUse(@"C:\x\a.safetensors", -0.25), LoraUse.Parse(@"C:\x\a.safetensors:-0.25"));
+        Assert.Equal(new LoraUse("a:b.safetensors", 1e-1), LoraUse.Parse("a:b.safetensors:1e-1"));
+        Assert.Equal(new LoraUse("a.safetensors:high"), LoraUse.Parse("a.safetensors:high")); // not a number: part of the path
+        Assert.Equal(new LoraUse(":0.5"), LoraUse.Parse(":0.5")); // nothing before the colon: a path, not a weight
+        Assert.Equal("empty LoRA; write PATH or PATH:WEIGHT, e.g. my-lora.safetensors:0.8", Assert.Throws<SdLoraException>(() => LoraUse.Parse(" ")).Message);
+        Assert.Equal("LoRA weight in 'a.safetensors:NaN' is not a finite number; write PATH:0.8", Assert.Throws<SdLoraException>(() => LoraUse.Parse("a.safetensors:NaN")).Message);
+        Assert.Equal("LoRA weight in 'a.safetensors:Infinity' is not a finite number; write PATH:0.8", Assert.Throws<SdLoraException>(() => LoraUse.Parse("a.safetensors:Infinity")).Message);
+    }
+
+    [Fact]
+    public void A_separate_unet_weight_applies_to_unet_modules_only()
+    {
+        Assert.Equal((0.3, 0.3), (new LoraUse("a", 0.3).WeightFor(isUNet: true), new LoraUse("a", 0.3).WeightFor(isUNet: false)));
+        Assert.Equal((0.9, 0.3), (new LoraUse("a", 0.3, 0.9).WeightFor(isUNet: true), new LoraUse("a", 0.3, 0.9).WeightFor(isUNet: false)));
     }
 
     private static Dictionary<string, Tensor> FakeCheckpoint(int seed)
