@@ -36,11 +36,12 @@ public static class ToyCommand
         var noiseOffset = new Option<double>("--noise-offset") { Description = "offset noise of the UNet stage (lets the prompt, not the seed, set the background)", DefaultValueFactory = _ => defaults.NoiseOffset };
         var unetLr = new Option<double>("--unet-lr") { Description = "learning rate of the UNet stage", DefaultValueFactory = _ => defaults.UNetLearningRate };
         var textEncoderLr = new Option<double>("--text-encoder-lr") { Description = "learning rate of the text encoder (trained with the UNet)", DefaultValueFactory = _ => defaults.TextEncoderLearningRate };
+        var unetBatch = new Option<int>("--unet-batch") { Description = "pictures per step of the UNet stage", DefaultValueFactory = _ => defaults.UNetBatch };
         var debiased = new Option<bool>("--debiased-loss") { Description = "weight the UNet loss by 1/sqrt(SNR), as kohya's --debiased_estimation_loss", DefaultValueFactory = _ => defaults.DebiasedEstimation };
         var overwrite = CliOptions.Overwrite();
         var cmd = new Command("build", "train the toy model from scratch (VAE, then UNet + text encoder) and write it as a diffusers folder with a card")
         {
-            output, minutes, seed, vaeSteps, unetSteps, vaeFrom, unetFrom, unetLr, textEncoderLr, noiseOffset, debiased, overwrite,
+            output, minutes, seed, vaeSteps, unetSteps, vaeFrom, unetFrom, unetLr, textEncoderLr, unetBatch, noiseOffset, debiased, overwrite,
         };
         cmd.SetAction(r =>
         {
@@ -48,6 +49,7 @@ public static class ToyCommand
             {
                 Minutes = r.GetValue(minutes), Seed = r.GetValue(seed), VaeSteps = r.GetValue(vaeSteps), UNetSteps = r.GetValue(unetSteps),
                 VaeFrom = r.GetValue(vaeFrom), UNetFrom = r.GetValue(unetFrom), NoiseOffset = r.GetValue(noiseOffset), DebiasedEstimation = r.GetValue(debiased), UNetLearningRate = r.GetValue(unetLr), TextEncoderLearningRate = r.GetValue(textEncoderLr),
+                UNetBatch = r.GetValue(unetBatch),
             }.Validate();
             if (options.VaeFrom is { } from && !Directory.Exists(Path.Combine(from, "vae")))
                 throw new SdLoraException($"--vae-from {from}: not a model folder with a vae/ inside; give a folder `sdlora toy build` wrote");

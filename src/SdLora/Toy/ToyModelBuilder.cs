@@ -114,7 +114,8 @@ public sealed record ToyBuildOptions
         if (VaeShare is <= 0 or >= 1) throw new SdLoraException($"VAE share {VaeShare}: use a fraction between 0 and 1");
         if (UNetLearningRate <= 0 || TextEncoderLearningRate <= 0) throw new SdLoraException("--unet-lr and --text-encoder-lr must be positive");
         if (NoiseOffset < 0) throw new SdLoraException($"--noise-offset {NoiseOffset}: use 0 (off) or a small positive value such as 0.1");
-        if (LatentImages < UNetBatch) throw new SdLoraException($"latent images {LatentImages}: use at least one batch ({UNetBatch})");
+        if (UNetBatch < 1) throw new SdLoraException($"--unet-batch {UNetBatch}: use at least 1 picture per step");
+        if (LatentImages < UNetBatch) throw new SdLoraException($"--unet-batch {UNetBatch}: use at most {LatentImages} (the pictures encoded for the UNet stage)");
         return this;
     }
 }

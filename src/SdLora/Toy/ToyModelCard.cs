@@ -21,6 +21,7 @@ public static class ToyModelCard
         var s = new StringBuilder();
         if (o.UNetLearningRate != d.UNetLearningRate) s.Append(CultureInfo.InvariantCulture, $" --unet-lr {o.UNetLearningRate:G}");
         if (o.TextEncoderLearningRate != d.TextEncoderLearningRate) s.Append(CultureInfo.InvariantCulture, $" --text-encoder-lr {o.TextEncoderLearningRate:G}");
+        if (o.UNetBatch != d.UNetBatch) s.Append(CultureInfo.InvariantCulture, $" --unet-batch {o.UNetBatch}");
         if (o.NoiseOffset != d.NoiseOffset) s.Append(CultureInfo.InvariantCulture, $" --noise-offset {o.NoiseOffset:G}");
         if (o.DebiasedEstimation) s.Append(" --debiased-loss");
         if (o.UNetFrom is { } from) s.Append($" --unet-from {from}");
@@ -49,6 +50,7 @@ public static class ToyModelCard
             // Trained further from a whole built model: its own build first, then this one on top of it.
             string baseName = name + "-base";
             s.AppendLine($"sdlora toy build --out {baseName} --seed {b.Seed} --vae-steps {b.VaeSteps} --unet-steps {b.UNetSteps}" +
+                         (b.UNetBatch is { } batch && batch != new ToyBuildOptions().UNetBatch ? $" --unet-batch {batch}" : "") +
                          (b.NoiseOffset > 0 ? FormattableString.Invariant($" --noise-offset {b.NoiseOffset:G}") : " --noise-offset 0") + $" --threads {b.Threads ?? Threads}");
             s.AppendLine($"sdlora toy build --out {name} --seed {o.Seed} --vae-from {baseName} --unet-from {baseName} --unet-steps {r.UNetSteps}" +
                          ExtraOptions(o with { UNetFrom = null }) +
@@ -203,7 +205,7 @@ public static class ToyModelCard
 /// build's VAE stage) says about how it was made; a number it does not hold reads as 0.
 /// </summary>
 internal sealed record ToyBuildRecord(long Seed, int VaeSteps, double VaeLoss, double VaeSeconds, int UNetSteps, double NoiseOffset, int? Threads,
-    double TotalSeconds)
+    double TotalSeconds, int? UNetBatch = null)
 {
     public const string FileName = "toy_build.json";
 
@@ -223,6 +225,7 @@ internal sealed record ToyBuildRecord(long Seed, int VaeSteps, double VaeLoss, d
         };
         return new ToyBuildRecord(r.GetProperty("seed").GetInt64(), (int)Number("vae_steps"), Number("vae_loss"), Number("vae_seconds"),
             (int)Number("unet_steps"), Number("noise_offset"),
-            r.TryGetProperty("threads", out var t) && t.ValueKind == JsonValueKind.Number ? t.GetInt32() : null, Number("total_seconds"));
+            r.TryGetProperty("threads", out var t) && t.ValueKind == JsonValueKind.Number ? t.GetInt32() : null, Number("total_seconds"),
+            r.TryGetProperty("unet_batch", out var batch) && batch.ValueKind == JsonValueKind.Number ? batch.GetInt32() : null);
     }
 }

@@ -145,11 +145,13 @@ public class ToyModelTests(ITestOutputHelper output)
         // Trained further from a whole built model: the card gives both builds' commands, the first read from its record.
         new ToyModelBuilder(TinyBuild with { VaeFrom = a, UNetFrom = a, NoiseOffset = 0.3, UNetSteps = 2 }).Build(dir.File("continued"));
         var card = File.ReadAllText(Path.Combine(dir.File("continued"), "README.md"));
-        Assert.Contains("sdlora toy build --out continued-base --seed 3 --vae-steps 2 --unet-steps 3 --noise-offset 0 --threads", card);
-        Assert.Contains("sdlora toy build --out continued --seed 3 --vae-from continued-base --unet-from continued-base --unet-steps 2 --noise-offset 0.3 --threads", card);
+        Assert.Contains("sdlora toy build --out continued-base --seed 3 --vae-steps 2 --unet-steps 3 --unet-batch 4 --noise-offset 0 --threads", card);
+        Assert.Contains("sdlora toy build --out continued --seed 3 --vae-from continued-base --unet-from continued-base --unet-steps 2 --unet-batch 4 --noise-offset 0.3 --threads", card);
 
         var e = Assert.Throws<SdLoraException>(() => (TinyBuild with { NoiseOffset = -0.1 }).Validate());
         Assert.Contains("--noise-offset -0.1", e.Message);
+        Assert.Equal("--unet-batch 0: use at least 1 picture per step", Assert.Throws<SdLoraException>(() => (TinyBuild with { UNetBatch = 0 }).Validate()).Message);
+        Assert.Equal("--unet-batch 9: use at most 8 (the pictures encoded for the UNet stage)", Assert.Throws<SdLoraException>(() => (TinyBuild with { UNetBatch = 9 }).Validate()).Message);
     }
 
     [Fact]
