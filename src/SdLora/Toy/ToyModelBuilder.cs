@@ -683,7 +683,10 @@ public sealed class ToyModelBuilder(ToyBuildOptions options)
         public void Update(double decay)
         {
             using var noGrad = torch.no_grad();
-            foreach (var (p, a) in _items) a.mul_(decay).add_(p, 1 - decay);
+            // Held for the loop: TorchSharp 0.107 lets a temporary scalar be freed during the call it was made for.
+            using var keep = decay.ToScalar();
+            using var take = (1 - decay).ToScalar();
+            foreach (var (p, a) in _items) a.mul_(keep).add_(p, take);
         }
 
         /// <summary>Puts the averages into the parameters.</summary>

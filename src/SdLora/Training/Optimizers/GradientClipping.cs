@@ -21,7 +21,8 @@ public static class GradientClipping
         if (maxNorm > 0)
         {
             double coef = maxNorm / (total + 1e-6);
-            if (coef < 1) foreach (var g in grads) g.mul_(coef);
+            using var scale = coef.ToScalar(); // held: see AdamW
+            if (coef < 1) foreach (var g in grads) g.mul_(scale);
         }
         return total;
     }
