@@ -70,7 +70,8 @@ public abstract class LoraModule : nn.Module, ILayerAdapter
         var dtype = ComputeDType(input);
         var x = input.dtype == dtype ? input : input.to(dtype);
         if (Dropout > 0 && training) x = ApplyDropout(x);
-        var y = UpDown(x).mul(Multiplier * Scale);
+        using var scale = (Multiplier * Scale).ToScalar(); // held for the call: TorchSharp 0.107 may free a temporary one during it
+        var y = UpDown(x).mul(scale);
         var layerType = BaseWeight.dtype;
         return (y.dtype == layerType ? y : y.to(layerType)).MoveToOuterDisposeScope();
     }

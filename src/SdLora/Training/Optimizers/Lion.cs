@@ -1,4 +1,6 @@
 // Why we keep this: no .NET library has Lion; it shares our optimizer base, so its state resumes exactly like AdamW's (docs/libraries.md).
+using TorchSharp;
+
 namespace SdLora.Training.Optimizers;
 
 /// <summary>
@@ -19,13 +21,20 @@ public sealed class Lion(IEnumerable<ParamGroup> groups, double beta1 = 0.9, dou
         for (int g = 0; g < Groups.Count; g++)
         {
             double lr = Groups[g].LearningRate * lrMultiplier;
+            // Held for the loop, as in AdamW (TorchSharp 0.107 may free a temporary scalar during its call).
+            using var decay = (1 - lr * WeightDecay).ToScalar();
+            using var beta1 = Beta1.ToScalar();
+            using var oneMinusBeta1 = (1 - Beta1).ToScalar();
+            using var beta2 = Beta2.ToScalar();
+            using var oneMinusBeta2 = (1 - Beta2).ToScalar();
+            using var step = (-lr).ToScalar();
             foreach (var (i, p, grad) in WithGradients(g))
             {
                 var m = State(g, i, "exp_avg");
-                if (WeightDecay != 0) p.mul_(1 - lr * WeightDecay);
-                var direction = (m * Beta1).add_(grad, 1 - Beta1).sign_();
-                p.add_(direction, -lr);
-                m.mul_(Beta2).add_(grad, 1 - Beta2);
+                if (WeightDecay != 0) p.mul_(decay);
+                var direction = m.mul(beta1).add_(grad, oneMinusBeta1).sign_();
+                p.add_(direction, step);
+                m.mul_(beta2).add_(grad, oneMinusBeta2);
             }
         }
     }
