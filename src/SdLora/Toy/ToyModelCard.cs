@@ -21,12 +21,16 @@ public static class ToyModelCard
         var s = new StringBuilder();
         if (o.UNetLearningRate != d.UNetLearningRate) s.Append(CultureInfo.InvariantCulture, $" --unet-lr {o.UNetLearningRate:G}");
         if (o.TextEncoderLearningRate != d.TextEncoderLearningRate) s.Append(CultureInfo.InvariantCulture, $" --text-encoder-lr {o.TextEncoderLearningRate:G}");
-        if (o.UNetBatch != d.UNetBatch) s.Append(CultureInfo.InvariantCulture, $" --unet-batch {o.UNetBatch}");
+        s.Append(UNetBatchOption(o.UNetBatch));
         if (o.NoiseOffset != d.NoiseOffset) s.Append(CultureInfo.InvariantCulture, $" --noise-offset {o.NoiseOffset:G}");
         if (o.DebiasedEstimation) s.Append(" --debiased-loss");
         if (o.UNetFrom is { } from) s.Append($" --unet-from {from}");
         return s.ToString();
     }
+
+    /// <summary><c> --unet-batch N</c> when <paramref name="batch"/> is not the default, else nothing.</summary>
+    private static string UNetBatchOption(int batch) =>
+        batch != new ToyBuildOptions().UNetBatch ? string.Create(CultureInfo.InvariantCulture, $" --unet-batch {batch}") : "";
 
     public static string Write(ToyBuildOptions o, ToyBuildResult r, string name)
     {
@@ -50,7 +54,7 @@ public static class ToyModelCard
             // Trained further from a whole built model: its own build first, then this one on top of it.
             string baseName = name + "-base";
             s.AppendLine($"sdlora toy build --out {baseName} --seed {b.Seed} --vae-steps {b.VaeSteps} --unet-steps {b.UNetSteps}" +
-                         (b.UNetBatch is { } batch && batch != new ToyBuildOptions().UNetBatch ? $" --unet-batch {batch}" : "") +
+                         (b.UNetBatch is { } batch ? UNetBatchOption(batch) : "") +
                          (b.NoiseOffset > 0 ? FormattableString.Invariant($" --noise-offset {b.NoiseOffset:G}") : " --noise-offset 0") + $" --threads {b.Threads ?? Threads}");
             s.AppendLine($"sdlora toy build --out {name} --seed {o.Seed} --vae-from {baseName} --unet-from {baseName} --unet-steps {r.UNetSteps}" +
                          ExtraOptions(o with { UNetFrom = null }) +

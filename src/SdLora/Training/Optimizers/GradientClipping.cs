@@ -21,8 +21,11 @@ public static class GradientClipping
         if (maxNorm > 0)
         {
             double coef = maxNorm / (total + 1e-6);
-            using var scale = coef.ToScalar(); // held: see AdamW
-            if (coef < 1) foreach (var g in grads) g.mul_(scale);
+            if (coef < 1)
+            {
+                using var scale = coef.ToScalar(); // held for the loop: see AdamW
+                foreach (var g in grads) g.mul_(scale);
+            }
         }
         return total;
     }
