@@ -683,7 +683,9 @@ public sealed class ToyModelBuilder(ToyBuildOptions options)
         public void Update(double decay)
         {
             using var noGrad = torch.no_grad();
-            // Held for the loop: TorchSharp 0.107 lets a temporary scalar be freed during the call it was made for.
+            // The scope holds the wrappers the in-place calls return, and the scalars are held for the loop: TorchSharp
+            // 0.107 lets a temporary be finalized during the native call it was made for.
+            using var scope = torch.NewDisposeScope();
             using var keep = decay.ToScalar();
             using var take = (1 - decay).ToScalar();
             foreach (var (p, a) in _items) a.mul_(keep).add_(p, take);

@@ -23,6 +23,23 @@ public class OptimizerTests
     private static double[] Values(Parameter p) => p.detach().to(ScalarType.Float64).data<double>().ToArray();
 
     [Fact]
+    public void ZeroGrad_zeroes_every_gradient_and_leaves_no_tensor_to_the_finalizer()
+    {
+        // A wrapper left to the finalizer can be freed while its native call still runs (TorchSharp 0.107): the step's
+        // helpers must dispose what they make, so this thread's live count is back where it was.
+        var a = Param(1f, 2f);
+        var b = Param(3f);
+        using var opt = new AdamW([new ParamGroup("unet", [a], 0.1), new ParamGroup("text_encoder", [b], 0.1)]);
+        SetGrad(a, 0.5f, -1f);
+        SetGrad(b, 2f);
+        long live = DisposeScopeManager.Statistics.ThreadTotalLiveCount;
+        opt.ZeroGrad();
+        Assert.Equal(live, DisposeScopeManager.Statistics.ThreadTotalLiveCount);
+        Assert.Equal([0f, 0f], a.grad!.data<float>().ToArray());
+        Assert.Equal([0f], b.grad!.data<float>().ToArray());
+    }
+
+    [Fact]
     public void AdamW_matches_hand_computed_two_steps()
     {
         var p = Param(1f, -2f);

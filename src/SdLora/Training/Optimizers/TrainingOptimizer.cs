@@ -63,6 +63,9 @@ public abstract class TrainingOptimizer : IDisposable
 
     public void ZeroGrad()
     {
+        // Each p.grad is a new wrapper: the scope keeps it reachable until its native call has returned (a wrapper left to
+        // the finalizer can be freed during that call; seen as segfaults in zeros_out in long toy builds) and frees it after.
+        using var scope = torch.NewDisposeScope();
         foreach (var g in Groups)
             foreach (var p in g.Parameters)
                 p.grad?.zero_();
